@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs modelsec_fast and everything its tests, benchmarks and demo use, on a
+# fresh machine with Python 3.11. Safe to rerun: pip skips what is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# The CPU build of torch 2.13.0. Pinned exactly: an unpinned 'torch' can pull a
+# multi-GB CUDA build, and the extension's ATen ABI is tied to the minor version.
+"$PY" -m pip install -q torch==2.13.0
+
+# Build tools and runtime/test dependencies. torch is already satisfied, so none
+# of these can replace it.
+"$PY" -m pip install -q "numpy>=1.24" scipy pybind11 "scikit-build-core>=0.10" ninja \
+    pytest hypothesis scikit-learn matplotlib tqdm
+
+# Anchors: test and benchmark cross-checks only, never imported at run time.
+"$PY" -m pip install -q opacus==1.6.0 dp-accounting==0.6.0
+# torchattacks declares torchvision etc. as requirements but imports without them;
+# --no-deps keeps pip from replacing torch with a CUDA build.
+"$PY" -m pip install -q --no-deps torchattacks==3.5.1
+
+# The extension, built against the torch installed above: --no-build-isolation
+# stops pip from fetching a second torch into a throwaway build environment.
+"$PY" -m pip install -q --no-build-isolation -e .
