@@ -1,0 +1,55 @@
+// Torch-free CPU inner loops, compiled once per instruction set
+// (kernels_isa.cpp with MSF_ISA = base | avx2 | avx512) and picked at run time.
+//
+// Every function works on contiguous memory. Element types are passed as a
+// DType; the op-math type is double for F64 and float otherwise. Noise element
+// j of a range uses the stream block (first_index + j) / 4, so `first_index`
+// must be a multiple of 4 unless the range is empty.
+#pragma once
+
+#include <cstdint>
+
+namespace msf::cpu {
+
+enum class DType : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
+
+struct NoiseStream {
+  int source;            // 0 = Philox, 1 = ChaCha20
+  uint64_t seed;         // Philox key
+  uint64_t offset;       // Philox block offset
+  uint32_t key[8];       // ChaCha20 key
+  uint32_t tensor_index; // counter word of the tensor within the call
+};
+
+struct Kernels {
+  const char* isa;
+  // Sum of squares of x[0:n) in op-math, in a fixed order (16 lanes, then a tree).
+  double (*sum_squares)(DType dt, const void* x, int64_t n);
+  // acc[0:n) += c * x[0:n); acc is the op-math type.
+  void (*axpy)(DType dt, const void* x, int64_t n, double c, void* acc);
+  // acc0[j] += acc_k[j] for k = 1..count-1 in order, j in [0, n); op-math arrays.
+  void (*sum_into_first)(DType dt, void* const* accs, int count, int64_t n);
+  // out[j] = T((base[j] + std * z[first + j]) * scale), j in [0, n). base is the
+  // op-math array, or nullptr to read out itself (in place).
+  void (*add_noise)(DType dt, void* out, const void* base, int64_t n, int64_t first,
+                    double std, double scale, const NoiseStream& stream);
+  // fp32 normals z[first + j], j in [0, n), of a stream (for tests).
+  void (*normals)(float* out, int64_t n, int64_t first, const NoiseStream& stream);
+  // L-inf step on n contiguous elements with one alpha/eps.
+  void (*sign_step)(DType dt, void* out, const void* x_adv, const void* grad,
+                    const void* x_orig, int64_t n, double alpha, double eps, double lo,
+                    double hi);
+  // L2 step on one sample of n elements; scratch holds n op-math values.
+  void (*l2_step)(DType dt, void* out, const void* x_adv, const void* grad,
+                  const void* x_orig, int64_t n, double alpha, double eps, double lo,
+                  double hi, void* scratch);
+};
+
+// The best table this CPU supports.
+const Kernels& kernels();
+
+namespace base { extern const Kernels table; }
+namespace avx2 { extern const Kernels table; }
+namespace avx512 { extern const Kernels table; }
+
+}  // namespace msf::cpu

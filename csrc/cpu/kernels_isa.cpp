@@ -1,0 +1,246 @@
+// CPU inner loops (see kernels.h), compiled once per instruction set with
+// MSF_ISA naming the namespace. Loops are written lane-wise over fixed-size
+// batches so the compiler vectorises them without -ffast-math, and every
+// reduction has a fixed order, so results do not depend on the thread count.
+#include "kernels.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "../common/rng.h"
+#include "../common/step_math.h"
+
+#ifndef MSF_ISA
+#error "compile with -DMSF_ISA=<namespace>"
+#endif
+
+namespace msf::cpu::MSF_ISA {
+namespace {
+
+constexpr int kLanes = 16;          // noise blocks generated together
+constexpr int kBatch = 4 * kLanes;  // noise elements per batch
+constexpr int kSumLanes = 32;       // independent partial sums in reductions
+
+template <typename Acc>
+Acc tree_sum(Acc* lanes) {
+  for (int w = kSumLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+  return lanes[0];
+}
+
+template <typename T, typename Acc>
+double sum_squares_t(const T* x, int64_t n) {
+  Acc lanes[kSumLanes] = {};
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes)
+    for (int l = 0; l < kSumLanes; ++l) {
+      const Acc v = Acc(x[j + l]);
+      lanes[l] += v * v;
+    }
+  for (int l = 0; j + l < n; ++l) {
+    const Acc v = Acc(x[j + l]);
+    lanes[l] += v * v;
+  }
+  return double(tree_sum(lanes));
+}
+
+template <typename T, typename Acc>
+void axpy_t(const T* x, int64_t n, Acc c, Acc* acc) {
+  for (int64_t j = 0; j < n; ++j) acc[j] += c * Acc(x[j]);
+}
+
+template <typename Acc>
+void sum_into_first_t(Acc* const* accs, int count, int64_t n) {
+  Acc* dst = accs[0];
+  for (int k = 1; k < count; ++k) {
+    const Acc* src = accs[k];
+    for (int64_t j = 0; j < n; ++j) dst[j] += src[j];
+  }
+}
+
+// 4 * kLanes Philox normals of blocks [block0, block0 + kLanes), element order.
+void philox_batch(const NoiseStream& s, uint64_t block0, float* z) {
+  float za[kLanes], zb[kLanes], zc[kLanes], zd[kLanes];
+  const uint32_t key0 = uint32_t(s.seed), key1 = uint32_t(s.seed >> 32);
+  // One lane per block; the fully unrolled rounds keep the loop vectorisable.
+  for (int l = 0; l < kLanes; ++l) {
+    const uint64_t b = s.offset + block0 + uint64_t(l);
+    uint32_t c0 = uint32_t(b), c1 = uint32_t(b >> 32), c2 = s.tensor_index, c3 = kNoiseDomain;
+    uint32_t k0 = key0, k1 = key1;
+#pragma GCC unroll 10
+    for (int r = 0; r < 10; ++r) {
+      philox_round(c0, c1, c2, c3, k0, k1);
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    box_muller(c0, c1, za[l], zb[l]);
+    box_muller(c2, c3, zc[l], zd[l]);
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    z[4 * l] = za[l];
+    z[4 * l + 1] = zb[l];
+    z[4 * l + 2] = zc[l];
+    z[4 * l + 3] = zd[l];
+  }
+}
+
+// 4 * kLanes secure normals of ChaCha20 blocks [block0, block0 + kLanes).
+void chacha_batch(const NoiseStream& s, uint64_t block0, float* z) {
+  uint32_t init[16][kLanes], x[16][kLanes];
+  static constexpr uint32_t kConst[4] = {0x61707865u, 0x3320646Eu, 0x79622D32u, 0x6B206574u};
+  for (int l = 0; l < kLanes; ++l) {
+    const uint64_t b = block0 + uint64_t(l);
+    for (int w = 0; w < 4; ++w) init[w][l] = kConst[w];
+    for (int w = 0; w < 8; ++w) init[4 + w][l] = s.key[w];
+    init[12][l] = uint32_t(b);
+    init[13][l] = uint32_t(b >> 32);
+    init[14][l] = s.tensor_index;
+    init[15][l] = kNoiseDomain;
+  }
+  for (int w = 0; w < 16; ++w)
+    for (int l = 0; l < kLanes; ++l) x[w][l] = init[w][l];
+  auto quarter = [&x](int a, int b, int c, int d) {
+    for (int l = 0; l < kLanes; ++l) {
+      x[a][l] += x[b][l]; x[d][l] = rotl32(x[d][l] ^ x[a][l], 16);
+      x[c][l] += x[d][l]; x[b][l] = rotl32(x[b][l] ^ x[c][l], 12);
+      x[a][l] += x[b][l]; x[d][l] = rotl32(x[d][l] ^ x[a][l], 8);
+      x[c][l] += x[d][l]; x[b][l] = rotl32(x[b][l] ^ x[c][l], 7);
+    }
+  };
+  for (int r = 0; r < 10; ++r) {
+    quarter(0, 4, 8, 12); quarter(1, 5, 9, 13); quarter(2, 6, 10, 14); quarter(3, 7, 11, 15);
+    quarter(0, 5, 10, 15); quarter(1, 6, 11, 12); quarter(2, 7, 8, 13); quarter(3, 4, 9, 14);
+  }
+  for (int w = 0; w < 16; ++w)
+    for (int l = 0; l < kLanes; ++l) x[w][l] += init[w][l];
+  for (int k = 0; k < 4; ++k) {
+    float out[kLanes];
+    for (int l = 0; l < kLanes; ++l) {
+      float a, b, c, d;
+      box_muller(x[4 * k][l], x[4 * k + 1][l], a, b);
+      box_muller(x[4 * k + 2][l], x[4 * k + 3][l], c, d);
+      out[l] = ((a + b) + (c + d)) * 0.5f;
+    }
+    for (int l = 0; l < kLanes; ++l) z[4 * l + k] = out[l];
+  }
+}
+
+void noise_batch(const NoiseStream& s, uint64_t block0, float* z) {
+  if (s.source == 1)
+    chacha_batch(s, block0, z);
+  else
+    philox_batch(s, block0, z);
+}
+
+template <typename T, typename Acc>
+void add_noise_t(T* out, const Acc* base, int64_t n, int64_t first, Acc std, Acc scale,
+                 const NoiseStream& s) {
+  alignas(64) float z[kBatch];
+  for (int64_t j0 = 0; j0 < n; j0 += kBatch) {
+    noise_batch(s, uint64_t(first + j0) / 4, z);
+    const int64_t m = std::min<int64_t>(kBatch, n - j0);
+    T* o = out + j0;
+    if (base) {
+      const Acc* b = base + j0;
+      for (int64_t q = 0; q < m; ++q) o[q] = T((b[q] + std * Acc(z[q])) * scale);
+    } else {
+      for (int64_t q = 0; q < m; ++q) o[q] = T((Acc(o[q]) + std * Acc(z[q])) * scale);
+    }
+  }
+}
+
+void normals(float* out, int64_t n, int64_t first, const NoiseStream& s) {
+  alignas(64) float z[kBatch];
+  for (int64_t j0 = 0; j0 < n; j0 += kBatch) {
+    noise_batch(s, uint64_t(first + j0) / 4, z);
+    const int64_t m = std::min<int64_t>(kBatch, n - j0);
+    for (int64_t q = 0; q < m; ++q) out[j0 + q] = z[q];
+  }
+}
+
+template <typename T, typename Acc>
+void sign_step_t(T* out, const T* x, const T* g, const T* xo, int64_t n, Acc a, Acc e,
+                 Acc lo, Acc hi) {
+  for (int64_t j = 0; j < n; ++j) out[j] = sign_step_elem<T, Acc>(x[j], g[j], xo[j], a, e, lo, hi);
+}
+
+template <typename T, typename Acc>
+void l2_step_t(T* out, const T* x, const T* g, const T* xo, int64_t n, Acc a, Acc e, Acc lo,
+               Acc hi, Acc* d) {
+  const Acc den = Acc(std::sqrt(Acc(sum_squares_t<T, Acc>(g, n)))) + Acc(kL2GradEps);
+  for (int64_t j = 0; j < n; ++j) d[j] = (Acc(x[j]) + a * (Acc(g[j]) / den)) - Acc(xo[j]);
+  const Acc dn = std::sqrt(Acc(sum_squares_t<Acc, Acc>(d, n)));
+  const Acc f = l2_projection_factor<Acc>(dn, e);
+  for (int64_t j = 0; j < n; ++j) out[j] = T(clamp_nan<Acc>(Acc(xo[j]) + d[j] * f, lo, hi));
+}
+
+// Calls fn.template operator()<T, Acc>() for the element type.
+template <typename Fn>
+auto dispatch(DType dt, Fn&& fn) {
+  switch (dt) {
+    case DType::F64: return fn.template operator()<double, double>();
+    case DType::BF16: return fn.template operator()<c10::BFloat16, float>();
+    case DType::F16: return fn.template operator()<c10::Half, float>();
+    case DType::F32:
+    default: return fn.template operator()<float, float>();
+  }
+}
+
+double sum_squares(DType dt, const void* x, int64_t n) {
+  return dispatch(dt, [&]<typename T, typename Acc>() {
+    return sum_squares_t<T, Acc>(static_cast<const T*>(x), n);
+  });
+}
+
+void axpy(DType dt, const void* x, int64_t n, double c, void* acc) {
+  dispatch(dt, [&]<typename T, typename Acc>() {
+    axpy_t<T, Acc>(static_cast<const T*>(x), n, Acc(c), static_cast<Acc*>(acc));
+  });
+}
+
+void sum_into_first(DType dt, void* const* accs, int count, int64_t n) {
+  if (dt == DType::F64)
+    sum_into_first_t<double>(reinterpret_cast<double* const*>(accs), count, n);
+  else
+    sum_into_first_t<float>(reinterpret_cast<float* const*>(accs), count, n);
+}
+
+void add_noise(DType dt, void* out, const void* base, int64_t n, int64_t first, double std,
+               double scale, const NoiseStream& s) {
+  dispatch(dt, [&]<typename T, typename Acc>() {
+    add_noise_t<T, Acc>(static_cast<T*>(out), static_cast<const Acc*>(base), n, first,
+                        Acc(std), Acc(scale), s);
+  });
+}
+
+void sign_step(DType dt, void* out, const void* x, const void* g, const void* xo, int64_t n,
+               double a, double e, double lo, double hi) {
+  dispatch(dt, [&]<typename T, typename Acc>() {
+    sign_step_t<T, Acc>(static_cast<T*>(out), static_cast<const T*>(x),
+                        static_cast<const T*>(g), static_cast<const T*>(xo), n, Acc(a),
+                        Acc(e), Acc(lo), Acc(hi));
+  });
+}
+
+void l2_step(DType dt, void* out, const void* x, const void* g, const void* xo, int64_t n,
+             double a, double e, double lo, double hi, void* scratch) {
+  dispatch(dt, [&]<typename T, typename Acc>() {
+    l2_step_t<T, Acc>(static_cast<T*>(out), static_cast<const T*>(x), static_cast<const T*>(g),
+                      static_cast<const T*>(xo), n, Acc(a), Acc(e), Acc(lo), Acc(hi),
+                      static_cast<Acc*>(scratch));
+  });
+}
+
+#define MSF_STR2(x) #x
+#define MSF_STR(x) MSF_STR2(x)
+
+}  // namespace
+
+extern const Kernels table;
+const Kernels table = {MSF_STR(MSF_ISA), sum_squares, axpy, sum_into_first, add_noise,
+                       normals, sign_step, l2_step};
+
+}  // namespace msf::cpu::MSF_ISA

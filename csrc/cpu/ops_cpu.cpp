@@ -1,0 +1,376 @@
+// CPU implementations of the modelsec_fast ops: validation, dtype mapping,
+// memory layout and at::parallel_for around the inner loops of kernels_isa.cpp.
+// Specification: modelsec_fast/reference.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "../common/step_math.h"
+#include "../op_checks.h"
+#include "../os_entropy.h"
+#include "kernels.h"
+
+namespace msf::cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kNoiseChunk = 8192;   // elements per parallel noise work item (multiple of 4)
+constexpr int64_t kStepGrain = 32768;   // elements per parallel step work item
+constexpr int64_t kMaxSampleChunks = 8; // fixed sample partition: result independent of threads
+
+DType dtype_of(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kDouble: return DType::F64;
+    case at::kBFloat16: return DType::BF16;
+    case at::kHalf: return DType::F16;
+    default: return DType::F32;
+  }
+}
+
+at::ScalarType opmath_of(const Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+NoiseStream make_stream(int64_t seed, int64_t offset, int64_t source) {
+  NoiseStream s{};
+  s.source = int(source);
+  s.seed = uint64_t(seed);
+  s.offset = uint64_t(offset);
+  if (source == 1) os_random_key(s.key);
+  return s;
+}
+
+// (tensor index, first element, length) work items over several tensors.
+struct Item {
+  int t;
+  int64_t start, len;
+};
+
+std::vector<Item> noise_items(const std::vector<int64_t>& sizes) {
+  std::vector<Item> items;
+  for (size_t t = 0; t < sizes.size(); ++t)
+    for (int64_t s = 0; s < sizes[t]; s += kNoiseChunk)
+      items.push_back({int(t), s, std::min(kNoiseChunk, sizes[t] - s)});
+  return items;
+}
+
+std::vector<Tensor> empty_outputs(at::TensorList grads) {
+  std::vector<Tensor> out;
+  for (const auto& g : grads) out.push_back(at::empty(g.sizes().slice(1), g.options()));
+  return out;
+}
+
+std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cpu(at::TensorList grads, double max_norm,
+                                                           double noise_std, double scale,
+                                                           int64_t seed, int64_t offset,
+                                                           int64_t source) {
+  const char* op = "clip_and_noise";
+  check_grads(op, grads);
+  check_finite(op, "max_norm", max_norm);
+  TORCH_CHECK_VALUE(max_norm > 0, op, ": max_norm must be > 0, got ", max_norm);
+  check_noise_args(op, noise_std, scale, source);
+  const auto& ks = kernels();
+  const DType dt = dtype_of(grads[0]);
+  const int64_t B = grads[0].size(0);
+  const int T = int(grads.size());
+  std::vector<Tensor> g(T);
+  std::vector<int64_t> sizes(T), offs(T + 1, 0);
+  for (int t = 0; t < T; ++t) {
+    g[t] = grads[t].contiguous();
+    sizes[t] = c10::multiply_integers(grads[t].sizes().slice(1));
+    offs[t + 1] = offs[t] + sizes[t];
+  }
+  const int64_t P = offs[T];
+  const int64_t elem = g[0].element_size();
+  const int64_t K = std::min<int64_t>(B, kMaxSampleChunks);
+  // One op-math accumulator row per sample chunk; chunk k sums its samples in order.
+  Tensor acc = at::zeros({std::max<int64_t>(K, 1), P}, grads[0].options().dtype(opmath_of(grads[0])));
+  Tensor norms = at::empty({B}, grads[0].options().dtype(at::kFloat));
+  float* norms_p = norms.data_ptr<float>();
+  const int64_t acc_elem = acc.element_size();
+  char* acc_p = static_cast<char*>(acc.data_ptr());
+  std::atomic<int64_t> bad_sample{B};
+  const float max_norm_f = float(max_norm);
+  const bool f64 = dt == DType::F64;
+  at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      char* row_acc = acc_p + k * P * acc_elem;
+      for (int64_t i = k * B / K; i < (k + 1) * B / K; ++i) {
+        // Norm in op-math, summed over tensors in order (as the reference).
+        double sq = 0;
+        for (int t = 0; t < T; ++t) {
+          const double part = ks.sum_squares(dt, static_cast<const char*>(g[t].data_ptr()) +
+                                                     i * sizes[t] * elem, sizes[t]);
+          sq = f64 ? sq + part : double(float(sq) + float(part));
+        }
+        const float n = f64 ? float(std::sqrt(sq)) : std::sqrt(float(sq));
+        norms_p[i] = n;
+        if (!std::isfinite(n)) {
+          int64_t cur = bad_sample.load();
+          while (i < cur && !bad_sample.compare_exchange_weak(cur, i)) {}
+          continue;
+        }
+        const float c = clip_factor(n, max_norm_f);
+        // Accumulate while the sample's rows are still in cache.
+        for (int t = 0; t < T; ++t)
+          ks.axpy(dt, static_cast<const char*>(g[t].data_ptr()) + i * sizes[t] * elem, sizes[t],
+                  double(c), row_acc + offs[t] * acc_elem);
+      }
+    }
+  });
+  TORCH_CHECK_VALUE(bad_sample.load() == B, op, ": the per-sample gradient of sample ",
+                    bad_sample.load(), " has a non-finite norm (NaN/Inf in the gradient, or its ",
+                    "squared norm overflows float32); refusing to return a noised sum");
+  auto out = empty_outputs(grads);
+  const NoiseStream base_stream = make_stream(seed, offset, source);
+  const auto items = noise_items(sizes);
+  const int count = int(std::max<int64_t>(K, 1));
+  at::parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
+    std::vector<void*> rows(count);
+    for (int64_t w = b; w < e; ++w) {
+      const Item& it = items[w];
+      for (int k = 0; k < count; ++k)
+        rows[k] = acc_p + (int64_t(k) * P + offs[it.t] + it.start) * acc_elem;
+      ks.sum_into_first(dt, rows.data(), count, it.len);
+      NoiseStream s = base_stream;
+      s.tensor_index = uint32_t(it.t);
+      ks.add_noise(dt, static_cast<char*>(out[it.t].data_ptr()) + it.start * elem, rows[0],
+                   it.len, it.start, noise_std, scale, s);
+    }
+  });
+  return {out, norms};
+}
+
+std::vector<Tensor> accumulate_and_noise_cpu(at::TensorList grads, const Tensor& factors,
+                                             double noise_std, double scale, int64_t seed,
+                                             int64_t offset, int64_t source) {
+  const char* op = "accumulate_and_noise";
+  check_grads(op, grads);
+  check_float_tensor(op, "factors", factors);
+  const int64_t B = grads[0].size(0);
+  TORCH_CHECK_VALUE(factors.dim() == 1 && factors.size(0) == B, op, ": factors must have shape (",
+                    B, ",), got ", factors.sizes());
+  TORCH_CHECK_VALUE(factors.device() == grads[0].device(), op, ": factors on ", factors.device(),
+                    ", grads on ", grads[0].device());
+  check_noise_args(op, noise_std, scale, source);
+  const auto& ks = kernels();
+  const DType dt = dtype_of(grads[0]);
+  const int T = int(grads.size());
+  std::vector<Tensor> g(T);
+  std::vector<int64_t> sizes(T);
+  for (int t = 0; t < T; ++t) {
+    g[t] = grads[t].contiguous();
+    sizes[t] = c10::multiply_integers(grads[t].sizes().slice(1));
+  }
+  const Tensor f = factors.to(opmath_of(grads[0])).contiguous();
+  std::vector<double> fv(B);
+  for (int64_t i = 0; i < B; ++i)
+    fv[i] = f.scalar_type() == at::kDouble ? f.data_ptr<double>()[i] : double(f.data_ptr<float>()[i]);
+  const int64_t elem = g[0].element_size();
+  const bool f64 = dt == DType::F64;
+  auto out = empty_outputs(grads);
+  const NoiseStream base_stream = make_stream(seed, offset, source);
+  const auto items = noise_items(sizes);
+  at::parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
+    std::vector<double> acc_d(f64 ? kNoiseChunk : 0);
+    std::vector<float> acc_f(f64 ? 0 : kNoiseChunk);
+    void* acc = f64 ? static_cast<void*>(acc_d.data()) : static_cast<void*>(acc_f.data());
+    for (int64_t w = b; w < e; ++w) {
+      const Item& it = items[w];
+      std::fill(acc_d.begin(), acc_d.end(), 0.0);
+      std::fill(acc_f.begin(), acc_f.end(), 0.0f);
+      // Samples in order: one read of each gradient, no dependence on threads.
+      for (int64_t i = 0; i < B; ++i)
+        ks.axpy(dt, static_cast<const char*>(g[it.t].data_ptr()) + (i * sizes[it.t] + it.start) * elem,
+                it.len, fv[i], acc);
+      NoiseStream s = base_stream;
+      s.tensor_index = uint32_t(it.t);
+      ks.add_noise(dt, static_cast<char*>(out[it.t].data_ptr()) + it.start * elem, acc, it.len,
+                   it.start, noise_std, scale, s);
+    }
+  });
+  for (int t = 0; t < T; ++t)
+    TORCH_CHECK_VALUE(at::isfinite(out[t]).all().item<bool>(), op, ": the weighted sum of tensor ",
+                      t, " is not finite (NaN/Inf in the per-sample gradients or factors)");
+  return out;
+}
+
+void add_noise_cpu(at::TensorList tensors, double noise_std, double scale, int64_t seed,
+                   int64_t offset, int64_t source) {
+  const char* op = "add_noise_";
+  check_noise_args(op, noise_std, scale, source);
+  const int T = int(tensors.size());
+  std::vector<Tensor> work(T);
+  std::vector<int64_t> sizes(T);
+  for (int t = 0; t < T; ++t) {
+    check_float_tensor(op, "tensors[i]", tensors[t]);
+    TORCH_CHECK_VALUE(tensors[t].device() == tensors[0].device(), op, ": mixed devices");
+    work[t] = tensors[t].contiguous();
+    sizes[t] = work[t].numel();
+  }
+  const auto& ks = kernels();
+  const NoiseStream base_stream = make_stream(seed, offset, source);
+  const auto items = noise_items(sizes);
+  at::parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) {
+      const Item& it = items[w];
+      NoiseStream s = base_stream;
+      s.tensor_index = uint32_t(it.t);
+      const Tensor& x = work[it.t];
+      ks.add_noise(dtype_of(x), static_cast<char*>(x.data_ptr()) + it.start * x.element_size(),
+                   nullptr, it.len, it.start, noise_std, scale, s);
+    }
+  });
+  for (int t = 0; t < T; ++t)
+    if (!work[t].is_same(tensors[t])) tensors[t].copy_(work[t]);
+}
+
+std::vector<double> per_sample_values(const c10::optional<Tensor>& v, double scalar, int64_t B,
+                                      at::ScalarType opmath) {
+  if (!v.has_value()) return std::vector<double>(size_t(std::max<int64_t>(B, 1)), scalar);
+  // Round to the op-math type first, as the reference holds them.
+  const Tensor d = v->to(opmath).to(at::kDouble).contiguous();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+}
+
+void check_per_sample_values(const char* op, const char* name, const std::vector<double>& v) {
+  for (double x : v) {
+    TORCH_CHECK_VALUE(std::isfinite(x), op, ": ", name, " has non-finite entries");
+    TORCH_CHECK_VALUE(x >= 0, op, ": ", name, " has negative entries");
+  }
+}
+
+// Runs the sign step into `out` (contiguous, same shape).
+void sign_step_into(const char* op, Tensor& out, const Tensor& x_adv, const Tensor& grad,
+                    const Tensor& x_orig, double alpha, double eps, double lo, double hi,
+                    const c10::optional<Tensor>& alpha_t, const c10::optional<Tensor>& eps_t) {
+  const Tensor x = x_adv.contiguous(), g = grad.contiguous(), xo = x_orig.contiguous();
+  const int64_t n = x.numel();
+  const int64_t B = x.dim() ? x.size(0) : 1;
+  const int64_t per = B ? n / B : 0;
+  const auto am = opmath_of(x);
+  const auto av = per_sample_values(alpha_t, alpha, B, am);
+  const auto ev = per_sample_values(eps_t, eps, B, am);
+  check_per_sample_values(op, "alpha", av);
+  check_per_sample_values(op, "eps", ev);
+  const bool uniform = !alpha_t.has_value() && !eps_t.has_value();
+  const auto& ks = kernels();
+  const DType dt = dtype_of(x);
+  const int64_t es = x.element_size();
+  char* o = static_cast<char*>(out.data_ptr());
+  const char* xp = static_cast<const char*>(x.data_ptr());
+  const char* gp = static_cast<const char*>(g.data_ptr());
+  const char* op_ = static_cast<const char*>(xo.data_ptr());
+  at::parallel_for(0, n, kStepGrain, [&](int64_t b, int64_t e) {
+    if (uniform) {
+      ks.sign_step(dt, o + b * es, xp + b * es, gp + b * es, op_ + b * es, e - b, av[0], ev[0], lo, hi);
+      return;
+    }
+    for (int64_t j = b; j < e;) {
+      const int64_t i = j / per;
+      const int64_t stop = std::min(e, (i + 1) * per);
+      ks.sign_step(dt, o + j * es, xp + j * es, gp + j * es, op_ + j * es, stop - j, av[i], ev[i], lo, hi);
+      j = stop;
+    }
+  });
+}
+
+Tensor sign_step_cpu(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig, double alpha,
+                     double eps, double lo, double hi, const c10::optional<Tensor>& alpha_t,
+                     const c10::optional<Tensor>& eps_t) {
+  check_step_args("sign_step", x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
+  Tensor out = at::empty(x_adv.sizes(), x_adv.options());
+  sign_step_into("sign_step", out, x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
+  return out;
+}
+
+void sign_step_inplace_cpu(Tensor& x_adv, const Tensor& grad, const Tensor& x_orig, double alpha,
+                           double eps, double lo, double hi, const c10::optional<Tensor>& alpha_t,
+                           const c10::optional<Tensor>& eps_t) {
+  check_step_args("sign_step_", x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
+  if (x_adv.is_contiguous()) {
+    // Elementwise: reading and writing the same index is safe.
+    sign_step_into("sign_step_", x_adv, x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
+    return;
+  }
+  Tensor out = at::empty(x_adv.sizes(), x_adv.options());
+  sign_step_into("sign_step_", out, x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
+  x_adv.copy_(out);
+}
+
+Tensor l2_step_cpu(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig, double alpha,
+                   double eps, double lo, double hi, const c10::optional<Tensor>& alpha_t,
+                   const c10::optional<Tensor>& eps_t) {
+  const char* op = "l2_step";
+  check_step_args(op, x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
+  TORCH_CHECK_VALUE(x_adv.dim() >= 1, op, ": x_adv must be shaped (B, ...)");
+  const Tensor x = x_adv.contiguous(), g = grad.contiguous(), xo = x_orig.contiguous();
+  Tensor out = at::empty(x.sizes(), x.options());
+  const int64_t B = x.size(0);
+  const int64_t per = B ? x.numel() / B : 0;
+  const auto am = opmath_of(x);
+  const auto av = per_sample_values(alpha_t, alpha, B, am);
+  const auto ev = per_sample_values(eps_t, eps, B, am);
+  check_per_sample_values(op, "alpha", av);
+  check_per_sample_values(op, "eps", ev);
+  const bool per_a = alpha_t.has_value(), per_e = eps_t.has_value();
+  const auto& ks = kernels();
+  const DType dt = dtype_of(x);
+  const int64_t es = x.element_size();
+  const int64_t acc_es = am == at::kDouble ? 8 : 4;
+  at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+    std::vector<char> scratch(size_t(per * acc_es));
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t off = i * per * es;
+      ks.l2_step(dt, static_cast<char*>(out.data_ptr()) + off,
+                 static_cast<const char*>(x.data_ptr()) + off,
+                 static_cast<const char*>(g.data_ptr()) + off,
+                 static_cast<const char*>(xo.data_ptr()) + off, per, av[per_a ? i : 0],
+                 ev[per_e ? i : 0], lo, hi, scratch.data());
+    }
+  });
+  return out;
+}
+
+void fill_normals_cpu(Tensor& out, int64_t seed, int64_t offset, int64_t tensor_index,
+                      int64_t source, c10::IntArrayRef key) {
+  TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.dim() == 1 && out.is_contiguous(),
+                   "_fill_normals_: out must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK_VALUE(source == 0 || (source == 1 && key.size() == 8),
+                    "_fill_normals_: source 0, or source 1 with an 8-word key");
+  NoiseStream s{};
+  s.source = int(source);
+  s.seed = uint64_t(seed);
+  s.offset = uint64_t(offset);
+  s.tensor_index = uint32_t(tensor_index);
+  for (size_t w = 0; w < key.size() && w < 8; ++w) s.key[w] = uint32_t(key[w]);
+  const auto& ks = kernels();
+  float* p = out.data_ptr<float>();
+  const int64_t n = out.numel();
+  at::parallel_for(0, (n + kNoiseChunk - 1) / kNoiseChunk, 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) {
+      const int64_t start = w * kNoiseChunk;
+      ks.normals(p + start, std::min(kNoiseChunk, n - start), start, s);
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(modelsec_fast, CPU, m) {
+  m.impl("clip_and_noise", &clip_and_noise_cpu);
+  m.impl("accumulate_and_noise", &accumulate_and_noise_cpu);
+  m.impl("add_noise_", &add_noise_cpu);
+  m.impl("sign_step", &sign_step_cpu);
+  m.impl("sign_step_", &sign_step_inplace_cpu);
+  m.impl("l2_step", &l2_step_cpu);
+  m.impl("_fill_normals_", &fill_normals_cpu);
+}
+
+}  // namespace msf::cpu

@@ -1,0 +1,14 @@
+"""scikit-build-core metadata provider: pins torch to the minor version we build against.
+
+The extension uses the ATen C++ API, whose ABI changes between torch minor
+versions, so a wheel built against torch X.Y runs only with torch X.Y.*.
+"""
+
+
+def dynamic_metadata(field, settings=None):
+    if field != "dependencies":
+        raise ValueError(f"torch_pin provides 'dependencies', not {field!r}")
+    import torch  # the torch of the build environment (pip --no-build-isolation)
+
+    major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    return [f"torch>={major}.{minor},<{major}.{minor + 1}", "numpy"]

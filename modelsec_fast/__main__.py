@@ -1,0 +1,7 @@
+"""``python -m modelsec_fast``: the ``modelsec-fast`` command."""
+
+import sys
+
+from modelsec_fast.cli import main
+
+sys.exit(main())

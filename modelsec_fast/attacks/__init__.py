@@ -1,0 +1,25 @@
+"""Adversarial attacks with torchattacks 3.5.1's calling convention.
+
+Switching from torchattacks is one import line::
+
+    # import torchattacks as ta
+    import modelsec_fast.attacks as ta
+    adv = ta.PGD(model, eps=8/255, alpha=2/255, steps=10)(images, labels)
+
+Classes: FGSM, FFGSM, BIM, PGD, PGDL2 (this module), APGD, APGDT, FAB,
+Square.  Every gradient attack takes ``loss=``.  Units are pixel space [0, 1].
+For a robustness evaluation use :func:`modelsec_fast.evaluate.robust_accuracy`.
+"""
+
+from .apgd import APGD, APGDT
+from .base import Attack
+from .fab import FAB
+from .fgsm import FFGSM, FGSM
+from .losses import dlr_loss, dlr_targeted_loss, margin_loss
+from .pgd import BIM, PGD, PGDL2
+from .square import Square
+
+__all__ = [
+    "Attack", "APGD", "APGDT", "FAB", "FGSM", "FFGSM", "BIM", "PGD", "PGDL2", "Square",
+    "dlr_loss", "dlr_targeted_loss", "margin_loss",
+]

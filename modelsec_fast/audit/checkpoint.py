@@ -1,0 +1,117 @@
+"""Model checkpoints that carry what an audit needs: the recipe, the data and the members.
+
+A membership audit must know which records trained the model and how it was
+trained (to train LiRA's shadow models the same way), so the CLI's checkpoint
+stores, next to the weights:
+
+* the :class:`~modelsec_fast.audit.recipe.TrainingRecipe`;
+* the data spec (source, subset sizes, seed) that rebuilds the exact pool;
+* ``member_mask``: bool over the pool (the dataset's train split), True for the
+  records the model was trained on, and how it was decided ("coin": an
+  independent fair coin per record, "all": the whole pool, test split as the
+  non-members);
+* the training history, the DP facts, and (plain and DP-SGD recipes) the
+  resumable training state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .recipe import TrainingRecipe, build
+
+__all__ = ["FORMAT", "CheckpointError", "ModelCheckpoint", "load_checkpoint",
+           "MEMBERSHIP_MODES"]
+
+FORMAT = "modelsec_fast.checkpoint/1"
+MEMBERSHIP_MODES = ("coin", "all")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, foreign or does not fit; one-line message."""
+
+
+@dataclass
+class ModelCheckpoint:
+    """Everything the CLI saves about one trained model (see module doc)."""
+
+    recipe: TrainingRecipe
+    data: dict
+    in_shape: tuple
+    num_classes: int
+    member_mask: torch.Tensor
+    membership: str
+    seed: int
+    model_state: dict
+    history: list = field(default_factory=list)
+    privacy: dict | None = None
+    complete: bool = True
+    resume_state: dict | None = None
+
+    def build_model(self, device="cpu") -> nn.Module:
+        """A fresh model of the recipe's architecture with the saved weights, in eval mode.
+
+        Raises:
+            CheckpointError: the weights do not fit the recorded architecture.
+        """
+        model = build(self.recipe, self.in_shape, self.num_classes)
+        try:
+            model.load_state_dict(self.model_state)
+        except RuntimeError as e:
+            detail = str(e).strip().splitlines()
+            raise CheckpointError(
+                f"checkpoint weights do not fit model {self.recipe.model!r} for inputs "
+                f"{'x'.join(map(str, self.in_shape))}: {detail[1].strip() if len(detail) > 1 else detail[0]}"
+            ) from None
+        return model.to(device).eval()
+
+    def save(self, path: str) -> None:
+        from modelsec_fast.defenses.training_state import save_atomically
+
+        save_atomically({
+            "format": FORMAT,
+            "recipe": self.recipe.to_dict(),
+            "data": dict(self.data),
+            "in_shape": list(self.in_shape),
+            "num_classes": self.num_classes,
+            "member_mask": self.member_mask.bool(),
+            "membership": self.membership,
+            "seed": self.seed,
+            "model_state": self.model_state,
+            "history": self.history,
+            "privacy": self.privacy,
+            "complete": self.complete,
+            "resume_state": self.resume_state,
+        }, path)
+
+
+def load_checkpoint(path: str) -> ModelCheckpoint:
+    """Read a checkpoint written by the CLI.
+
+    Raises:
+        CheckpointError: missing file, not a torch file, not ours, or incomplete fields.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for a damaged or foreign file
+        raise CheckpointError(f"{path}: not a readable torch checkpoint "
+                              f"({type(e).__name__})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a modelsec-fast checkpoint (expected format "
+                              f"{FORMAT!r}; train one with `modelsec-fast train`)")
+    try:
+        return ModelCheckpoint(
+            recipe=TrainingRecipe.from_dict(raw["recipe"]), data=raw["data"],
+            in_shape=tuple(raw["in_shape"]), num_classes=int(raw["num_classes"]),
+            member_mask=raw["member_mask"].bool(), membership=raw["membership"],
+            seed=int(raw["seed"]), model_state=raw["model_state"], history=raw["history"],
+            privacy=raw["privacy"], complete=bool(raw["complete"]),
+            resume_state=raw.get("resume_state"))
+    except (KeyError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path}: damaged modelsec-fast checkpoint (field {e})") from None

@@ -1,0 +1,381 @@
+"""A training recipe that can be replayed: the target model's and LiRA's shadow models'.
+
+LiRA assumes the shadow models are trained exactly as the target was, so the
+recipe is data (a :class:`TrainingRecipe` stored in every checkpoint) and
+:func:`train_model` replays it on any subset of the data. The CLI's ``train``
+and ``demo`` commands use the same function, so what is audited is what was
+trained:
+
+* plain training (Adam or SGD, cross-entropy);
+* DP-SGD through :class:`modelsec_fast.PrivacyEngine` (Poisson sampling, the
+  accountant of the recipe), with a fixed noise multiplier or a target epsilon;
+* adversarial training through :class:`modelsec_fast.defenses.AdversarialTrainer`
+  (``fgsm_rs``, ``pgd``, ``free``, ``trades``), alone or under DP-SGD.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["ADV_METHODS", "OPTIMIZERS", "TrainingRecipe", "TrainedModel", "train_model",
+           "evaluate_accuracy", "epsilon_curve", "replay_recipe"]
+
+ADV_METHODS = ("fgsm_rs", "pgd", "free", "trades")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class TrainingRecipe:
+    """Everything needed to train a model again the same way.
+
+    Units: ``adv_eps`` is an L-infinity radius in pixel space [0, 1];
+    ``delta`` is DP's delta; ``max_grad_norm`` is the per-sample clipping bound C.
+    Exactly one of ``noise_multiplier`` / ``target_epsilon`` is set when ``dp``.
+    """
+
+    model: str = "mlp"
+    model_options: dict = field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    dp: bool = False
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "pld"
+    adv: str | None = None
+    adv_eps: float = 0.1
+    adv_steps: int = 7
+
+    def validate(self) -> "TrainingRecipe":
+        """Check ranges and combinations; returns self. Raises ValueError."""
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.adv is not None and self.adv not in ADV_METHODS:
+            raise ValueError(f"--adv must be one of {', '.join(ADV_METHODS)}, got {self.adv!r}")
+        if self.adv is not None and not 0.0 < self.adv_eps <= 1.0:
+            raise ValueError(f"adversarial eps must be in (0, 1] (pixel space), got {self.adv_eps}")
+        if self.dp:
+            if (self.noise_multiplier is None) == (self.target_epsilon is None):
+                raise ValueError("DP training needs exactly one of a noise multiplier "
+                                 "or a target epsilon")
+            if self.noise_multiplier is not None and self.noise_multiplier < 0:
+                raise ValueError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
+            if self.target_epsilon is not None and not self.target_epsilon > 0:
+                raise ValueError(f"target epsilon must be > 0, got {self.target_epsilon}")
+            if not 0.0 < self.delta < 1.0:
+                raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+            if not self.max_grad_norm > 0:
+                raise ValueError(f"max grad norm must be > 0, got {self.max_grad_norm}")
+            if self.adv == "free":
+                raise ValueError("free adversarial training cannot run under DP-SGD: its "
+                                 "replays of one sampled batch are not Poisson steps")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingRecipe":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def describe(self) -> str:
+        parts = [f"{self.model}, {self.epochs} epochs, batch {self.batch_size}, "
+                 f"{self.optimizer} lr {self.lr:g}"]
+        if self.dp:
+            target = (f"sigma {self.noise_multiplier:g}" if self.noise_multiplier is not None
+                      else f"target eps {self.target_epsilon:g}")
+            parts.append(f"DP-SGD ({target}, delta {self.delta:g}, C {self.max_grad_norm:g}, "
+                         f"{self.accountant} accountant)")
+        if self.adv:
+            parts.append(f"adversarial training {self.adv} at eps {self.adv_eps:g}")
+        return "; ".join(parts)
+
+
+@dataclass
+class TrainedModel:
+    """A trained model and its training record.
+
+    ``history``: one dict per epoch (epoch, steps, loss, train_accuracy and,
+    under DP, epsilon). ``privacy``: None, or the DP facts (noise_multiplier,
+    sample_rate, steps, epsilon, delta, accountant, epsilon_curve of
+    (steps, epsilon) pairs).
+    """
+
+    model: nn.Module
+    recipe: TrainingRecipe
+    history: list[dict]
+    privacy: dict | None
+    state: dict = field(default_factory=dict, repr=False)
+
+
+def replay_recipe(recipe: TrainingRecipe, privacy: dict | None) -> TrainingRecipe:
+    """The recipe that retrains "the same way": a target-epsilon DP recipe is pinned
+    to the noise multiplier it calibrated to, so shadow models get the target's noise
+    (and skip the calibration) whatever their own dataset size."""
+    if not recipe.dp or recipe.noise_multiplier is not None or not privacy:
+        return recipe
+    return dataclasses.replace(recipe, noise_multiplier=float(privacy["noise_multiplier"]),
+                               target_epsilon=None)
+
+
+def build(recipe: TrainingRecipe, in_shape, num_classes: int) -> nn.Module:
+    from modelsec_fast.models import build_model
+
+    return build_model(recipe.model, in_shape, num_classes, **recipe.model_options)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      batch_size: int = 1024) -> float:
+    """Top-1 accuracy in [0, 1] on (x, y); NaN for an empty set."""
+    if len(y) == 0:
+        return math.nan
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = sum(int((model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                       == y[i:i + batch_size]).sum()) for i in range(0, len(y), batch_size))
+    model.train(was)
+    return correct / len(y)
+
+
+def _make_optimizer(recipe: TrainingRecipe, params) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9)
+
+
+def train_model(
+    recipe: TrainingRecipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_classes: int,
+    seed: int = 0,
+    progress: bool = False,
+    device: str | torch.device = "cpu",
+    resume_state: dict | None = None,
+    on_epoch_end=None,
+    trainer_state_path: str | None = None,
+    resume: bool = False,
+    track_privacy: bool = True,
+) -> TrainedModel:
+    """Train a fresh model by ``recipe`` on (x, y).
+
+    Args:
+        x: float32 (N, C, H, W) pixels in [0, 1]; y: int64 (N,).
+        num_classes: logits of the model.
+        seed: seeds the initial weights, the shuffling/Poisson sampling, the
+            DP noise and the attacks' random starts.
+        resume_state: a ``TrainedModel.state`` captured by ``on_epoch_end``;
+            training continues after its last epoch (plain and DP-SGD recipes).
+        on_epoch_end: ``fn(trained: TrainedModel)`` after each epoch (checkpointing;
+            adversarial recipes call it once, at the end).
+        trainer_state_path: adversarial recipes only: the file where
+            :class:`AdversarialTrainer` writes its resumable state every epoch.
+        resume: adversarial recipes only: continue from ``trainer_state_path``.
+        track_privacy: DP recipes: compute epsilon (final, and a curve over
+            training at up to 8 points). Off for shadow models, where only the
+            noise matters and PLD accounting would dominate the cost.
+
+    Raises:
+        ValueError: bad recipe, empty data, a resume state from another recipe.
+    """
+    recipe.validate()
+    if len(y) == 0:
+        raise ValueError("cannot train on an empty dataset")
+    torch.manual_seed(seed)
+    model = build(recipe, tuple(x.shape[1:]), num_classes).to(device)
+    optimizer = _make_optimizer(recipe, model.parameters())
+    loader_gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=min(recipe.batch_size, len(y)),
+        shuffle=True, generator=loader_gen)
+    engine = None
+    train_module = model
+    if recipe.dp:
+        from modelsec_fast.privacy.engine import PrivacyEngine
+
+        engine = PrivacyEngine(accountant=recipe.accountant)
+        common = dict(module=model, optimizer=optimizer, data_loader=loader,
+                      max_grad_norm=recipe.max_grad_norm, poisson_sampling=True)
+        if recipe.noise_multiplier is not None:
+            train_module, optimizer, loader = engine.make_private(
+                noise_multiplier=recipe.noise_multiplier, **common)
+        else:
+            train_module, optimizer, loader = engine.make_private_with_epsilon(
+                target_epsilon=recipe.target_epsilon, target_delta=recipe.delta,
+                epochs=recipe.epochs, **common)
+        if getattr(optimizer, "noise_generator", None) is not None:
+            optimizer.noise_generator.manual_seed(seed + 7919)
+    result = TrainedModel(model=model, recipe=recipe, history=[], privacy=None)
+    if recipe.adv:
+        trainer = _adversarial_trainer(recipe, train_module, optimizer, engine, progress,
+                                       trainer_state_path)
+        fit = trainer.fit(loader, recipe.epochs, resume=resume and trainer_state_path is not None)
+        result.history = [_adversarial_record(h, engine, loader) for h in fit]
+        result.history[-1]["train_accuracy"] = evaluate_accuracy(model, x, y)
+        if on_epoch_end is not None:
+            on_epoch_end(result)
+    else:
+        start_epoch = 0
+        if resume_state is not None:
+            start_epoch = _restore(resume_state, model, optimizer, engine, loader, result)
+        epochs = range(start_epoch, recipe.epochs)
+        if progress:
+            from tqdm.auto import tqdm
+            epochs = tqdm(epochs, desc=_progress_label(recipe), leave=False,
+                          initial=start_epoch, total=recipe.epochs)
+        for epoch in epochs:
+            loss = _plain_epoch(train_module, optimizer, loader, device)
+            record = {"epoch": epoch + 1, "steps": _steps(engine, loader, epoch + 1),
+                      "loss": loss, "train_accuracy": evaluate_accuracy(model, x, y)}
+            result.history.append(record)
+            result.state = _capture(model, optimizer, engine, loader, epoch + 1, result)
+            if on_epoch_end is not None:
+                on_epoch_end(result)
+    if engine is not None:
+        result.privacy = _privacy_facts(engine, optimizer, loader, recipe, track_privacy)
+    model.eval()
+    return result
+
+
+def _progress_label(recipe) -> str:
+    label = "DP-SGD" if recipe.dp else "training"
+    return f"{label} + {recipe.adv}" if recipe.adv else label
+
+
+def _plain_epoch(module, optimizer, loader, device) -> float:
+    module.train()
+    total, count = 0.0, 0
+    for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(module(xb), yb)
+        loss.backward()
+        optimizer.step()
+        if len(yb):
+            total += loss.item() * len(yb)
+            count += len(yb)
+    return total / max(count, 1)
+
+
+def _adversarial_trainer(recipe, module, optimizer, engine, progress, state_path):
+    from modelsec_fast.defenses import AdversarialTrainer
+
+    options = dict(method=recipe.adv, eps=recipe.adv_eps, progress=progress,
+                   checkpoint_path=state_path)
+    if recipe.adv in ("pgd", "trades"):
+        options["steps"] = recipe.adv_steps
+    if engine is not None:
+        # No public validation data here, so no weight selection (defenses.privacy_rules).
+        options.update(guard=False, privacy_engine=engine)
+    return AdversarialTrainer(module, optimizer, **options)
+
+
+def _adversarial_record(h: dict, engine, loader) -> dict:
+    record = {"epoch": h["epoch"], "loss": h.get("train_loss", math.nan),
+              "adversarial_train_accuracy": h.get("train_accuracy", math.nan),
+              "steps": len(engine.accountant) if engine is not None
+              else h.get("optimizer_steps", h["epoch"] * len(loader))}
+    if "epsilon" in h:
+        record["epsilon"] = h["epsilon"]
+    if "stopped" in h:
+        record["stopped"] = h["stopped"]
+    return record
+
+
+def _steps(engine, loader, epochs_done) -> int:
+    if engine is not None:
+        return len(engine.accountant)
+    return epochs_done * len(loader)
+
+
+def _privacy_facts(engine, optimizer, loader, recipe, track: bool) -> dict:
+    facts = {
+        "noise_multiplier": float(optimizer.noise_multiplier),
+        "max_grad_norm": float(optimizer.max_grad_norm),
+        "sample_rate": float(getattr(loader, "sample_rate", 1.0 / len(loader))),
+        "steps": len(engine.accountant),
+        "delta": recipe.delta,
+        "accountant": recipe.accountant,
+    }
+    if track:
+        facts["epsilon"] = float(engine.get_epsilon(recipe.delta))
+        facts["epsilon_curve"] = epsilon_curve(engine.accountant, recipe.delta)
+    return facts
+
+
+def epsilon_curve(accountant, delta: float, points: int = 8) -> list[tuple[int, float]]:
+    """(steps, epsilon) at up to ``points`` evenly spaced prefixes of the accountant's history."""
+    from modelsec_fast.accountants import create_accountant
+
+    total = len(accountant)
+    if total == 0:
+        return []
+    marks = sorted({max(1, round(total * (i + 1) / points)) for i in range(points)})
+    curve = []
+    for mark in marks:
+        prefix, left = [], mark
+        for sigma, q, steps in accountant.history:
+            take = min(int(steps), left)
+            if take:
+                prefix.append((sigma, q, take))
+            left -= take
+        acct = create_accountant(accountant.mechanism())
+        acct.history = prefix
+        curve.append((mark, float(acct.get_epsilon(delta))))
+    return curve
+
+
+def _capture(model, optimizer, engine, loader, epochs_done, result) -> dict:
+    from modelsec_fast.defenses.training_state import capture_rng_state
+
+    state = {
+        "epochs_done": epochs_done,
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": capture_rng_state(loader),
+        "history": [dict(h) for h in result.history],
+    }
+    if engine is not None:
+        state["accountant"] = engine.accountant.state_dict()
+        gen = getattr(optimizer, "noise_generator", None)
+        if gen is not None:
+            state["noise_generator"] = gen.get_state()
+    return state
+
+
+def _restore(state, model, optimizer, engine, loader, result) -> int:
+    from modelsec_fast.defenses.training_state import restore_rng_state
+
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError("the resume state is from another architecture: "
+                         f"{str(e).splitlines()[0]}") from None
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng_state(state["rng"], loader)
+    if engine is not None:
+        if "accountant" not in state:
+            raise ValueError("cannot resume a DP run from a non-private checkpoint")
+        engine.accountant.load_state_dict(state["accountant"])
+        if "noise_generator" in state:
+            optimizer.noise_generator.set_state(state["noise_generator"])
+    result.history = [dict(h) for h in state["history"]]
+    return int(state["epochs_done"])

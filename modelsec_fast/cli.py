@@ -1,0 +1,779 @@
+"""The ``modelsec-fast`` command (also ``python -m modelsec_fast``).
+
+Subcommands:
+
+* ``demo``: train a baseline, a DP-SGD model and an adversarially trained model
+  on the embedded digits, attack them, audit their privacy and write a report
+  with plots into ``--out``.
+* ``train``: train one model (``--dp``, ``--adv``), save a checkpoint that
+  records its members so ``audit`` can run on it; ``--resume`` continues one.
+* ``evaluate``: clean and robust accuracy of a checkpoint (FGSM, PGD, APGD).
+* ``audit``: membership inference (loss threshold, LiRA with shadow models) on a
+  checkpoint; ``--canary`` adds the one-run canary audit of its DP-SGD recipe.
+* ``epsilon``: accountant calculator, epsilon from sigma or sigma from epsilon.
+* ``bench``: run the benchmark scripts and print their tables.
+
+Bad input (a missing or corrupt dataset, an unknown model, a checkpoint that
+does not fit) prints one line ``modelsec-fast: error: ...`` and exits with
+status 2, without a traceback (set ``MODELSEC_FAST_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+PROG = "modelsec-fast"
+DEFAULT_ATTACKS = ("fgsm", "pgd", "apgd")
+
+
+class UsageError(ValueError):
+    """Bad command-line input; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _progress_enabled(args) -> bool:
+    return not getattr(args, "no_progress", False)
+
+
+def _log(args, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
+def _check_model_name(name: str) -> None:
+    from modelsec_fast.models import model_names
+
+    if name not in model_names():
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v < 0 or not math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
+    return values
+
+
+def _attack_list(text: str) -> list[str]:
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in DEFAULT_ATTACKS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"attacks must be a comma-separated subset of {','.join(DEFAULT_ATTACKS)}, got {text!r}")
+    return names
+
+
+def _membership_split(num: int, mode: str, seed: int):
+    """bool (num,) member mask: an independent fair coin per record, or everyone."""
+    import torch
+
+    if mode == "all":
+        return torch.ones(num, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(10_007 + seed)
+    mask = torch.rand(num, generator=gen) < 0.5
+    if mask.all() or not mask.any():  # only possible for tiny pools
+        mask[0] = not mask[0]
+    return mask
+
+
+def _load_data(spec: dict):
+    from modelsec_fast.data import load_dataset
+
+    return load_dataset(spec["source"], train_size=spec.get("train_size"),
+                        test_size=spec.get("test_size"), seed=spec.get("seed", 0))
+
+
+def _write_json(obj, destination: str | None) -> None:
+    """Write ``obj`` as strict JSON to a file, or to stdout for "-"."""
+    from modelsec_fast.report import _clean, _json_default
+
+    text = json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=2,
+                      allow_nan=False)
+    if destination in (None, "-"):
+        print(text)
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+        with open(destination, "w") as f:
+            f.write(text + "\n")
+
+
+# ----------------------------------------------------------------------------- robust evaluation
+def _make_attack(name: str, model, eps: float, steps: int, seed: int):
+    from modelsec_fast import attacks
+
+    if name == "fgsm":
+        return attacks.FGSM(model, eps=eps)
+    if name == "pgd":
+        return attacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps,
+                           random_start=True)
+    if name == "apgd":
+        return attacks.APGD(model, eps=eps, steps=steps, seed=seed)
+    raise UsageError(f"unknown attack {name!r}")
+
+
+def robust_curve(model, x, y, eps_grid, *, attacks=DEFAULT_ATTACKS, steps: int = 10,
+                 seed: int = 0, batch_size: int = 512, keep_adversarial: bool = False) -> dict:
+    """Accuracy under the per-example worst case of ``attacks`` at each L-inf eps.
+
+    Args:
+        x, y: float32 (N, C, H, W) in [0, 1], int64 (N,).
+        eps_grid: radii in pixel space; eps 0 is clean accuracy.
+    Returns:
+        ``{"clean_accuracy": a, "robust_accuracy": {eps: acc}, "per_attack": {eps:
+        {attack: acc}}, "warnings": [...], "adversarial": {eps: tensor}?}`` with
+        accuracies in [0, 1] (keys are ``str(eps)``).
+    """
+    import torch
+
+    from modelsec_fast.evaluate import robust_accuracy
+
+    torch.manual_seed(seed)
+    out = {"robust_accuracy": {}, "per_attack": {}, "warnings": [], "adversarial": {}}
+    clean = None
+    for eps in eps_grid:
+        if eps == 0:
+            continue
+        atks = [_make_attack(a, model, eps, steps, seed) for a in attacks]
+        result = robust_accuracy(model, (x, y), attacks=atks, batch_size=batch_size,
+                                 progress=False, seed=seed,
+                                 return_adversarial=keep_adversarial)
+        clean = result.clean_accuracy
+        out["robust_accuracy"][str(eps)] = float(result.robust_accuracy)
+        # Each attack's figure is the cumulative worst case after it ran.
+        out["per_attack"][str(eps)] = {k: float(v["robust_accuracy"])
+                                       for k, v in result.per_attack.items()}
+        out["warnings"] += [f"eps {eps:g}: {w}" for w in result.warnings]
+        if keep_adversarial and getattr(result, "adversarial", None) is not None:
+            out["adversarial"][str(eps)] = result.adversarial
+    if clean is None:
+        from modelsec_fast.audit.recipe import evaluate_accuracy
+        clean = evaluate_accuracy(model, x, y)
+    out["clean_accuracy"] = float(clean)
+    if 0 in eps_grid or 0.0 in eps_grid:
+        out["robust_accuracy"]["0.0"] = float(clean)
+    if not keep_adversarial:
+        out.pop("adversarial")
+    return out
+
+
+# ----------------------------------------------------------------------------- train
+def _recipe_from_args(args):
+    from modelsec_fast.audit.recipe import TrainingRecipe
+
+    dp = args.dp or args.epsilon is not None or args.noise_multiplier is not None
+    if args.epsilon is not None and args.noise_multiplier is not None:
+        raise UsageError("give either --epsilon (target) or --noise-multiplier, not both")
+    if dp and args.epsilon is None and args.noise_multiplier is None:
+        raise UsageError("--dp needs --epsilon TARGET or --noise-multiplier SIGMA")
+    if args.eps is not None and args.adv is None:
+        raise UsageError("--eps is the adversarial-training radius: it needs --adv")
+    _check_model_name(args.model)
+    recipe = TrainingRecipe(
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, dp=dp, noise_multiplier=args.noise_multiplier,
+        target_epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm,
+        accountant=args.accountant, adv=args.adv,
+        adv_eps=args.eps if args.eps is not None else 0.1, adv_steps=args.adv_steps)
+    return recipe.validate()
+
+
+def cmd_train(args) -> int:
+    from modelsec_fast.audit.checkpoint import ModelCheckpoint, load_checkpoint
+    from modelsec_fast.audit.recipe import evaluate_accuracy, train_model
+
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        if args.model_given and args.model != ckpt.recipe.model:
+            raise UsageError(f"checkpoint {args.resume} holds model {ckpt.recipe.model!r}, not "
+                             f"{args.model!r}: resume with the same architecture")
+        ckpt.build_model()  # fails early, in one line, if the weights do not fit
+        recipe, data_spec, seed, mask = ckpt.recipe, ckpt.data, ckpt.seed, ckpt.member_mask
+        membership = ckpt.membership
+        target = args.checkpoint or args.resume
+        resume_state = ckpt.resume_state
+        if ckpt.complete:
+            _log(args, f"{args.resume} is already complete ({recipe.epochs} epochs)")
+    else:
+        recipe = _recipe_from_args(args)
+        data_spec = {"source": args.data, "train_size": args.train_size,
+                     "test_size": args.test_size, "seed": args.seed}
+        seed, membership = args.seed, args.membership
+        target = args.checkpoint
+        resume_state, mask = None, None
+    ds = _load_data(data_spec)
+    if mask is None:
+        mask = _membership_split(len(ds.y_train), membership, seed)
+    elif len(mask) != len(ds.y_train):
+        raise UsageError(f"checkpoint's member mask covers {len(mask)} records but the data "
+                         f"has {len(ds.y_train)}; was the dataset changed?")
+    _log(args, f"data: {ds.describe()}; training on {int(mask.sum())} members ({membership})")
+    _log(args, f"recipe: {recipe.describe()}")
+    x, y = ds.x_train[mask], ds.y_train[mask]
+
+    def checkpoint_of(trained, complete):
+        return ModelCheckpoint(
+            recipe=recipe, data=data_spec, in_shape=ds.in_shape, num_classes=ds.num_classes,
+            member_mask=mask, membership=membership, seed=seed,
+            model_state={k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
+            history=trained.history, privacy=trained.privacy, complete=complete,
+            resume_state=None if complete else trained.state)
+
+    def save_epoch(trained):
+        if target:
+            checkpoint_of(trained, complete=False).save(target)
+
+    started = time.perf_counter()
+    trainer_state = (target + ".trainer") if (target and recipe.adv) else None
+    trained = train_model(recipe, x, y, num_classes=ds.num_classes, seed=seed,
+                          progress=_progress_enabled(args), device=args.device,
+                          resume_state=resume_state, on_epoch_end=save_epoch,
+                          trainer_state_path=trainer_state, resume=bool(args.resume))
+    elapsed = time.perf_counter() - started
+    if target:
+        checkpoint_of(trained, complete=True).save(target)
+    summary = {
+        "checkpoint": target,
+        "recipe": recipe.to_dict(),
+        "data": ds.describe(),
+        "members": int(mask.sum()),
+        "membership": membership,
+        "train_time_s": elapsed,
+        "train_accuracy": evaluate_accuracy(trained.model, x, y),
+        "test_accuracy": evaluate_accuracy(trained.model, ds.x_test.to(args.device),
+                                           ds.y_test.to(args.device)),
+        "privacy": trained.privacy,
+        "history": trained.history,
+    }
+    if args.json:
+        _write_json(summary, args.json)
+    line = (f"test accuracy {100 * summary['test_accuracy']:.2f}% "
+            f"(train {100 * summary['train_accuracy']:.2f}%), {elapsed:.1f} s")
+    if trained.privacy:
+        line += f"; DP epsilon {trained.privacy['epsilon']:.3f} at delta {recipe.delta:g}"
+    if target:
+        line += f"; checkpoint {target}"
+    _log(args, line)
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from modelsec_fast.audit.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.model is not None and args.model != ckpt.recipe.model:
+        raise UsageError(f"checkpoint {args.checkpoint} holds model {ckpt.recipe.model!r}, "
+                         f"not {args.model!r}")
+    spec = dict(ckpt.data)
+    if args.data is not None:
+        spec = {"source": args.data, "train_size": None, "test_size": None, "seed": 0}
+    if args.test_size is not None:
+        spec["test_size"] = args.test_size
+    ds = _load_data(spec)
+    if tuple(ds.in_shape) != tuple(ckpt.in_shape):
+        raise UsageError(f"checkpoint {args.checkpoint} is for inputs "
+                         f"{'x'.join(map(str, ckpt.in_shape))}, the data has "
+                         f"{'x'.join(map(str, ds.in_shape))}")
+    model = ckpt.build_model(args.device)
+    eps_grid = args.eps or [ckpt.recipe.adv_eps if ckpt.recipe.adv else 0.1]
+    x, y = ds.x_test.to(args.device), ds.y_test.to(args.device)
+    curve = robust_curve(model, x, y, eps_grid, attacks=args.attacks, steps=args.steps,
+                         seed=args.seed, batch_size=args.batch_size,
+                         keep_adversarial=args.save_adversarial is not None)
+    result = {"checkpoint": args.checkpoint, "data": ds.describe(), "attacks": args.attacks,
+              "steps": args.steps, **{k: v for k, v in curve.items() if k != "adversarial"}}
+    if args.save_adversarial:
+        os.makedirs(os.path.dirname(os.path.abspath(args.save_adversarial)), exist_ok=True)
+        torch.save({"labels": y.cpu(), "adversarial": curve.get("adversarial", {}),
+                    "eps": eps_grid, "attacks": args.attacks}, args.save_adversarial)
+        result["adversarial_examples"] = args.save_adversarial
+    if args.json:
+        _write_json(result, args.json)
+    _log(args, f"clean accuracy {100 * curve['clean_accuracy']:.2f}%")
+    for eps in eps_grid:
+        if eps:
+            _log(args, f"eps {eps:g}: robust accuracy "
+                       f"{100 * curve['robust_accuracy'][str(eps)]:.2f}% "
+                       f"({', '.join(f'{k} {100 * v:.1f}%' for k, v in curve['per_attack'][str(eps)].items())})")
+    for w in curve["warnings"]:
+        _log(args, f"warning: {w}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- audit
+def _audit_population(ckpt, ds):
+    """(x, y, member_mask, design) over which membership is attacked."""
+    import torch
+
+    if ckpt.membership == "coin":
+        return ds.x_train, ds.y_train, ckpt.member_mask, "coin_flip"
+    x = torch.cat([ds.x_train, ds.x_test])
+    y = torch.cat([ds.y_train, ds.y_test])
+    mask = torch.cat([torch.ones(len(ds.y_train), dtype=torch.bool),
+                      torch.zeros(len(ds.y_test), dtype=torch.bool)])
+    return x, y, mask, "split"
+
+
+def shadow_trainer(recipe, privacy: dict | None, num_classes: int, device="cpu"):
+    """``train_fn(x, y, seed) -> model`` replaying the target's recipe for LiRA's shadows
+    (a target-epsilon DP recipe is pinned to the target's noise multiplier)."""
+    from modelsec_fast.audit.recipe import replay_recipe, train_model
+
+    replay = replay_recipe(recipe, privacy)
+
+    def train_fn(x, y, seed):
+        return train_model(replay, x, y, num_classes=num_classes, seed=seed, device=device,
+                           track_privacy=False).model
+
+    return train_fn
+
+
+def cmd_audit(args) -> int:
+    from modelsec_fast.audit.checkpoint import load_checkpoint
+    from modelsec_fast.audit.membership import membership_audit
+
+    if args.shadows < 2:
+        raise UsageError(f"--shadows must be >= 2 (LiRA needs in and out models), got "
+                         f"{args.shadows}")
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.build_model(args.device)
+    ds = _load_data(ckpt.data)
+    if len(ckpt.member_mask) != len(ds.y_train):
+        raise UsageError(f"checkpoint's member mask covers {len(ckpt.member_mask)} records but "
+                         f"its data now has {len(ds.y_train)}")
+    x, y, mask, design = _audit_population(ckpt, ds)
+    _log(args, f"auditing {args.checkpoint}: {int(mask.sum())} members, "
+               f"{int((~mask).sum())} non-members, {args.shadows} shadow models "
+               f"({ckpt.recipe.describe()})")
+    started = time.perf_counter()
+    audit = membership_audit(model, x, y, mask,
+                             train_fn=shadow_trainer(ckpt.recipe, ckpt.privacy, ds.num_classes,
+                                                      args.device),
+                             num_shadow=args.shadows, design=design,
+                             delta=ckpt.recipe.delta, seed=args.seed,
+                             progress=_progress_enabled(args))
+    result = {"checkpoint": args.checkpoint, "recipe": ckpt.recipe.to_dict(),
+              "audit_time_s": time.perf_counter() - started, "membership": audit.to_dict(),
+              "privacy": ckpt.privacy}
+    if args.canary:
+        result["canary_audit"] = _canary_for_recipe(ckpt.recipe, ckpt.privacy, ds, args)
+    if args.out:
+        from modelsec_fast.report import plot_mi_roc
+
+        os.makedirs(args.out, exist_ok=True)
+        result["roc_plot"] = plot_mi_roc({a.name: (a.fpr.tolist(), a.tpr.tolist())
+                                          for a in audit.attacks},
+                                         os.path.join(args.out, "mi_roc.png"))
+    if args.json:
+        _write_json(result, args.json)
+    print(audit.table())
+    for b in audit.epsilon_bounds:
+        print(f"empirical epsilon >= {b.epsilon_lower_bound:.3f} ({b.attack}, Clopper-Pearson, "
+              f"{1 - b.alpha:g} confidence)")
+    for note in audit.notes:
+        print(f"note: {note}")
+    if args.canary:
+        print(result["canary_audit"]["summary"])
+    return 0
+
+
+def _canary_for_recipe(recipe, privacy, ds, args) -> dict:
+    """One-run canary audit replaying a DP recipe's sigma, q and steps."""
+    from modelsec_fast.audit.canary import canary_audit_dp_sgd
+
+    if not recipe.dp or not privacy:
+        raise UsageError("--canary audits a DP-SGD run: the checkpoint was not trained with --dp")
+    q = privacy["sample_rate"]
+    batches = max(1, round(1.0 / q))
+    res = canary_audit_dp_sgd(x=ds.x_train, y=ds.y_train, num_classes=ds.num_classes,
+                              noise_multiplier=privacy["noise_multiplier"],
+                              max_grad_norm=privacy["max_grad_norm"], sample_rate=1.0 / batches,
+                              steps=privacy["steps"], delta=privacy["delta"],
+                              accountant=privacy["accountant"], model=recipe.model,
+                              model_options=recipe.model_options, seed=args.seed)
+    return res.to_dict() | {"summary": res.summary()}
+
+
+# ----------------------------------------------------------------------------- epsilon
+def cmd_epsilon(args) -> int:
+    from modelsec_fast.accountants import create_accountant, get_noise_multiplier
+
+    if not 0 < args.sample_rate <= 1:
+        raise UsageError(f"--sample-rate must be in (0, 1], got {args.sample_rate}")
+    if (args.steps is None) == (args.epochs is None):
+        raise UsageError("give exactly one of --steps or --epochs")
+    steps = args.steps if args.steps is not None else math.ceil(args.epochs / args.sample_rate)
+    if (args.noise_multiplier is None) == (args.epsilon is None):
+        raise UsageError("give exactly one of --noise-multiplier (-> epsilon) or "
+                         "--epsilon (-> noise multiplier)")
+    accountants = ["rdp", "pld"] if args.accountant == "all" else [args.accountant]
+    rows = []
+    for name in accountants:
+        if args.noise_multiplier is not None:
+            if args.noise_multiplier <= 0:
+                raise UsageError("--noise-multiplier must be > 0 (sigma 0 gives no privacy)")
+            acct = create_accountant(name)
+            acct.history = [(args.noise_multiplier, args.sample_rate, steps)]
+            rows.append({"accountant": name, "noise_multiplier": args.noise_multiplier,
+                         "epsilon": float(acct.get_epsilon(args.delta))})
+        else:
+            sigma = get_noise_multiplier(target_epsilon=args.epsilon, target_delta=args.delta,
+                                         sample_rate=args.sample_rate, steps=steps,
+                                         accountant=name)
+            rows.append({"accountant": name, "epsilon": args.epsilon,
+                         "noise_multiplier": float(sigma)})
+    result = {"sample_rate": args.sample_rate, "steps": steps, "delta": args.delta,
+              "results": rows}
+    if args.json:
+        _write_json(result, "-")
+        return 0
+    print(f"q = {args.sample_rate:g}, {steps} steps, delta = {args.delta:g}")
+    for r in rows:
+        print(f"  {r['accountant']:>4}: sigma = {r['noise_multiplier']:.4f} -> "
+              f"epsilon = {r['epsilon']:.4f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+def _bench_dir() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(os.path.dirname(here), "bench")
+
+
+def cmd_bench(args) -> int:
+    import subprocess
+    import tempfile
+
+    folder = _bench_dir()
+    if not os.path.isdir(folder):
+        raise UsageError(f"benchmark scripts not found at {folder}: they ship with the source "
+                         "tree (git clone), not the wheel")
+    available = sorted(f[len("bench_"):-3] for f in os.listdir(folder)
+                       if f.startswith("bench_") and f.endswith(".py"))
+    names = args.names or available
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise UsageError(f"unknown benchmark {', '.join(unknown)}; available: "
+                         f"{', '.join(available) or 'none'}")
+    status = 0
+    for name in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, os.path.join(folder, f"bench_{name}.py"), "--device",
+                   args.device, "--json", os.path.join(tmp, "out.json")]
+            if args.quick:
+                cmd.append("--quick")
+            print(f"== bench_{name}: {' '.join(cmd[1:])}", flush=True)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (os.path.dirname(folder), env.get("PYTHONPATH")) if p)
+            done = subprocess.run(cmd, env=env)
+            if done.returncode != 0:
+                print(f"bench_{name} failed with status {done.returncode}", file=sys.stderr)
+                status = 1
+    return status
+
+
+# ----------------------------------------------------------------------------- demo
+# Fixed sizes, printed in the report: (full, quick).
+_DEMO = {
+    "epochs": (30, 12),
+    "dp_epochs": (30, 12),
+    "adv_epochs": (15, 6),
+    "shadows": (16, 8),
+    "eps_grid": ((0.0, 0.05, 0.1, 0.15, 0.2, 0.3), (0.0, 0.1, 0.2)),
+    "attack_steps": (20, 10),
+    "canary_m": (1000, 400),
+    "canary_r": (200, 100),
+    "audited": (("baseline", "dp", "adv"), ("baseline", "dp")),
+}
+
+
+def _demo_setting(name: str, quick: bool):
+    return _DEMO[name][1 if quick else 0]
+
+
+def cmd_demo(args) -> int:
+    """Train baseline, DP-SGD and adversarial models, attack, audit, write the report."""
+    import datetime
+
+    from modelsec_fast import __version__
+    from modelsec_fast.audit.canary import canary_audit_dp_sgd
+    from modelsec_fast.audit.membership import membership_audit
+    from modelsec_fast.audit.recipe import TrainingRecipe, train_model
+    from modelsec_fast.data import load_dataset
+    from modelsec_fast.report import (plot_accuracy_vs_eps, plot_epsilon_vs_steps, plot_mi_roc,
+                                      write_report)
+
+    _check_model_name(args.model)
+    if not args.target_epsilon > 0:
+        raise UsageError(f"--target-epsilon must be > 0, got {args.target_epsilon}")
+    quick = args.quick
+    setting = {k: _demo_setting(k, quick) for k in _DEMO}
+    shadows = args.shadows or setting["shadows"]
+    if shadows < 2:
+        raise UsageError("--shadows must be >= 2")
+    ds = load_dataset(args.data, seed=args.seed)
+    mask = _membership_split(len(ds.y_train), "coin", args.seed)
+    x, y = ds.x_train[mask], ds.y_train[mask]
+    x_test, y_test = ds.x_test.to(args.device), ds.y_test.to(args.device)
+    adv_eps = 0.1
+    recipes = {
+        "baseline": TrainingRecipe(model=args.model, epochs=setting["epochs"]),
+        "dp": TrainingRecipe(model=args.model, epochs=setting["dp_epochs"], lr=2e-3, dp=True,
+                             target_epsilon=args.target_epsilon, delta=args.delta,
+                             max_grad_norm=1.0),
+        "adv": TrainingRecipe(model=args.model, epochs=setting["adv_epochs"], adv=args.adv,
+                              adv_eps=adv_eps, adv_steps=5),
+    }
+    labels = {"baseline": "baseline", "dp": f"DP-SGD (target eps {args.target_epsilon:g})",
+              "adv": f"adversarial ({args.adv}, eps {adv_eps:g})"}
+    _log(args, f"demo: {ds.describe()}; {int(mask.sum())} of {len(mask)} training-pool records "
+               f"are members (fair coin); {shadows} shadow models per audited model"
+               f"{'; quick mode' if quick else ''}")
+    report = {
+        "tool": PROG, "version": __version__, "command": "modelsec-fast demo" +
+        (" --quick" if quick else ""),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "settings": {
+            "data": ds.describe(), "pool_size": len(mask), "members": int(mask.sum()),
+            "test_size": len(ds.y_test), "attacks": list(DEFAULT_ATTACKS),
+            "attack_steps": setting["attack_steps"], "eps_grid": list(setting["eps_grid"]),
+            "headline_eps": adv_eps, "shadow_models": shadows, "seed": args.seed,
+            "quick": quick, "audited_models": [labels[k] for k in setting["audited"]],
+        },
+        "models": {}, "warnings": [],
+    }
+    roc_curves, eps_curves, acc_curves = {}, {}, {}
+    dp_privacy, started_all = None, time.perf_counter()
+    for key, recipe in recipes.items():
+        label = labels[key]
+        _log(args, f"[{label}] training: {recipe.describe()}")
+        started = time.perf_counter()
+        trained = train_model(recipe, x, y, num_classes=ds.num_classes, seed=args.seed,
+                              progress=_progress_enabled(args), device=args.device)
+        train_time = time.perf_counter() - started
+        _log(args, f"[{label}] attacking ({', '.join(DEFAULT_ATTACKS)}) at eps "
+                   f"{', '.join(f'{e:g}' for e in setting['eps_grid'])}")
+        curve = robust_curve(trained.model, x_test, y_test, setting["eps_grid"],
+                             steps=setting["attack_steps"], seed=args.seed)
+        entry = {"recipe": recipe.to_dict(), "recipe_text": recipe.describe(),
+                 "train_time_s": train_time, "history": trained.history,
+                 "privacy": trained.privacy, **curve}
+        acc_curves[label] = {float(e): a for e, a in curve["robust_accuracy"].items()}
+        report["warnings"] += [f"{label}: {w}" for w in curve["warnings"]]
+        if trained.privacy:
+            dp_privacy = trained.privacy
+            eps_curves[label] = trained.privacy["epsilon_curve"]
+        if key in setting["audited"]:
+            _log(args, f"[{label}] membership audit with {shadows} shadow models")
+            audit = membership_audit(
+                trained.model, ds.x_train, ds.y_train, mask,
+                train_fn=shadow_trainer(recipe, trained.privacy, ds.num_classes, args.device),
+                num_shadow=shadows, design="coin_flip", delta=args.delta, seed=args.seed,
+                progress=_progress_enabled(args))
+            entry["membership"] = audit.to_dict()
+            for a in audit.attacks:
+                roc_curves[f"{label}: {a.name}"] = (a.fpr.tolist(), a.tpr.tolist())
+        report["models"][label] = entry
+        _log(args, f"[{label}] clean {100 * curve['clean_accuracy']:.1f}%, robust at eps "
+                   f"{adv_eps:g}: {100 * curve['robust_accuracy'][str(adv_eps)]:.1f}%"
+                   + (f", DP eps {trained.privacy['epsilon']:.2f}" if trained.privacy else "")
+                   + f" ({time.perf_counter() - started:.0f} s)")
+    if dp_privacy is not None:
+        _log(args, f"[{labels['dp']}] one-run canary audit ({setting['canary_m']} canaries)")
+        batches = max(1, round(1.0 / dp_privacy["sample_rate"]))
+        canary = canary_audit_dp_sgd(
+            x=x, y=y, num_classes=ds.num_classes,
+            noise_multiplier=dp_privacy["noise_multiplier"],
+            max_grad_norm=dp_privacy["max_grad_norm"], sample_rate=1.0 / batches,
+            steps=dp_privacy["steps"], delta=args.delta, accountant=dp_privacy["accountant"],
+            m=setting["canary_m"], r=setting["canary_r"], model=args.model, seed=args.seed)
+        report["canary_audit"] = canary.to_dict() | {"summary": canary.summary()}
+        _log(args, canary.summary())
+    os.makedirs(args.out, exist_ok=True)
+    report["plots"] = {
+        "accuracy_vs_eps": plot_accuracy_vs_eps(acc_curves,
+                                                os.path.join(args.out, "accuracy_vs_eps.png")),
+        "epsilon_vs_steps": plot_epsilon_vs_steps(eps_curves,
+                                                  os.path.join(args.out, "epsilon_vs_steps.png")),
+        "mi_roc": plot_mi_roc(roc_curves, os.path.join(args.out, "mi_roc.png")),
+    }
+    report["total_time_s"] = time.perf_counter() - started_all
+    paths = write_report(args.out, report)
+    _log(args, f"report: {paths['markdown']} ({report['total_time_s']:.0f} s)")
+    print(paths["markdown"])
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_common(p, *, device=True):
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    if device:
+        p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--quiet", action="store_true", help="only print results")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Fast, verified AI-model security for PyTorch: "
+                     "DP-SGD, adversarial attacks and training, privacy audits.")
+    from modelsec_fast import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    demo = sub.add_parser("demo", help="train, attack and audit three models; write a report")
+    demo.add_argument("--data", default="digits",
+                      help="digits (default, offline), fashion-mnist, an IDX dir or an .npz")
+    demo.add_argument("--out", default="report", help="output folder (default ./report)")
+    demo.add_argument("--quick", action="store_true", help="smaller run, under a minute")
+    demo.add_argument("--target-epsilon", type=float, default=4.0,
+                      help="DP-SGD model's target epsilon (default 4)")
+    demo.add_argument("--delta", type=float, default=1e-5, help="DP delta (default 1e-5)")
+    demo.add_argument("--adv", default="fgsm_rs", choices=("fgsm_rs", "pgd", "trades", "free"),
+                      help="adversarial-training method (default fgsm_rs)")
+    demo.add_argument("--shadows", type=_positive_int, default=None,
+                      help="LiRA shadow models per audited model (default 16; quick 8)")
+    demo.add_argument("--model", default="mlp", help="architecture (default mlp)")
+    _add_common(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train one model and save an auditable checkpoint")
+    train.add_argument("--data", default="digits", help="digits, fashion-mnist, IDX dir or .npz")
+    train.add_argument("--train-size", type=_positive_int, help="subset of the train split")
+    train.add_argument("--test-size", type=_positive_int, help="subset of the test split")
+    train.add_argument("--membership", choices=("coin", "all"), default="coin",
+                       help="coin (default): each training-split record joins by a fair coin, "
+                            "so audits can bound epsilon; all: the whole split")
+    train.add_argument("--model", default="mlp", help="architecture (default mlp)")
+    train.add_argument("--epochs", type=_positive_int, default=20)
+    train.add_argument("--batch-size", type=_positive_int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    train.add_argument("--dp", action="store_true", help="train with DP-SGD")
+    train.add_argument("--epsilon", type=float, help="DP target epsilon (implies --dp)")
+    train.add_argument("--noise-multiplier", type=float, help="DP noise multiplier (implies --dp)")
+    train.add_argument("--delta", type=float, default=1e-5)
+    train.add_argument("--max-grad-norm", type=float, default=1.0)
+    train.add_argument("--accountant", choices=("pld", "rdp", "prv"), default="pld")
+    train.add_argument("--adv", choices=("fgsm_rs", "pgd", "free", "trades"),
+                       help="adversarial training method")
+    train.add_argument("--eps", type=float, help="adversarial-training L-inf radius (pixel space)")
+    train.add_argument("--adv-steps", type=_positive_int, default=7,
+                       help="attack steps for --adv pgd/trades (default 7)")
+    train.add_argument("--checkpoint", help="save the model here (written every epoch)")
+    train.add_argument("--resume", help="continue the run saved in this checkpoint")
+    train.add_argument("--json", help="write a JSON summary here ('-' for stdout)")
+    _add_common(train)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="clean and robust accuracy of a checkpoint")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--data", help="evaluate on this dataset's test split instead")
+    ev.add_argument("--test-size", type=_positive_int, help="subset of the test split")
+    ev.add_argument("--model", help="expected architecture (checked against the checkpoint)")
+    ev.add_argument("--attacks", type=_attack_list, default=list(DEFAULT_ATTACKS),
+                    help="comma-separated subset of fgsm,pgd,apgd (default all)")
+    ev.add_argument("--eps", type=_float_list,
+                    help="comma-separated L-inf radii (default the training eps or 0.1)")
+    ev.add_argument("--steps", type=_positive_int, default=20, help="PGD/APGD steps (default 20)")
+    ev.add_argument("--batch-size", type=_positive_int, default=512)
+    ev.add_argument("--save-adversarial", help="save the worst-case adversarial examples (.pt)")
+    ev.add_argument("--json", help="write the metrics as JSON here ('-' for stdout)")
+    _add_common(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    au = sub.add_parser("audit", help="membership-inference audit of a checkpoint")
+    au.add_argument("checkpoint")
+    au.add_argument("--shadows", type=int, default=16, help="LiRA shadow models (default 16)")
+    au.add_argument("--canary", action="store_true",
+                    help="also run the one-run canary audit of the checkpoint's DP-SGD recipe")
+    au.add_argument("--out", help="folder for the ROC plot")
+    au.add_argument("--json", help="write the audit as JSON here ('-' for stdout)")
+    _add_common(au)
+    au.set_defaults(func=cmd_audit)
+
+    ep = sub.add_parser("epsilon", help="DP accountant calculator")
+    ep.add_argument("--noise-multiplier", type=float, help="sigma -> epsilon")
+    ep.add_argument("--epsilon", type=float, help="target epsilon -> sigma")
+    ep.add_argument("--sample-rate", type=float, required=True, help="Poisson rate q")
+    ep.add_argument("--steps", type=_positive_int, help="number of DP-SGD steps")
+    ep.add_argument("--epochs", type=float, help="epochs (steps = epochs / q)")
+    ep.add_argument("--delta", type=float, default=1e-5)
+    ep.add_argument("--accountant", choices=("pld", "rdp", "prv", "all"), default="pld")
+    ep.add_argument("--json", action="store_true", help="print JSON")
+    ep.set_defaults(func=cmd_epsilon)
+
+    be = sub.add_parser("bench", help="run benchmark scripts and print their tables")
+    be.add_argument("names", nargs="*", help="benchmarks to run (default all): e.g. dpsgd audit")
+    be.add_argument("--quick", action="store_true", help="seconds-long smoke runs")
+    be.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    be.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``modelsec-fast`` console script; returns the exit status."""
+    from modelsec_fast.audit.checkpoint import CheckpointError
+    from modelsec_fast.data import DataError
+
+    parser = build_parser()
+    debug = os.environ.get("MODELSEC_FAST_DEBUG") == "1"
+    try:
+        args = parser.parse_args(argv)
+        if hasattr(args, "model"):
+            args.model_given = args.model is not None and any(
+                a == "--model" or a.startswith("--model=") for a in (argv or sys.argv[1:]))
+        return int(args.func(args) or 0)
+    except (UsageError, DataError, CheckpointError) as e:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # library validation of user-supplied values
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""PrivacyEngine: Opacus's entry point, on the book-keeping engine.
+
+Switching from Opacus is one import::
+
+    from modelsec_fast import PrivacyEngine      # was: from opacus import PrivacyEngine
+    engine = PrivacyEngine()
+    model, optimizer, loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader,
+        noise_multiplier=1.0, max_grad_norm=1.0)
+    # unchanged loop: optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+Expected batch size: as in Opacus, E[B] = int(N * q) with q = 1/len(data_loader).
+Passing ``expected_batch_size=`` is better practice: the divisor of the noisy
+sum must be a public constant, and N (the private dataset's size) is not one
+under add/remove-one adjacency; a value fixed in advance also survives a
+change of dataset size across runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+from torch import nn, optim
+
+from .optimizer import DPOptimizer, _check_positive
+from .per_sample.capture import PrivateModule
+from .validate import ModuleValidator
+
+_GRAD_SAMPLE_MODES = (None, "hooks", "ghost", "functorch", "ew", "bookkeeping")
+
+
+class PrivacyEngine:
+    """Keeps the privacy accountant and makes model/optimizer/loader private.
+
+    Args:
+        accountant: ``"pld"`` (default, tight), ``"rdp"`` or ``"prv"`` (see
+            :mod:`modelsec_fast.accountants`).
+        secure_mode: noise and Poisson masks from a ChaCha20 CSPRNG.
+    """
+
+    def __init__(self, *, accountant: str = "pld", secure_mode: bool = False):
+        from modelsec_fast.accountants import create_accountant
+        self.accountant = create_accountant(accountant)
+        self.secure_mode = bool(secure_mode)
+        self.dataset = None
+
+    # -------------------------------------------------------------- helpers
+    def _prepare_data_loader(self, data_loader, *, poisson_sampling: bool, generator=None):
+        if self.dataset is None:
+            self.dataset = data_loader.dataset
+        elif self.dataset is not data_loader.dataset:
+            warnings.warn("PrivacyEngine detected a new dataset object; accounting is per "
+                          "dataset, use a new PrivacyEngine for a different dataset")
+        if poisson_sampling:
+            from .sampling import DPDataLoader
+            return DPDataLoader.from_data_loader(data_loader, generator=generator,
+                                                 secure_mode=self.secure_mode)
+        warnings.warn(
+            "poisson_sampling=False: batches are not Poisson-sampled, so the epsilon this "
+            "engine reports (which assumes Poisson sampling with q = 1/len(data_loader)) "
+            "does NOT hold for this training run", UserWarning, stacklevel=3)
+        return data_loader
+
+    @staticmethod
+    def _check_args(module, optimizer, noise_multiplier, max_grad_norm, loss_reduction,
+                    clipping, grad_sample_mode):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+        if not isinstance(optimizer, optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if clipping != "flat":
+            raise ValueError(f"clipping={clipping!r} is not supported; only 'flat' clipping is")
+        if grad_sample_mode not in _GRAD_SAMPLE_MODES:
+            raise ValueError(f"unknown grad_sample_mode {grad_sample_mode!r}; accepted: "
+                             f"{_GRAD_SAMPLE_MODES} (all run the book-keeping engine)")
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        _check_positive("noise_multiplier", noise_multiplier, True)
+        _check_positive("max_grad_norm", max_grad_norm)
+        model_params = {id(p) for p in module.parameters()}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in model_params:
+                    raise ValueError("Module parameters are different than optimizer Parameters")
+
+    # ----------------------------------------------------------- public API
+    def make_private(self, *, module: nn.Module, optimizer: optim.Optimizer, data_loader,
+                     noise_multiplier: float, max_grad_norm: float,
+                     criterion=None, batch_first: bool = True, loss_reduction: str = "mean",
+                     poisson_sampling: bool = True, clipping: str = "flat",
+                     noise_generator=None, grad_sample_mode: Optional[str] = None,
+                     expected_batch_size: Optional[int] = None, grad_scaler=None,
+                     wrap_model: bool = True, **kwargs):
+        """Make ``module``, ``optimizer`` and ``data_loader`` private (Opacus signature).
+
+        Returns ``(module, optimizer, data_loader)``, or Opacus's 4-tuple
+        ``(module, optimizer, criterion, data_loader)`` for ``grad_sample_mode="ghost"``
+        (the criterion is returned unchanged: one ordinary backward suffices here).
+
+        Extra options: ``expected_batch_size`` (public E[B]; default int(N/len(loader))),
+        ``grad_scaler`` (a ``torch.amp.GradScaler`` to unscale before clipping).
+
+        Raises:
+            ValueError / TypeError: invalid hyperparameters; ``UnsupportedModuleError``
+            (a ValueError) for models the engine cannot train.
+        """
+        if noise_generator is not None and self.secure_mode:
+            raise ValueError("Passing seed is prohibited in secure mode")
+        if not wrap_model:
+            raise ValueError("wrap_model=False is not supported: use the returned module")
+        self._check_args(module, optimizer, noise_multiplier, max_grad_norm, loss_reduction,
+                         clipping, grad_sample_mode)
+        if isinstance(module, PrivateModule):
+            raise ValueError("module is already private; pass the plain model "
+                             "(PrivateModule.cleanup() returns it)")
+        ModuleValidator.validate(module, strict=True)
+        if isinstance(optimizer, DPOptimizer):
+            optimizer = optimizer.original_optimizer
+        data_loader = self._prepare_data_loader(data_loader, poisson_sampling=poisson_sampling)
+        n_batches = len(data_loader)
+        if n_batches == 0:
+            raise ValueError("data_loader has no batches")
+        sample_rate = 1.0 / n_batches
+        if expected_batch_size is None:
+            expected_batch_size = int(len(data_loader.dataset) * sample_rate)
+            if expected_batch_size < 1:
+                raise ValueError("expected batch size int(N * q) is 0; pass expected_batch_size")
+        private_module = PrivateModule(module, batch_first=batch_first,
+                                       loss_reduction=loss_reduction)
+        try:
+            dp_optimizer = DPOptimizer(
+                optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                expected_batch_size=expected_batch_size, loss_reduction=loss_reduction,
+                generator=noise_generator, secure_mode=self.secure_mode)
+        except Exception:
+            private_module.cleanup()
+            raise
+        dp_optimizer.logical_batch_source = data_loader
+        if grad_scaler is not None:
+            dp_optimizer.attach_grad_scaler(grad_scaler)
+        accountant = self.accountant
+
+        def account(opt, sample_rate=sample_rate):
+            accountant.step(noise_multiplier=opt.noise_multiplier, sample_rate=sample_rate)
+
+        dp_optimizer.attach_step_hook(account)
+        if grad_sample_mode == "ghost":
+            return private_module, dp_optimizer, criterion, data_loader
+        return private_module, dp_optimizer, data_loader
+
+    def make_private_with_epsilon(self, *, module: nn.Module, optimizer: optim.Optimizer,
+                                  data_loader, target_epsilon: float, target_delta: float,
+                                  epochs: int, max_grad_norm: float, criterion=None,
+                                  epsilon_tolerance: float = 0.01, **kwargs):
+        """``make_private`` with sigma chosen so that epsilon(epochs) <= target_epsilon.
+
+        The default accountant is PLD (Opacus defaults to PRV), so sigma may differ
+        from Opacus's for the same target.
+        """
+        from modelsec_fast.accountants import get_noise_multiplier
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        sample_rate = 1.0 / len(data_loader)
+        if len(self.accountant) > 0:
+            warnings.warn("make_private_with_epsilon with privacy budget already spent: the "
+                          "chosen noise assumes a fresh start, the total epsilon will be higher")
+        sigma = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
+                                     sample_rate=sample_rate, epochs=epochs,
+                                     accountant=self.accountant.mechanism(),
+                                     epsilon_tolerance=epsilon_tolerance)
+        return self.make_private(module=module, optimizer=optimizer, data_loader=data_loader,
+                                 criterion=criterion, noise_multiplier=sigma,
+                                 max_grad_norm=max_grad_norm, **kwargs)
+
+    def get_epsilon(self, delta: float) -> float:
+        """Epsilon spent so far at ``delta``, from the accountant."""
+        return self.accountant.get_epsilon(delta=delta)
+
+    @staticmethod
+    def is_compatible(*, module: nn.Module, optimizer=None, data_loader=None) -> bool:
+        return ModuleValidator.is_valid(module)
+
+    @staticmethod
+    def validate(*, module: nn.Module, optimizer=None, data_loader=None) -> None:
+        ModuleValidator.validate(module, strict=True)
+
+    @classmethod
+    def get_compatible_module(cls, module: nn.Module) -> nn.Module:
+        return ModuleValidator.fix_and_validate(module)
+
+    def save_checkpoint(self, *, path, module, optimizer=None, **kwargs):
+        """Delegates to :func:`modelsec_fast.privacy.checkpoint.save_checkpoint`."""
+        from . import checkpoint
+        return checkpoint.save_checkpoint(path=path, module=module, optimizer=optimizer,
+                                          engine=self, **kwargs)
+
+    def load_checkpoint(self, *, path, module, optimizer=None, **kwargs):
+        """Delegates to :func:`modelsec_fast.privacy.checkpoint.load_checkpoint`."""
+        from . import checkpoint
+        return checkpoint.load_checkpoint(path=path, module=module, optimizer=optimizer,
+                                          engine=self, **kwargs)
+
+
+__all__ = ["PrivacyEngine"]

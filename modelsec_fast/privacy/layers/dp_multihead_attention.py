@@ -1,0 +1,141 @@
+"""DPMultiheadAttention: nn.MultiheadAttention through four nn.Linear layers.
+
+``nn.MultiheadAttention`` applies ``in_proj_weight`` functionally, so no layer
+rule sees it. This module computes the same function with separate q/k/v and
+output ``nn.Linear`` projections, always on batch-first tensors internally
+(so the sample index is dimension 0 for the Linear rule whatever
+``batch_first`` says). Same constructor and forward signature as
+``nn.MultiheadAttention``; ``add_bias_kv=True`` is not supported (its raw
+bias parameters would need a rule of their own).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DPMultiheadAttention(nn.Module):
+    """Drop-in for ``nn.MultiheadAttention`` whose parameters live in nn.Linear layers."""
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False,
+                 device=None, dtype=None):
+        super().__init__()
+        if add_bias_kv:
+            raise ValueError("DPMultiheadAttention: add_bias_kv=True is not supported")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        kw = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.add_zero_attn = add_zero_attn
+        self.qlinear = nn.Linear(embed_dim, embed_dim, bias=bias, **kw)
+        self.klinear = nn.Linear(self.kdim, embed_dim, bias=bias, **kw)
+        self.vlinear = nn.Linear(self.vdim, embed_dim, bias=bias, **kw)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **kw)
+        # Attributes nn.TransformerEncoderLayer inspects; None disables its fused fast path.
+        self.in_proj_weight = None
+        self.in_proj_bias = None
+        self._qkv_same_embed_dim = False
+        self.bias_k = self.bias_v = None
+
+    @classmethod
+    def from_multihead_attention(cls, mha: nn.MultiheadAttention) -> "DPMultiheadAttention":
+        """A DPMultiheadAttention computing the same function as ``mha`` (weights copied)."""
+        if mha.bias_k is not None:
+            raise ValueError("cannot convert nn.MultiheadAttention with add_bias_kv=True")
+        ref = mha.out_proj.weight
+        new = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout,
+                  bias=mha.in_proj_bias is not None, add_zero_attn=mha.add_zero_attn,
+                  kdim=mha.kdim, vdim=mha.vdim, batch_first=mha.batch_first,
+                  device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            if mha._qkv_same_embed_dim:
+                q, k, v = mha.in_proj_weight.chunk(3, dim=0)
+            else:
+                q, k, v = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+            new.qlinear.weight.copy_(q)
+            new.klinear.weight.copy_(k)
+            new.vlinear.weight.copy_(v)
+            if mha.in_proj_bias is not None:
+                qb, kb, vb = mha.in_proj_bias.chunk(3)
+                new.qlinear.bias.copy_(qb)
+                new.klinear.bias.copy_(kb)
+                new.vlinear.bias.copy_(vb)
+            new.out_proj.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None:
+                new.out_proj.bias.copy_(mha.out_proj.bias)
+        new.train(mha.training)
+        return new
+
+    def _merged_mask(self, attn_mask, key_padding_mask, batch, tgt, src, dtype):
+        """Additive float mask (B|1, H|1, T, S) from PyTorch's mask conventions, or None."""
+        mask = None
+        if attn_mask is not None:
+            m = attn_mask
+            if m.dtype == torch.bool:
+                m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
+            m = m.to(dtype)
+            if m.dim() == 2:
+                m = m.view(1, 1, tgt, src)
+            else:
+                m = m.view(batch, self.num_heads, tgt, src)
+            mask = m
+        if key_padding_mask is not None:
+            k = key_padding_mask
+            if k.dtype == torch.bool:
+                k = torch.zeros(k.shape, dtype=dtype, device=k.device).masked_fill(k, float("-inf"))
+            k = k.to(dtype).view(batch, 1, 1, src)
+            mask = k if mask is None else mask + k
+        return mask
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        if query.dim() != 3:
+            raise ValueError(f"DPMultiheadAttention needs batched 3-D inputs, got {query.dim()}-D")
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        batch, tgt, _ = query.shape
+        h, hd = self.num_heads, self.head_dim
+        q = self.qlinear(query).view(batch, tgt, h, hd).transpose(1, 2)
+        k = self.klinear(key).view(batch, key.shape[1], h, hd).transpose(1, 2)
+        v = self.vlinear(value).view(batch, value.shape[1], h, hd).transpose(1, 2)
+        if self.add_zero_attn:
+            zeros = q.new_zeros(batch, h, 1, hd)
+            k, v = torch.cat([k, zeros], 2), torch.cat([v, zeros], 2)
+            if attn_mask is not None:
+                attn_mask = F.pad(attn_mask, (0, 1))
+            if key_padding_mask is not None:
+                key_padding_mask = F.pad(key_padding_mask, (0, 1))
+        src = k.shape[2]
+        mask = self._merged_mask(attn_mask, key_padding_mask, batch, tgt, src, q.dtype)
+        causal = bool(is_causal) and mask is None
+        p_drop = self.dropout if self.training else 0.0
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(hd)
+            if causal:
+                upper = torch.ones(tgt, src, dtype=torch.bool, device=q.device).triu(1)
+                scores = scores.masked_fill(upper, float("-inf"))
+            elif mask is not None:
+                scores = scores + mask
+            weights = torch.softmax(scores, dim=-1)
+            out = F.dropout(weights, p_drop, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop,
+                                                 is_causal=causal)
+            weights = None
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, tgt, self.embed_dim))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(dim=1)
+        return out, weights

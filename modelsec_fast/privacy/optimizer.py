@@ -1,0 +1,357 @@
+"""DPOptimizer: Opacus's DP-SGD optimizer wrapper on the book-keeping engine.
+
+What users observe, as in Opacus:
+
+* ``p.grad`` after ``step()`` is the private gradient
+  ``(sum_i c_i g_i + N(0, (sigma*C)^2)) / E[B]`` (``loss_reduction="mean"``;
+  no division for ``"sum"``), with c_i = min(1, C / (n_i + 1e-6)) and n_i the
+  per-sample gradient norm over all trainable parameters (flat clipping).
+* Noise is added once per real step; ``signal_skip_step`` (used by
+  ``BatchMemoryManager``) keeps clipped sums in ``p.summed_grad`` across
+  physical batches of one logical batch.
+* ``step()`` without a backward pass, or a backward pass after a step without
+  ``zero_grad()``, raises ``ValueError``.
+
+Differences from Opacus, on purpose:
+
+* Between ``backward()`` and ``step()``, ``p.grad`` already holds the clipped
+  sum of the pass (Opacus holds the unclipped sum there and per-sample copies in
+  ``p.grad_sample``; we never build those).
+* Several backward passes before one step are physical micro-batches of ONE
+  logical Poisson batch: their clipped sums add up and are divided by E[B]
+  (Opacus divides by k * E[B] and accounts one step of rate q, which is not a
+  valid Poisson step when the k batches were sampled independently). When the
+  data loader exposes ``batches_yielded``, folding two logical batches into one
+  step raises.
+* GradScaler: attach it (``attach_grad_scaler`` or ``make_private(grad_scaler=)``)
+  so that norms are taken on unscaled gradients; call ``scaler.step(optimizer)``.
+  A pass with a non-finite per-sample gradient leaves NaN in ``p.grad``, the
+  scaler skips that step, and the step is not counted. Without a scaler, a
+  non-finite per-sample gradient raises.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch.optim import Optimizer
+
+from .per_sample.capture import OWNER_ATTR
+from .per_sample.clipping import clip_pass
+
+_ZERO_GRAD_MSG = (
+    "Gradients haven't been cleared since the last optimizer step. In order to "
+    "obtain privacy guarantees you must call optimizer.zero_grad() on each step")
+
+
+def _add_noise(grads, std, scale, generator, source):
+    from modelsec_fast import ops  # lazy: keeps the import graph one-way and cheap
+    ops.add_noise_(grads, std, scale=scale, generator=generator, source=source)
+
+
+def _check_positive(name, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+class DPOptimizer(Optimizer):
+    """``torch.optim.Optimizer`` wrapper that clips per sample and adds noise.
+
+    Args:
+        optimizer: any torch optimizer over the parameters of a private module
+            (one returned by ``PrivacyEngine.make_private``).
+        noise_multiplier: sigma >= 0; the noise std is ``sigma * max_grad_norm``.
+        max_grad_norm: clipping bound C > 0 on each sample's total gradient norm.
+        expected_batch_size: public E[B], the divisor for ``loss_reduction="mean"``.
+        loss_reduction: ``"mean"`` or ``"sum"``, the reduction of the training loss.
+        generator: ``torch.Generator`` for the noise; a fresh one seeded from OS
+            entropy when None. Its state is the noise (seed, offset) for checkpoints.
+        secure_mode: draw noise from the ChaCha20 CSPRNG (``source="secure"``).
+
+    Raises:
+        ValueError / TypeError: bad hyperparameters, or parameters that no
+            private module manages.
+    """
+
+    def __init__(self, optimizer: Optimizer, *, noise_multiplier: float,
+                 max_grad_norm: float, expected_batch_size: Optional[int],
+                 loss_reduction: str = "mean", generator=None, secure_mode: bool = False,
+                 **kwargs):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"Unexpected value for loss_reduction: {loss_reduction!r} "
+                             "(expected 'mean' or 'sum')")
+        if isinstance(max_grad_norm, (list, tuple)):
+            raise ValueError("per-layer max_grad_norm lists are not supported: only flat "
+                             "clipping (one float) is implemented")
+        self.noise_multiplier = _check_positive("noise_multiplier", noise_multiplier, True)
+        self.max_grad_norm = _check_positive("max_grad_norm", max_grad_norm)
+        if loss_reduction == "mean":
+            if expected_batch_size is None:
+                raise ValueError("You must provide expected batch size of the loss reduction is mean")
+            if isinstance(expected_batch_size, bool) or not isinstance(expected_batch_size, (int, float)) \
+                    or expected_batch_size <= 0:
+                raise ValueError(f"expected_batch_size must be a positive number, got {expected_batch_size!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator is None:
+            generator = torch.Generator()
+            generator.seed()
+        self.original_optimizer = optimizer
+        self.loss_reduction = loss_reduction
+        self.expected_batch_size = expected_batch_size
+        self.noise_generator = generator
+        self.secure_mode = bool(secure_mode)
+        self.noise_source = "secure" if secure_mode else "philox"
+        self.adds_noise = True
+        self.grad_all_reduce: Optional[Callable[[list], None]] = None
+        self.logical_batch_source = None
+        self._step_hooks: list[Callable] = []
+        self._step_skip_queue: list[bool] = []
+        self._is_last_step_skipped = False
+        self._grad_scaler = None
+        self._reset_window()
+        self._fresh_passes = 0
+        self._needs_zero_grad = False
+        self._error: Optional[Exception] = None
+        self._states = self._bind_states()
+        for p in self.params:
+            p.summed_grad = None
+
+    # ------------------------------------------------------------ wiring
+    def _bind_states(self):
+        states = {}
+        for p in self.params:
+            owner = getattr(p, OWNER_ATTR, None)
+            if owner is None:
+                raise ValueError(
+                    f"a trainable parameter of shape {tuple(p.shape)} is not managed by a "
+                    "private module: build the optimizer over the parameters of the "
+                    "module returned by PrivacyEngine.make_private (and make sure every "
+                    "trainable layer has a per-sample rule; see ModuleValidator)")
+            states[id(owner[0])] = owner[0]
+        for state in states.values():
+            state.sink = self
+        return list(states.values())
+
+    def _reset_window(self):
+        self._passes = 0
+        self._seen: set[int] = set()
+        self._batch_ids: set = set()
+        self._nonfinite = False
+
+    def attach_step_hook(self, fn: Callable[["DPOptimizer"], None]) -> None:
+        """Call ``fn(optimizer)`` once per real (non-skipped) private step.
+
+        Several hooks may be attached; they run after noise and scaling,
+        before the inner optimizer's step (Opacus runs its single hook there).
+        """
+        self._step_hooks.append(fn)
+
+    @property
+    def step_hook(self):
+        return self._step_hooks[-1] if self._step_hooks else None
+
+    @property
+    def generator(self):
+        """Opacus's name for :attr:`noise_generator`."""
+        return self.noise_generator
+
+    def attach_grad_scaler(self, scaler) -> None:
+        """Take per-sample norms on gradients unscaled by ``scaler``'s scale."""
+        self._grad_scaler = scaler
+
+    def signal_skip_step(self, do_skip: bool = True) -> None:
+        """The next ``step()`` only accumulates clipped sums (Opacus semantics)."""
+        self._step_skip_queue.append(do_skip)
+
+    def _check_skip_next_step(self, pop_next: bool = True) -> bool:
+        if self._step_skip_queue:
+            return self._step_skip_queue.pop(0) if pop_next else self._step_skip_queue[0]
+        return False
+
+    # ------------------------------------------------- proxies (as Opacus)
+    @property
+    def params(self) -> list:
+        return [p for g in self.original_optimizer.param_groups for p in g["params"]
+                if p.requires_grad]
+
+    @property
+    def param_groups(self):
+        return self.original_optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value):
+        self.original_optimizer.param_groups = value
+
+    @property
+    def state(self):
+        return self.original_optimizer.state
+
+    @state.setter
+    def state(self, value):
+        self.original_optimizer.state = value
+
+    @property
+    def defaults(self):
+        return self.original_optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value):
+        self.original_optimizer.defaults = value
+
+    @property
+    def accumulated_iterations(self) -> int:
+        """Backward passes (physical micro-batches) folded into the coming step."""
+        return self._passes
+
+    def state_dict(self):
+        return self.original_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.original_optimizer.load_state_dict(state_dict)
+
+    def __repr__(self):
+        return self.original_optimizer.__repr__()
+
+    # ------------------------------------------- called at end of backward
+    def commit_pass(self, state, pending) -> None:
+        """Clip one backward pass and add its clipped sums into ``p.grad``."""
+        if self._needs_zero_grad:
+            self._error = self._error or ValueError(_ZERO_GRAD_MSG)
+            raise ValueError(_ZERO_GRAD_MSG)
+        scale = 1.0
+        if self._grad_scaler is not None and self._grad_scaler.is_enabled():
+            scale = float(self._grad_scaler.get_scale())
+        sums, norms = clip_pass(pending, max_grad_norm=self.max_grad_norm,
+                                loss_reduction=self.loss_reduction, grad_scale=scale,
+                                batch_dim=state.batch_dim)
+        if norms.numel() and not bool(torch.isfinite(norms).all()):
+            self._nonfinite = True
+            if self._grad_scaler is None:
+                bad = int((~torch.isfinite(norms)).nonzero()[0, 0])
+                self._error = ValueError(
+                    f"the per-sample gradient of sample {bad} has a non-finite norm "
+                    "(NaN/Inf in the loss or activations). Refusing to clip it: fix the "
+                    "model/data, or attach a GradScaler so the step is skipped")
+                raise self._error
+        with torch.no_grad():
+            for p, g in sums:
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
+                self._seen.add(id(p))
+        self._passes += 1
+        self._fresh_passes += 1
+        src = self.logical_batch_source
+        if src is not None:
+            self._batch_ids.add(getattr(src, "batches_yielded", None))
+
+    # ----------------------------------------------------------- the step
+    def _check_before_step(self):
+        if self._error is not None:
+            raise self._error
+        for state in self._states:
+            if state.error is not None:
+                raise state.error
+            if state.leaked:
+                names = ", ".join(sorted(state.leaked))
+                raise ValueError(
+                    f"parameters {names} received an ordinary (unclipped) autograd gradient: "
+                    "they were used outside their layer's forward (e.g. functionally). "
+                    "Their per-sample norms were not counted; refusing to step")
+        if self._fresh_passes == 0:
+            raise ValueError(
+                "optimizer.step() was called without a backward pass since the last step "
+                "(per-sample gradients are not initialized; call loss.backward() first)")
+        if self._nonfinite:
+            raise ValueError(
+                "a backward pass since the last step had non-finite per-sample gradients; "
+                "with a GradScaler, call scaler.step(optimizer) so the step is skipped")
+
+    def _check_complete(self, params):
+        missing = [p for p in params if id(p) not in self._seen]
+        if missing:
+            names = [getattr(p, OWNER_ATTR, (None, f"shape {tuple(p.shape)}"))[1] for p in missing]
+            raise ValueError(
+                f"trainable parameters {names} got no per-sample gradient in this step "
+                "(not used in the forward, or used outside their layer). Freeze them "
+                "with requires_grad_(False) or remove them from the optimizer")
+        if len(self._batch_ids - {None}) > 1:
+            raise ValueError(
+                "this step folds backward passes from several logical Poisson batches; "
+                "several backward calls before one step must be splits of ONE logical "
+                "batch (use BatchMemoryManager), otherwise the step is not a valid "
+                "Poisson-sampled step and the reported epsilon would be wrong")
+
+    def pre_step(self, closure=None) -> bool:
+        """Clip, noise and scale; False when the step is skipped (no inner step)."""
+        self._check_before_step()
+        params = self.params
+        if self._check_skip_next_step():
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p.summed_grad = p.grad if p.summed_grad is None else p.summed_grad + p.grad
+                        p.grad = None
+            self._is_last_step_skipped = True
+            self._needs_zero_grad = True
+            self._fresh_passes = 0
+            return False
+        self._check_complete(params)
+        grads = []
+        with torch.no_grad():
+            for p in params:
+                if p.summed_grad is not None:
+                    p.grad = p.summed_grad if p.grad is None else p.grad.add_(p.summed_grad)
+                    p.summed_grad = None
+                grads.append(p.grad)
+            std = self.noise_multiplier * self.max_grad_norm if self.adds_noise else 0.0
+            scale = 1.0 / self.expected_batch_size if self.loss_reduction == "mean" else 1.0
+            if std > 0:
+                _add_noise(grads, std, scale, self.noise_generator, self.noise_source)
+            elif scale != 1.0:
+                torch._foreach_mul_(grads, scale)
+            if self.grad_all_reduce is not None:
+                self.grad_all_reduce(grads)
+        for fn in self._step_hooks:
+            fn(self)
+        self._is_last_step_skipped = False
+        self._needs_zero_grad = True
+        self._reset_window()
+        self._fresh_passes = 0
+        for state in self._states:
+            state.new_window()
+        return True
+
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        if self.pre_step():
+            return self.original_optimizer.step()
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear ``p.grad``; ``p.summed_grad`` survives a skipped step (Opacus)."""
+        if not self._is_last_step_skipped:
+            for p in self.params:
+                p.summed_grad = None
+            self._reset_window()
+        self._fresh_passes = 0
+        self._needs_zero_grad = False
+        self._error = None
+        for state in self._states:
+            state.error = None
+            state.leaked.clear()
+        self.original_optimizer.zero_grad(set_to_none)

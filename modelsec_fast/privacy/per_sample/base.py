@@ -1,0 +1,128 @@
+"""The contract every per-layer rule implements, and shared numerics.
+
+A rule knows three things about one layer family:
+
+* ``forward``: run the layer through a custom ``torch.autograd.Function``
+  whose backward returns only the input gradient (never autograd's own weight
+  gradient) and hands what the rule needs to the layer's recorder.
+* ``sq_norms``: the per-sample squared norm of the layer's gradient, summed
+  over its trainable parameters, from the calls recorded in one backward pass.
+* ``clipped_sums``: ``sum_i f_i * grad_i`` per parameter, by book-keeping
+  (the layer's own weight-gradient formula applied to f-scaled output
+  gradients) or from a per-sample gradient materialised in ``sq_norms``.
+
+Per-sample convention: dimension 0 of every recorded tensor is the sample
+index (``batch_dim`` moves it there for sequence layers used batch-second).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Call:
+    """What one forward call of a layer left for the rule, captured in backward.
+
+    ``tensors`` are rule-specific (typically the input activation and the
+    output gradient); ``batch_size`` is the number of samples of the call.
+    """
+
+    tensors: tuple
+    batch_size: int
+    meta: dict = field(default_factory=dict)
+
+
+class LayerRule:
+    """Base class of per-layer rules; one subclass per layer family."""
+
+    #: names of the layer's parameters, in a fixed order
+    param_names: tuple[str, ...] = ("weight", "bias")
+
+    def present_params(self, module) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) for the parameters the module actually has."""
+        out = []
+        for name in self.param_names:
+            p = getattr(module, name, None)
+            if isinstance(p, torch.nn.Parameter):
+                out.append((name, p))
+        return out
+
+    def validate(self, module) -> list[str]:
+        """Configuration problems that make the layer unsupported (empty: fine)."""
+        return []
+
+    def forward(self, module, recorder, *args, **kwargs):
+        raise RuntimeError(f"{type(self).__name__} defines no forward")
+
+    def sq_norms(self, module, calls: list[Call], mask: dict[str, bool],
+                 batch_dim: int) -> tuple[torch.Tensor, Any]:
+        """(B,) squared per-sample norms over the masked-in parameters, and a cache."""
+        raise RuntimeError(f"{type(self).__name__} defines no sq_norms")
+
+    def clipped_sums(self, module, calls: list[Call], mask: dict[str, bool],
+                     batch_dim: int, cache: Any, factors: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """name -> sum_i factors[i] * per-sample grad_i, in the parameter's shape."""
+        raise RuntimeError(f"{type(self).__name__} defines no clipped_sums")
+
+
+def opmath(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp64 for fp64 inputs, fp32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+#: largest materialised per-sample gradient (elements, B * groups * p * d) we allow
+MATERIALISE_BUDGET = 1 << 26
+
+
+def prefer_ghost(time_steps: int, out_features: int, in_features: int, *,
+                 batch: int = 1, groups: int = 1) -> bool:
+    """Ghost norm (True) or materialised per-sample gradient (False) for one layer.
+
+    Per sample and group, the ghost norm costs T^2 (p + d) multiply-adds and
+    then still needs the book-keeping product G^T diag(c) A (T p d); the
+    materialised gradient costs the same T p d once, plus a few memory passes
+    over its p d entries. So ghost pays only while T^2 (p + d) <= 4 p d (always
+    for T = 1). Past that we materialise, unless the B * groups * p * d tensor
+    would exceed ``MATERIALISE_BUDGET``; then the published mixed-ghost rule
+    (Bu et al. 2023: ghost iff 2T^2 <= p d, i.e. whichever needs less memory)
+    decides.
+    """
+    t, p, d = time_steps, out_features, in_features
+    if t * t * (p + d) <= 4 * p * d:
+        return True
+    if batch * groups * p * d <= MATERIALISE_BUDGET:
+        return False
+    return 2 * t * t <= p * d
+
+
+def ghost_sq_norm(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """||G^T A||_F^2 per sample without forming G^T A.
+
+    a: (N, T, d), g: (N, T, p) -> (N,) = <A A^T, G G^T>.
+    """
+    aat = torch.bmm(a, a.transpose(1, 2))
+    ggt = torch.bmm(g, g.transpose(1, 2))
+    return (aat * ggt).sum(dim=(1, 2))
+
+
+def batch_first(t: torch.Tensor, batch_dim: int) -> torch.Tensor:
+    """Move the sample dimension to 0 (no copy)."""
+    return t if batch_dim == 0 or t.dim() < 2 else t.movedim(batch_dim, 0)
+
+
+def scale_rows(t: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """t[i] * factors[i] for t of shape (B, ...)."""
+    return t * factors.reshape((-1,) + (1,) * (t.dim() - 1)).to(t.dtype)
+
+
+def flat_rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, prod(...)); safe for B = 0, unlike reshape(B, -1)."""
+    n = 1
+    for s in t.shape[1:]:
+        n *= s
+    return t.reshape(t.shape[0], n)

@@ -1,0 +1,217 @@
+"""Capture machinery: per-layer recorders, backward-pass grouping, the wrapper.
+
+How a step flows:
+
+1. ``attach(module)`` gives every supported layer an instance ``forward`` that
+   runs the layer's rule (a custom autograd Function). Autograd therefore
+   never computes those layers' weight gradients.
+2. In backward, each Function hands its inputs/output gradient to its
+   :class:`LayerRecorder`. The recorder keeps them only when the backward pass
+   really accumulates into the layer's parameters: it asks the autograd engine
+   whether the parameter's ``AccumulateGrad`` node will run. An attack's
+   ``torch.autograd.grad(loss, x)`` or ``backward(inputs=[x])`` does not run
+   it, so such passes leave no trace.
+3. The first kept record of a pass queues a callback that runs when the whole
+   backward pass has finished; it hands the pass's records to the bound
+   DPOptimizer, which clips them as one micro-batch of samples.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Call
+from .registry import rule_for
+
+_will_execute = torch._C._will_engine_execute_node
+
+#: attribute set on every managed parameter: (CaptureState, qualified name)
+OWNER_ATTR = "_modelsec_private_owner"
+
+
+class LayerRecorder:
+    """Links one layer to its rule and to the shared :class:`CaptureState`."""
+
+    def __init__(self, state: "CaptureState", name: str, module: nn.Module, rule):
+        self.state = state
+        self.name = name
+        self.module = module
+        self.rule = rule
+        self.params = rule.present_params(module)
+        self._acc_nodes: dict[str, tuple[torch.Tensor, object]] = {}
+
+    def param_names(self) -> list[str]:
+        return [f"{self.name}.{n}" if self.name else n for n, _ in self.params]
+
+    def prepare_forward(self) -> None:
+        """Cache each trainable parameter's AccumulateGrad node (grad mode on)."""
+        for pname, p in self.params:
+            if p.requires_grad:
+                cached = self._acc_nodes.get(pname)
+                if cached is None or cached[0] is not p:
+                    node = p.view_as(p).grad_fn.next_functions[0][0]
+                    self._acc_nodes[pname] = (p, node)
+
+    def capture(self, ctx, tensors: tuple, batch_size: int, needs, meta=None) -> None:
+        """Called from a rule's backward: keep ``tensors`` if this pass trains the layer.
+
+        ``needs`` are ``ctx.needs_input_grad`` entries aligned with ``self.params``.
+        """
+        mask = {}
+        keep = False
+        for (pname, _), need in zip(self.params, needs):
+            node = self._acc_nodes.get(pname)
+            ok = bool(need) and node is not None and _will_execute(node[1])
+            mask[pname] = ok
+            keep = keep or ok
+        if not keep:
+            return
+        window = self.state.window
+        if getattr(ctx, "_modelsec_window", None) == window:
+            self.state.fail(ValueError(
+                f"layer {self.name or type(self.module).__name__!r}: a second backward "
+                "pass went through the same forward call before optimizer.step(). "
+                "The samples' gradients would be clipped separately and their "
+                "sensitivity doubled; sum the losses and call backward once."))
+            return
+        ctx._modelsec_window = window
+        self.state.add(self, Call(tensors, batch_size, meta or {}), mask)
+
+
+class CaptureState:
+    """Records of the backward pass in progress, and the optimizer they go to."""
+
+    def __init__(self, batch_dim: int = 0):
+        self.batch_dim = batch_dim
+        self.recorders: list[LayerRecorder] = []
+        self.sink = None
+        self.window = 0
+        self._pending: list[tuple[LayerRecorder, Call, dict]] = []
+        self._queued = False
+        self.leaked: set[str] = set()
+        self.error: Exception | None = None
+
+    def note_autograd_grad(self, name: str, grad) -> None:
+        """Leaf hook: a defined gradient here bypassed the layer's rule (unclipped)."""
+        if grad is not None:
+            self.leaked.add(name)
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+
+    def add(self, recorder: LayerRecorder, call: Call, mask: dict) -> None:
+        if not self._queued:
+            torch.autograd.Variable._execution_engine.queue_callback(self._commit_pass)
+            self._queued = True
+        self._pending.append((recorder, call, mask))
+
+    def _commit_pass(self) -> None:
+        self._queued = False
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        if self.sink is None:
+            raise RuntimeError(
+                "a private module ran a training backward pass, but no DPOptimizer "
+                "holds its parameters (build one with PrivacyEngine.make_private)")
+        self.sink.commit_pass(self, pending)
+
+    def new_window(self) -> None:
+        """Start a new accumulation window (called by zero_grad after a step)."""
+        self.window += 1
+        self._pending = []
+
+
+class _PrivateForward:
+    """Instance-level ``forward`` that routes a layer through its rule."""
+
+    def __init__(self, recorder: LayerRecorder):
+        self.recorder = recorder
+
+    def __call__(self, *args, **kwargs):
+        rec = self.recorder
+        module = rec.module
+        if not torch.is_grad_enabled():
+            return type(module).forward(module, *args, **kwargs)
+        rec.prepare_forward()
+        return rec.rule.forward(module, rec, *args, **kwargs)
+
+
+def attach(module: nn.Module, *, batch_dim: int = 0) -> CaptureState:
+    """Route every supported layer of ``module`` through its rule.
+
+    Returns the shared state. Layers without parameters are left alone; the
+    validator (``ModuleValidator``) must have accepted ``module`` first.
+    """
+    state = CaptureState(batch_dim)
+    for name, sub in module.named_modules():
+        rule = rule_for(sub)
+        if rule is None or not rule.present_params(sub):
+            continue
+        if isinstance(sub.__dict__.get("forward"), _PrivateForward):
+            raise ValueError(
+                f"layer {name!r} is already attached to a privacy engine; "
+                "call cleanup() on the previous private module first")
+        rec = LayerRecorder(state, name, sub, rule)
+        sub.forward = _PrivateForward(rec)
+        handles = []
+        for pname, p in rec.params:
+            full = f"{name}.{pname}" if name else pname
+            if getattr(p, OWNER_ATTR, None) is not None:
+                raise ValueError(
+                    f"parameter {full!r} is already managed by a privacy engine "
+                    "(shared between layers, or make_private called twice)")
+            setattr(p, OWNER_ATTR, (state, full))
+            handles.append(p.register_hook(
+                lambda grad, full=full: state.note_autograd_grad(full, grad)))
+        rec.hook_handles = handles
+        state.recorders.append(rec)
+    return state
+
+
+def detach(state: CaptureState) -> None:
+    """Undo :func:`attach`: restore class forwards and remove the hooks."""
+    for rec in state.recorders:
+        if isinstance(rec.module.__dict__.get("forward"), _PrivateForward):
+            del rec.module.forward
+        for h in getattr(rec, "hook_handles", []):
+            h.remove()
+        for _, p in rec.params:
+            if hasattr(p, OWNER_ATTR):
+                delattr(p, OWNER_ATTR)
+    state.recorders = []
+
+
+class PrivateModule(nn.Module):
+    """The module returned by ``make_private``: forwards to the user's model.
+
+    Like Opacus's ``GradSampleModule`` it holds the original model as
+    ``_module`` (so ``state_dict`` keys carry a ``_module.`` prefix) and
+    forwards unknown attributes to it. ``cleanup()`` restores the model.
+    """
+
+    def __init__(self, module: nn.Module, *, batch_first: bool = True,
+                 loss_reduction: str = "mean"):
+        super().__init__()
+        self._module = module
+        self.batch_first = batch_first
+        self.loss_reduction = loss_reduction
+        self.capture_state = attach(module, batch_dim=0 if batch_first else 1)
+
+    def forward(self, *args, **kwargs):
+        return self._module(*args, **kwargs)
+
+    def __getattr__(self, item):
+        try:
+            return super().__getattr__(item)
+        except AttributeError as err:
+            if item == "_module":
+                raise err
+            return getattr(self._modules["_module"], item)
+
+    def cleanup(self) -> nn.Module:
+        """Detach the engine and return the plain model."""
+        detach(self.capture_state)
+        return self._module

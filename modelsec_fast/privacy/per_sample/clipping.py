@@ -1,0 +1,79 @@
+"""Flat per-sample clipping of one backward pass (one micro-batch of samples).
+
+Given the calls recorded in a backward pass, computes every sample's total
+gradient norm n_i across all trainable layers, Opacus's clip factor
+c_i = min(1, C / (n_i + 1e-6)), and each parameter's clipped sum
+sum_i c_i * g_i by the layers' rules.
+
+Loss scaling, as in Opacus: with ``loss_reduction="mean"`` the recorded
+output gradients carry a 1/B factor, so the per-sample gradient is B times the
+recorded one. With a GradScaler of scale S the recorded gradients carry S, so
+the norms divide it out while the sums keep it (the scaler unscales ``p.grad``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import opmath
+
+CLIP_EPS = 1e-6
+
+
+def group_calls(pending):
+    """[(recorder, call, mask)] -> [(recorder, [calls], mask)], first-seen order."""
+    groups: dict[int, tuple] = {}
+    for rec, call, mask in pending:
+        entry = groups.get(id(rec))
+        if entry is None:
+            groups[id(rec)] = (rec, [call], dict(mask))
+        else:
+            entry[1].append(call)
+            for k, v in mask.items():
+                entry[2][k] = entry[2][k] or v
+    return list(groups.values())
+
+
+def _batch_size(groups) -> int:
+    sizes = {}
+    for rec, calls, _ in groups:
+        for c in calls:
+            sizes.setdefault(c.batch_size, rec.name or type(rec.module).__name__)
+    if len(sizes) > 1:
+        detail = ", ".join(f"{n!r} saw {b}" for b, n in sizes.items())
+        raise ValueError(
+            "layers of one backward pass saw different numbers of samples "
+            f"({detail}); per-sample clipping needs the sample index on the batch "
+            "dimension of every layer input (reshaping samples into the batch "
+            "dimension, or batch_first mismatch?)")
+    return next(iter(sizes))
+
+
+def clip_pass(pending, *, max_grad_norm: float, loss_reduction: str,
+              grad_scale: float, batch_dim: int):
+    """Clip one backward pass.
+
+    Returns (sums, norms): sums is a list of (parameter, clipped sum in the
+    parameter's dtype and shape, still multiplied by ``grad_scale``); norms is
+    (B,) in fp32 (fp64 for fp64 models), the unclipped per-sample norms.
+    """
+    groups = group_calls(pending)
+    batch = _batch_size(groups)
+    first = groups[0][0].params[0][1]
+    acc = opmath(first.dtype)
+    sq = torch.zeros(batch, dtype=acc, device=first.device)
+    caches = []
+    for rec, calls, mask in groups:
+        s, cache = rec.rule.sq_norms(rec.module, calls, mask, batch_dim)
+        sq += s.to(acc)
+        caches.append(cache)
+    loss_factor = float(batch) if loss_reduction == "mean" else 1.0
+    norms = sq.sqrt() * (loss_factor / grad_scale)
+    factors = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0) * loss_factor
+    sums = []
+    for (rec, calls, mask), cache in zip(groups, caches):
+        out = rec.rule.clipped_sums(rec.module, calls, mask, batch_dim, cache, factors)
+        for pname, p in rec.params:
+            if mask.get(pname):
+                sums.append((p, out[pname].to(p.dtype).reshape(p.shape)))
+    return sums, norms

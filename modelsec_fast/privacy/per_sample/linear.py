@@ -1,0 +1,102 @@
+"""nn.Linear on 2-D and sequence inputs.
+
+Per-sample weight gradient of sample i: G_i^T A_i with A_i (T, d), G_i (T, p).
+Norms by ghost norm ||a||^2 ||g||^2 (T = 1) or <A A^T, G G^T>, or by the
+materialised G_i^T A_i when 2T^2 > p*d (mixed ghost clipping). Bias: ||sum_t g_t||^2.
+A layer called k times in one forward has per-sample gradient sum_k G_ik^T A_ik:
+the calls are concatenated along T, which keeps the cross terms exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LayerRule, batch_first, flat_rows, ghost_sq_norm, opmath, prefer_ghost, scale_rows
+from .registry import register_rule
+
+
+class _LinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, recorder):
+        ctx.recorder = recorder
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_in = None
+        if ctx.needs_input_grad[0]:
+            grad_in = grad_out.matmul(weight.to(grad_out.dtype)).to(x.dtype)
+        rec = ctx.recorder
+        bdim = rec.state.batch_dim if x.dim() > 2 else 0
+        ctx.recorder.capture(ctx, (x, grad_out), x.shape[bdim] if x.dim() > 1 else 1,
+                             ctx.needs_input_grad[1:3])
+        return grad_in, None, None, None
+
+
+def _as_sequence(t: torch.Tensor, batch_dim: int, acc) -> torch.Tensor:
+    """(B, f) or (B, ..., f) (sample dim at batch_dim) -> (B, T, f) in ``acc``."""
+    if t.dim() == 2:
+        return t.to(acc).unsqueeze(1)
+    t = batch_first(t, batch_dim)
+    steps = 1
+    for s in t.shape[1:-1]:
+        steps *= s
+    return t.reshape(t.shape[0], steps, t.shape[-1]).to(acc)
+
+
+@register_rule(nn.Linear)
+class LinearRule(LayerRule):
+    def forward(self, module, recorder, input):
+        if input.dim() < 2:
+            raise ValueError(
+                f"Linear layer {recorder.name!r}: per-sample clipping needs a batched "
+                f"input (B, ..., in_features), got shape {tuple(input.shape)}")
+        return _LinearFunction.apply(input, module.weight, module.bias, recorder)
+
+    def _tensors(self, calls, batch_dim):
+        acc = opmath(calls[0].tensors[1].dtype)
+        a = [_as_sequence(c.tensors[0], batch_dim, acc) for c in calls]
+        g = [_as_sequence(c.tensors[1], batch_dim, acc) for c in calls]
+        if len(calls) == 1:
+            return a[0], g[0]
+        return torch.cat(a, dim=1), torch.cat(g, dim=1)
+
+    def sq_norms(self, module, calls, mask, batch_dim):
+        a, g = self._tensors(calls, batch_dim)
+        batch, steps, d = a.shape
+        p = g.shape[2]
+        sq = torch.zeros(batch, dtype=a.dtype, device=a.device)
+        cache = {"a": a, "g": g}
+        if mask.get("weight"):
+            if steps == 1:
+                sq += a[:, 0].square().sum(1) * g[:, 0].square().sum(1)
+            elif prefer_ghost(steps, p, d, batch=batch):
+                sq += ghost_sq_norm(a, g)
+            else:
+                per_sample = torch.bmm(g.transpose(1, 2), a)
+                sq += per_sample.square().sum(dim=(1, 2))
+                cache["weight"] = per_sample
+        if mask.get("bias"):
+            g_sum = g[:, 0] if steps == 1 else g.sum(1)
+            sq += g_sum.square().sum(1)
+            cache["bias"] = g_sum
+        return sq, cache
+
+    def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
+        a, g = cache["a"], cache["g"]
+        f = factors.to(a.dtype)
+        out = {}
+        if mask.get("weight"):
+            if "weight" in cache:
+                ps = cache["weight"]
+                out["weight"] = (f @ flat_rows(ps)).reshape(ps.shape[1:])
+            else:
+                gs = scale_rows(g, f)
+                out["weight"] = gs.reshape(-1, g.shape[2]).t() @ a.reshape(-1, a.shape[2])
+        if mask.get("bias"):
+            out["bias"] = f @ cache["bias"]
+        return out

@@ -1,0 +1,208 @@
+"""LayerNorm, GroupNorm, InstanceNorm and RMSNorm (their affine parameters).
+
+The normalisation itself (no affine) runs through autograd as usual, so its
+input gradient is PyTorch's. The affine map y = x_hat * w + b runs through a
+custom Function that returns only the x_hat gradient and records (x_hat, g).
+Per-sample gradients are small (one value per channel/feature), so they are
+always materialised: dw_i = sum over the non-parameter dims of x_hat * g,
+db_i = sum of g. Calls of one forward are summed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import math
+
+from .base import LayerRule, batch_first, flat_rows, opmath
+from .registry import register_rule
+
+
+class _AffineFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_hat, weight, bias, recorder, view_shape, bdim):
+        ctx.recorder = recorder
+        ctx.view_shape = view_shape
+        ctx.bdim = bdim
+        w = weight.reshape(view_shape) if weight is not None else None
+        ctx.save_for_backward(x_hat, w)
+        y = x_hat * w if w is not None else x_hat
+        if bias is not None:
+            y = y + bias.reshape(view_shape)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x_hat, w = ctx.saved_tensors
+        grad_in = None
+        if ctx.needs_input_grad[0]:
+            grad_in = grad_out * w.to(grad_out.dtype) if w is not None else grad_out
+            grad_in = grad_in.to(x_hat.dtype)
+        needs = []
+        if w is not None:
+            needs.append(ctx.needs_input_grad[1])
+        needs.append(ctx.needs_input_grad[2])
+        ctx.recorder.capture(ctx, (x_hat, grad_out), x_hat.shape[ctx.bdim], needs,
+                             {"bdim": ctx.bdim})
+        return grad_in, None, None, None, None, None
+
+
+class _AffineNormRule(LayerRule):
+    """Shared per-sample math; subclasses say how to normalise and broadcast."""
+
+    def normalise(self, module, x):
+        raise RuntimeError("normalise not defined")
+
+    def param_ndim(self, module) -> int:
+        """Number of trailing dims of x covered by the parameter (channel-first: 0)."""
+        return 0
+
+    def forward(self, module, recorder, input):
+        x_hat = self.normalise(module, input)
+        ref = module.weight if getattr(module, "weight", None) is not None else module.bias
+        nd = self.param_ndim(module)
+        if nd:
+            view_shape = tuple(ref.shape)
+            bdim = recorder.state.batch_dim if input.dim() > nd + 1 else 0
+        else:
+            view_shape = (ref.shape[0],) + (1,) * (input.dim() - 2)
+            bdim = 0
+        return _AffineFunction.apply(x_hat, getattr(module, "weight", None),
+                                     getattr(module, "bias", None), recorder, view_shape, bdim)
+
+    def _per_sample(self, module, calls, mask):
+        acc = opmath(calls[0].tensors[1].dtype)
+        nd = self.param_ndim(module)
+        out = {}
+        for c in calls:
+            x_hat, g = c.tensors
+            bdim = c.meta["bdim"]
+            x_hat, g = batch_first(x_hat, bdim).to(acc), batch_first(g, bdim).to(acc)
+            b = g.shape[0]
+            if nd:
+                shape = g.shape[-nd:]
+                steps = math.prod(g.shape[1:g.dim() - nd])
+                g3 = g.reshape(b, steps, *shape)
+                x3 = x_hat.reshape(b, steps, *shape)
+                dims = (1,)
+            else:
+                steps = math.prod(g.shape[2:])
+                g3 = g.reshape(b, g.shape[1], steps)
+                x3 = x_hat.reshape(b, g.shape[1], steps)
+                dims = (2,)
+            parts = {}
+            if mask.get("weight"):
+                parts["weight"] = torch.linalg.vecdot(x3, g3, dim=dims[0])
+            if mask.get("bias"):
+                parts["bias"] = g3.sum(dims)
+            for k, v in parts.items():
+                out[k] = v if k not in out else out[k] + v
+        return out
+
+    def sq_norms(self, module, calls, mask, batch_dim):
+        per = self._per_sample(module, calls, mask)
+        batch = calls[0].batch_size
+        acc = opmath(calls[0].tensors[1].dtype)
+        sq = torch.zeros(batch, dtype=acc, device=calls[0].tensors[1].device)
+        for v in per.values():
+            sq += flat_rows(v).square().sum(1)
+        return sq, per
+
+    def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
+        return {k: factors.to(v.dtype) @ flat_rows(v) for k, v in cache.items()}
+
+
+@register_rule(nn.LayerNorm)
+class LayerNormRule(_AffineNormRule):
+    def param_ndim(self, module):
+        return len(module.normalized_shape)
+
+    def normalise(self, module, x):
+        return F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+
+
+@register_rule(nn.RMSNorm)
+class RMSNormRule(_AffineNormRule):
+    param_names = ("weight",)
+
+    def param_ndim(self, module):
+        return len(module.normalized_shape)
+
+    def normalise(self, module, x):
+        return F.rms_norm(x, module.normalized_shape, None, module.eps)
+
+
+class _GroupNormFunction(torch.autograd.Function):
+    """Fused GroupNorm whose backward computes only the input gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, recorder, groups, eps):
+        batch, channels = x.shape[:2]
+        hw = x.numel() // max(batch * channels, 1)
+        y, mean, rstd = torch.native_group_norm(x, weight, bias, batch, channels, hw,
+                                                groups, eps)
+        ctx.recorder = recorder
+        ctx.conf = (batch, channels, hw, groups)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, mean, rstd = ctx.saved_tensors
+        batch, channels, hw, groups = ctx.conf
+        grad_in = None
+        if ctx.needs_input_grad[0]:
+            grad_in = torch.native_group_norm_backward(
+                grad_out.to(x.dtype).contiguous(), x, mean, rstd, weight, batch, channels, hw,
+                groups, [True, False, False])[0]
+        needs = [n for n, t in zip(ctx.needs_input_grad[1:3], (weight, True)) if t is not None]
+        ctx.recorder.capture(ctx, (x, grad_out, mean, rstd), batch, needs,
+                             {"conf": ctx.conf})
+        return grad_in, None, None, None, None, None
+
+
+@register_rule(nn.GroupNorm)
+class GroupNormRule(_AffineNormRule):
+    """dw_i[c] = rstd_ig * (sum_t x g - mean_ig * sum_t g), without forming x_hat."""
+
+    def forward(self, module, recorder, input):
+        if input.dim() < 2:
+            raise ValueError(f"GroupNorm layer {recorder.name!r}: needs a batched input")
+        return _GroupNormFunction.apply(input, module.weight, module.bias, recorder,
+                                        module.num_groups, module.eps)
+
+    def _per_sample(self, module, calls, mask):
+        out = {}
+        for c in calls:
+            x, g, mean, rstd = c.tensors
+            batch, channels, hw, groups = c.meta["conf"]
+            acc = opmath(g.dtype)
+            g3 = g.to(acc).reshape(batch, channels, hw)
+            g_sum = g3.sum(2)
+            parts = {}
+            if mask.get("weight"):
+                xg = torch.linalg.vecdot(x.to(acc).reshape(batch, channels, hw), g3, dim=2)
+                per = channels // groups
+                m = mean.to(acc).reshape(batch, groups).repeat_interleave(per, dim=1)
+                r = rstd.to(acc).reshape(batch, groups).repeat_interleave(per, dim=1)
+                parts["weight"] = r * (xg - m * g_sum)
+            if mask.get("bias"):
+                parts["bias"] = g_sum
+            for k, v in parts.items():
+                out[k] = v if k not in out else out[k] + v
+        return out
+
+
+@register_rule(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+class InstanceNormRule(_AffineNormRule):
+    def validate(self, module):
+        if module.track_running_stats:
+            return ["track_running_stats=True keeps batch statistics that are not "
+                    "privatised; use track_running_stats=False (ModuleValidator.fix does)"]
+        return []
+
+    def normalise(self, module, x):
+        return F.instance_norm(x, None, None, None, None, True, module.momentum or 0.0,
+                               module.eps)

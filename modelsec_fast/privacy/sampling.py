@@ -1,0 +1,508 @@
+"""Poisson sampling for DP-SGD: ``DPDataLoader`` and ``BatchMemoryManager``.
+
+Every privacy accountant here assumes Poisson sampling: at each step every
+example is included independently with probability q, so the batch size is
+random and may be zero. This module provides exactly that, in the Opacus 1.6
+API:
+
+* ``DPDataLoader.from_data_loader(loader)`` samples with q = 1/len(loader),
+  yields empty batches as correctly shaped empty tensors (they still count as
+  a step), and yields ``len(loader)`` batches per epoch.
+* ``BatchMemoryManager`` splits each logical batch into physical batches of at
+  most ``max_physical_batch_size`` and tells the optimizer to skip the step on
+  all but the last, so the accountant sees one step per logical batch.
+
+Reproducibility and resumption. Outside secure mode, the mask of the t-th
+logical batch of the stream is drawn from a fresh ``torch.Generator`` seeded
+with a hash of (base seed, t). The sampler's whole state is therefore
+(base seed, number of batches handed out), which checkpoints save, and a
+resumed run draws bit-identical masks. Prefetching by worker processes does
+not matter: the count is of batches the training loop received.
+
+Secure mode draws every mask from the OS CSPRNG (:mod:`.secure`); nothing
+about it can be reproduced, by design.
+
+Distributed. With ``distributed=True`` rank r keeps only the examples
+i = r (mod world_size) of the dataset. Outside secure mode all ranks share
+the base seed (broadcast from rank 0) and cut their masks from the same
+global mask, so the union over ranks is exactly one Poisson sample of the
+whole dataset, identical to a single-process run with the same seed. In
+secure mode each rank draws its own shard's mask from its own OS entropy,
+which has the same distribution. There is no padding: ``DistributedSampler``
+pads shards with duplicates, which doubles a duplicated example's inclusion
+probability, so it is refused.
+"""
+
+import collections
+import collections.abc
+import hashlib
+import math
+import struct
+from typing import Any, Deque, Iterator, List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from .secure import secure_bernoulli_mask
+
+__all__ = ["PoissonBatchSampler", "EmptyBatchCollate", "DPDataLoader", "BatchMemoryManager"]
+
+_SEED_MASK = (1 << 63) - 1
+
+
+def _batch_seed(base_seed: int, batch_index: int) -> int:
+    """Seed of the t-th batch's generator: a hash, so nearby t give unrelated streams."""
+    digest = hashlib.blake2b(struct.pack("<QQ", base_seed, batch_index), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & _SEED_MASK
+
+
+class PoissonBatchSampler(Sampler[List[int]]):
+    """Yields lists of dataset indices, each index kept independently with prob q.
+
+    Args:
+        num_samples: dataset size N (> 0).
+        sample_rate: q in (0, 1].
+        steps: batches per epoch (``len(self)``); default round(1 / q).
+        seed: base seed (non-secure mode). Default: drawn from ``generator``,
+            or from torch's default generator when that is None.
+        generator: torch.Generator used only to draw the base seed.
+        secure_mode: draw masks from the OS CSPRNG; ``seed``/``generator`` must be None.
+        shard: (rank, world_size): keep only indices i = rank (mod world_size).
+
+    The sampler yields the window of batches set by :meth:`set_window`
+    (default: ``steps`` batches starting at batch 0).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        sample_rate: float,
+        *,
+        steps: Optional[int] = None,
+        seed: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        secure_mode: bool = False,
+        shard: Optional[Tuple[int, int]] = None,
+    ):
+        if not isinstance(num_samples, int) or num_samples <= 0:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) \
+                or not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}")
+        if steps is None:
+            steps = max(1, round(1.0 / sample_rate))
+        if not isinstance(steps, int) or steps <= 0:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if secure_mode and (seed is not None or generator is not None):
+            raise ValueError(
+                "secure_mode draws Poisson masks from the OS CSPRNG; a seed or generator "
+                "would make them reproducible, so neither may be given"
+            )
+        rank, world = shard if shard is not None else (0, 1)
+        if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
+        self.num_samples = num_samples
+        self.sample_rate = float(sample_rate)
+        self.steps = steps
+        self.secure_mode = bool(secure_mode)
+        self.rank, self.world_size = rank, world
+        if secure_mode:
+            self.seed = None
+        elif seed is not None:
+            self.seed = int(seed) & _SEED_MASK
+        else:
+            self.seed = int(torch.randint(0, _SEED_MASK, (1,), generator=generator).item())
+        self._window = (0, steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_window(self, first_batch: int, count: int) -> None:
+        """Make the next iteration yield batches first_batch, ..., first_batch + count - 1."""
+        if first_batch < 0 or count < 0:
+            raise ValueError(f"invalid window ({first_batch}, {count})")
+        self._window = (int(first_batch), int(count))
+
+    def shard_indices(self) -> torch.Tensor:
+        """Dataset indices this rank samples from; int64, shape (ceil((N - rank) / world),)."""
+        return torch.arange(self.rank, self.num_samples, self.world_size, dtype=torch.int64)
+
+    def mask(self, batch_index: int) -> torch.Tensor:
+        """Bool inclusion mask of batch ``batch_index`` over this rank's shard."""
+        shard_size = len(range(self.rank, self.num_samples, self.world_size))
+        if self.secure_mode:
+            return secure_bernoulli_mask(shard_size, self.sample_rate)
+        gen = torch.Generator().manual_seed(_batch_seed(self.seed, batch_index))
+        global_mask = torch.rand(self.num_samples, generator=gen) < self.sample_rate
+        return global_mask[self.rank::self.world_size]
+
+    def batch(self, batch_index: int) -> List[int]:
+        """Indices (into the dataset) of batch ``batch_index``; possibly empty."""
+        local = self.mask(batch_index).nonzero().reshape(-1)
+        if self.world_size > 1:
+            local = local * self.world_size + self.rank
+        return local.tolist()
+
+    def __iter__(self) -> Iterator[List[int]]:
+        first, count = self._window
+        for t in range(first, first + count):
+            yield self.batch(t)
+
+
+class EmptyBatchCollate:
+    """Wraps a collate function so that an empty index list gives an empty batch.
+
+    The empty batch has the structure, dtypes and trailing shapes of a real
+    one: it is ``collate_fn([dataset[0]])`` with every tensor sliced to
+    length 0 along dim 0. Picklable, so it works in worker processes.
+
+    Raises:
+        TypeError: (on an empty batch) a batch leaf that is neither a tensor nor
+            a list/tuple/dict of them, which could not be emptied safely.
+    """
+
+    def __init__(self, collate_fn, dataset: Dataset):
+        self.collate_fn = collate_fn
+        self.dataset = dataset
+
+    def __call__(self, samples: List[Any]):
+        if len(samples) > 0:
+            return self.collate_fn(samples)
+        return _empty_like(self.collate_fn([self.dataset[0]]))
+
+
+def _empty_like(batch):
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 0:
+            raise TypeError("cannot build an empty batch from a 0-d tensor leaf")
+        return batch[:0]
+    if isinstance(batch, collections.abc.Mapping):
+        return type(batch)({k: _empty_like(v) for k, v in batch.items()})
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_empty_like(v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        if batch and not isinstance(batch[0], (torch.Tensor, collections.abc.Mapping, list, tuple)):
+            return type(batch)()  # a list of per-example non-tensor values (e.g. strings)
+        return type(batch)(_empty_like(v) for v in batch)
+    raise TypeError(
+        f"cannot build an empty batch containing a {type(batch).__name__}; return tensors, "
+        f"or lists/tuples/dicts of tensors, from the collate function"
+    )
+
+
+def _refuse_unsound_loader(data_loader: DataLoader) -> None:
+    if isinstance(data_loader.dataset, IterableDataset):
+        raise ValueError("Poisson sampling needs a map-style dataset, not an IterableDataset")
+    sampler = getattr(data_loader, "sampler", None)
+    batch_sampler = getattr(data_loader, "batch_sampler", None)
+    inner = getattr(batch_sampler, "sampler", None)
+    if isinstance(sampler, DistributedSampler) or isinstance(inner, DistributedSampler):
+        raise ValueError(
+            "DistributedSampler pads each shard with duplicated examples, and a duplicated "
+            "example has twice the inclusion probability, which the accountant does not "
+            "know. Pass a plain DataLoader over the whole dataset and use "
+            "DPDataLoader.from_data_loader(loader, distributed=True): every rank then "
+            "Poisson-samples its own shard without padding."
+        )
+
+
+def _distributed_shard_and_seed(seed: Optional[int], secure_mode: bool):
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("distributed=True needs torch.distributed to be initialised first")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if not secure_mode:
+        # All ranks must cut their masks from the same global mask.
+        buf = torch.tensor([seed if seed is not None else 0], dtype=torch.int64)
+        dist.broadcast(buf, src=0)
+        seed = int(buf.item())
+    return (rank, world), seed
+
+
+class DPDataLoader(DataLoader):
+    """A DataLoader with Poisson sampling and empty-batch support (Opacus-compatible).
+
+    Args:
+        dataset: a map-style dataset with at least one example.
+        sample_rate: q in (0, 1].
+        collate_fn: collate function (default ``default_collate``), wrapped by
+            :class:`EmptyBatchCollate`.
+        generator: torch.Generator that draws the sampler's base seed.
+        secure_mode: Poisson masks from the OS CSPRNG (no generator allowed).
+        steps: batches per epoch (default round(1/q)).
+        distributed: sample only this rank's shard (needs torch.distributed).
+        **kwargs: other DataLoader arguments (num_workers, pin_memory, ...);
+            ``batch_size``, ``shuffle``, ``sampler``, ``batch_sampler`` and
+            ``drop_last`` are refused, because they would replace Poisson sampling.
+
+    Attributes:
+        sample_rate: q, the per-example inclusion probability per step.
+        batches_yielded: logical batches handed to the training loop so far
+            (across epochs); incremented before each batch is yielded.
+        expected_batch_size: q * N, N the whole dataset (also in distributed mode).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        sample_rate: float,
+        collate_fn=None,
+        generator: Optional[torch.Generator] = None,
+        secure_mode: bool = False,
+        steps: Optional[int] = None,
+        distributed: bool = False,
+        seed: Optional[int] = None,
+        **kwargs,
+    ):
+        for key in ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"):
+            if kwargs.get(key) not in (None, False) and not (key == "batch_size" and kwargs[key] == 1):
+                raise ValueError(f"DPDataLoader chooses batches by Poisson sampling; {key}= is not allowed")
+            kwargs.pop(key, None)
+        if isinstance(dataset, IterableDataset):
+            raise ValueError("Poisson sampling needs a map-style dataset, not an IterableDataset")
+        num_samples = len(dataset)
+        if num_samples == 0:
+            raise ValueError("cannot Poisson-sample from an empty dataset")
+        if secure_mode and (generator is not None or seed is not None):
+            raise ValueError(
+                "secure_mode draws Poisson masks from the OS CSPRNG; a seed or generator "
+                "would make them reproducible, so neither may be given"
+            )
+        shard = None
+        if distributed:
+            if seed is None and not secure_mode:
+                seed = int(torch.randint(0, _SEED_MASK, (1,), generator=generator).item())
+            shard, seed = _distributed_shard_and_seed(seed, secure_mode)
+            generator_for_seed = None
+        else:
+            generator_for_seed = generator
+        sampler = PoissonBatchSampler(
+            num_samples, sample_rate, steps=steps, seed=seed,
+            generator=generator_for_seed,
+            secure_mode=secure_mode, shard=shard,
+        )
+        if collate_fn is None:
+            collate_fn = torch.utils.data.default_collate
+        if not isinstance(collate_fn, EmptyBatchCollate):
+            collate_fn = EmptyBatchCollate(collate_fn, dataset)
+        super().__init__(dataset, batch_sampler=sampler, collate_fn=collate_fn, **kwargs)
+        self.sample_rate = sampler.sample_rate
+        self.secure_mode = sampler.secure_mode
+        self.distributed = bool(distributed)
+        self.batches_yielded = 0
+        self._epoch_start = 0
+        self._resume_offset = 0
+
+    @classmethod
+    def from_data_loader(
+        cls,
+        data_loader: DataLoader,
+        *,
+        generator: Optional[torch.Generator] = None,
+        secure_mode: bool = False,
+        distributed: bool = False,
+    ) -> "DPDataLoader":
+        """A DPDataLoader over ``data_loader``'s dataset with q = 1 / len(data_loader).
+
+        Keeps the loader's collate_fn, workers, pin_memory, timeout, worker
+        init and prefetching; replaces its sampling. An epoch has
+        ``len(data_loader)`` batches, of expected size q * N.
+
+        Raises:
+            ValueError: an IterableDataset, a DistributedSampler, or an empty loader.
+        """
+        if not isinstance(data_loader, DataLoader):
+            raise TypeError(f"data_loader must be a torch DataLoader, got {type(data_loader).__name__}")
+        _refuse_unsound_loader(data_loader)
+        steps = len(data_loader)
+        if steps == 0:
+            raise ValueError("data_loader has no batches")
+        kwargs = dict(
+            num_workers=data_loader.num_workers,
+            pin_memory=data_loader.pin_memory,
+            timeout=data_loader.timeout,
+            worker_init_fn=data_loader.worker_init_fn,
+            multiprocessing_context=data_loader.multiprocessing_context,
+            persistent_workers=data_loader.persistent_workers,
+        )
+        if data_loader.num_workers > 0:
+            kwargs["prefetch_factor"] = data_loader.prefetch_factor
+        collate = data_loader.collate_fn
+        if isinstance(collate, EmptyBatchCollate):
+            collate = collate.collate_fn
+        return cls(
+            data_loader.dataset,
+            sample_rate=1.0 / steps,
+            collate_fn=collate,
+            generator=generator,
+            secure_mode=secure_mode,
+            steps=steps,
+            distributed=distributed,
+            **kwargs,
+        )
+
+    @property
+    def expected_batch_size(self) -> float:
+        return self.sample_rate * len(self.dataset)
+
+    def _next_window(self) -> Tuple[int, int]:
+        """(first batch, count) of the epoch that starts now; finishes a resumed epoch."""
+        steps = self.batch_sampler.steps
+        offset = self._resume_offset if self._resume_offset < steps else 0
+        self._resume_offset = 0
+        self._epoch_start = self.batches_yielded - offset
+        return self.batches_yielded, steps - offset
+
+    def __iter__(self):
+        first, count = self._next_window()
+        self.batch_sampler.set_window(first, count)
+        for batch in super().__iter__():
+            self.batches_yielded += 1
+            yield batch
+
+    def __len__(self) -> int:
+        return self.batch_sampler.steps
+
+    def state_dict(self) -> dict:
+        """Sampler state for checkpoints: base seed and batches handed out."""
+        sampler = self.batch_sampler
+        return {
+            "kind": "poisson",
+            "seed": sampler.seed,
+            "secure_mode": sampler.secure_mode,
+            "batches_yielded": self.batches_yielded,
+            "epoch_offset": self.batches_yielded - self._epoch_start,
+            "steps_per_epoch": sampler.steps,
+            "num_samples": sampler.num_samples,
+            "sample_rate": sampler.sample_rate,
+            "shard": (sampler.rank, sampler.world_size),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; the next epoch first finishes the saved one.
+
+        Raises:
+            ValueError: a state from another dataset size, sample rate, epoch
+                length, shard or sampling mode.
+        """
+        if not isinstance(state, dict) or state.get("kind") != "poisson":
+            raise ValueError("not a DPDataLoader state_dict")
+        sampler = self.batch_sampler
+        for key, mine in (("num_samples", sampler.num_samples), ("sample_rate", sampler.sample_rate),
+                          ("steps_per_epoch", sampler.steps), ("secure_mode", sampler.secure_mode),
+                          ("shard", (sampler.rank, sampler.world_size))):
+            theirs = tuple(state[key]) if key == "shard" else state.get(key)
+            if theirs != mine:
+                raise ValueError(
+                    f"data loader state was saved with {key}={theirs!r}, this loader has {mine!r}"
+                )
+        if not sampler.secure_mode:
+            sampler.seed = int(state["seed"])
+        self.batches_yielded = int(state["batches_yielded"])
+        self._resume_offset = int(state["epoch_offset"])
+        self._epoch_start = self.batches_yielded - self._resume_offset
+
+
+class _PhysicalBatchSampler(Sampler[List[int]]):
+    """Splits the logical batches of a DPDataLoader into chunks; records their positions."""
+
+    def __init__(self, loader: DPDataLoader, max_batch_size: int, flags: Deque[Tuple[bool, bool]]):
+        self.loader = loader
+        self.max_batch_size = max_batch_size
+        self.flags = flags
+
+    def __iter__(self):
+        sampler = self.loader.batch_sampler
+        first, count = self.loader._next_window()
+        for t in range(first, first + count):
+            indices = sampler.batch(t)
+            chunks = max(1, math.ceil(len(indices) / self.max_batch_size))
+            bounds = [round(i * len(indices) / chunks) for i in range(chunks + 1)]
+            for c in range(chunks):
+                self.flags.append((c == 0, c == chunks - 1))
+                yield indices[bounds[c]:bounds[c + 1]]
+
+    def __len__(self) -> int:
+        expected = self.loader.expected_batch_size
+        return math.ceil(len(self.loader) * max(1.0, expected / self.max_batch_size))
+
+
+class BatchMemoryManager:
+    """Context manager that caps the physical batch size of a Poisson loader.
+
+    Each logical (Poisson) batch is split into near-equal physical batches of
+    at most ``max_physical_batch_size`` examples. Before each physical batch
+    is handed out, the optimizer is told ``signal_skip_step(do_skip=True)``
+    unless it is the last of its logical batch, so ``optimizer.step()``
+    performs one private step, and the accountant records one step, per
+    logical batch. An empty logical batch is one (empty) physical batch and
+    one step. The flags travel with the batches in the main process, so they
+    stay right when worker processes prefetch.
+
+    Example:
+        >>> with BatchMemoryManager(data_loader=loader, max_physical_batch_size=64,
+        ...                         optimizer=optimizer) as physical_loader:
+        ...     for x, y in physical_loader:
+        ...         criterion(model(x), y).backward()
+        ...         optimizer.step()
+        ...         optimizer.zero_grad()
+
+    Raises:
+        TypeError: ``data_loader`` is not a :class:`DPDataLoader`.
+        ValueError: ``max_physical_batch_size`` < 1.
+    """
+
+    def __init__(self, data_loader: DPDataLoader, max_physical_batch_size: int, optimizer):
+        if not isinstance(data_loader, DPDataLoader):
+            raise TypeError(
+                "BatchMemoryManager needs the DPDataLoader returned by make_private "
+                f"(Poisson sampling), got {type(data_loader).__name__}"
+            )
+        if not isinstance(max_physical_batch_size, int) or max_physical_batch_size < 1:
+            raise ValueError(f"max_physical_batch_size must be an int >= 1, got {max_physical_batch_size!r}")
+        if not hasattr(optimizer, "signal_skip_step"):
+            raise TypeError("optimizer must be a DP optimizer with signal_skip_step()")
+        self.data_loader = data_loader
+        self.max_physical_batch_size = max_physical_batch_size
+        self.optimizer = optimizer
+
+    def __enter__(self) -> "_PhysicalBatchLoader":
+        return _PhysicalBatchLoader(self.data_loader, self.max_physical_batch_size, self.optimizer)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.optimizer.signal_skip_step(do_skip=False)
+
+
+class _PhysicalBatchLoader:
+    """Iterable of physical batches; one pass is one epoch of the logical loader."""
+
+    def __init__(self, loader: DPDataLoader, max_batch_size: int, optimizer):
+        self.loader = loader
+        self.optimizer = optimizer
+        self.flags: Deque[Tuple[bool, bool]] = collections.deque()
+        self.sampler = _PhysicalBatchSampler(loader, max_batch_size, self.flags)
+        kwargs = dict(
+            num_workers=loader.num_workers, pin_memory=loader.pin_memory, timeout=loader.timeout,
+            worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
+            persistent_workers=loader.persistent_workers,
+        )
+        if loader.num_workers > 0:
+            kwargs["prefetch_factor"] = loader.prefetch_factor
+        self._physical = DataLoader(
+            loader.dataset, batch_sampler=self.sampler, collate_fn=loader.collate_fn, **kwargs
+        )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        self.flags.clear()
+        for batch in self._physical:
+            is_first, is_last = self.flags.popleft()
+            if is_first:
+                self.loader.batches_yielded += 1
+            self.optimizer.signal_skip_step(do_skip=not is_last)
+            yield batch

@@ -1,0 +1,155 @@
+"""ModuleValidator: which models the DP engine can train, and automatic fixes.
+
+Mirrors ``opacus.validators.ModuleValidator``: ``validate(module, strict=False)``
+returns (or with ``strict=True`` raises) the list of problems,
+``is_valid(module)``, and ``fix(module)`` which returns a fixed deep copy:
+
+* BatchNorm (any) -> GroupNorm(gcd(32, C), C) (or InstanceNorm with
+  ``replace_bn_with_in=True``): BatchNorm mixes the samples of a batch.
+* nn.MultiheadAttention -> :class:`~modelsec_fast.privacy.layers.DPMultiheadAttention`
+  (the same computation through nn.Linear layers, weights copied).
+* InstanceNorm with ``track_running_stats=True`` -> ``track_running_stats=False``.
+
+Rejected: BatchNorm; any trainable layer without a per-sample rule (frozen
+ones are fine); a parameter shared between layers; rule-specific
+configurations (e.g. Embedding ``sparse=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from torch import nn
+
+from .per_sample import rule_for
+
+
+class UnsupportedModuleError(ValueError):
+    """A model the DP engine cannot train with a valid guarantee; lists every problem."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__("the model is not compatible with DP-SGD:\n  - " + "\n  - ".join(errors))
+
+
+_BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _describe(name: str, module: nn.Module) -> str:
+    return f"layer {name or '<root>'!r} ({type(module).__name__})"
+
+
+class ModuleValidator:
+    """Checks and fixes models for the DP engine (Opacus's API)."""
+
+    @classmethod
+    def validate(cls, module: nn.Module, *, strict: bool = False) -> list[str]:
+        """Problems with ``module`` as messages naming the layer and the fix.
+
+        Raises:
+            UnsupportedModuleError: when ``strict`` and there is a problem.
+        """
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+        errors: list[str] = []
+        owners: dict[int, str] = {}
+        for name, sub in module.named_modules():
+            where = _describe(name, sub)
+            if isinstance(sub, _BATCHNORM):
+                errors.append(
+                    f"{where}: BatchNorm normalises each sample with statistics of the other "
+                    "samples in its batch, which breaks per-sample privacy. Fix: "
+                    "ModuleValidator.fix(model) replaces it with GroupNorm")
+                continue
+            if isinstance(sub, nn.MultiheadAttention):
+                errors.append(
+                    f"{where}: nn.MultiheadAttention uses its projection weights "
+                    "functionally, so per-sample gradients cannot be captured. Fix: "
+                    "ModuleValidator.fix(model) swaps in DPMultiheadAttention")
+                continue
+            own = list(sub.named_parameters(recurse=False))
+            for pname, p in own:
+                full = f"{name}.{pname}" if name else pname
+                if id(p) in owners and owners[id(p)] != full:
+                    errors.append(
+                        f"parameter {full!r} is the same tensor as {owners[id(p)]!r}: a "
+                        "parameter shared between layers is not supported (its per-sample "
+                        "gradient would span two layers); untie the weights")
+                owners.setdefault(id(p), full)
+            trainable = [pname for pname, p in own if p.requires_grad]
+            if not trainable:
+                continue
+            rule = rule_for(sub)
+            if rule is None:
+                errors.append(
+                    f"{where}: no per-sample rule for this trainable layer (parameters "
+                    f"{trainable}). Fix: freeze it (requires_grad_(False)), replace it with "
+                    "a supported layer, or register a rule (per_sample.register_rule)")
+                continue
+            known = {n for n, _ in rule.present_params(sub)}
+            extra = [n for n in trainable if n not in known]
+            if extra:
+                errors.append(f"{where}: parameters {extra} are not covered by its rule")
+            for msg in rule.validate(sub):
+                errors.append(f"{where}: {msg}")
+        if strict and errors:
+            raise UnsupportedModuleError(errors)
+        return errors
+
+    @classmethod
+    def is_valid(cls, module: nn.Module) -> bool:
+        return not cls.validate(module)
+
+    @classmethod
+    def fix(cls, module: nn.Module, **kwargs) -> nn.Module:
+        """A deep copy of ``module`` with the known-fixable layers replaced.
+
+        Keyword options (as Opacus): ``replace_bn_with_in`` (bool),
+        ``num_groups`` (int, GroupNorm groups for replaced BatchNorms).
+        """
+        if kwargs.get("replace_bn_with_in") and kwargs.get("num_groups") is not None:
+            raise ValueError("replace_bn_with_in and num_groups are mutually exclusive")
+        module = copy.deepcopy(module)
+        replacement = _fix_one(module, kwargs)
+        if replacement is not None:
+            return replacement
+        cls._fix_children(module, kwargs)
+        return module
+
+    @classmethod
+    def _fix_children(cls, module, kwargs):
+        for name, child in list(module.named_children()):
+            replacement = _fix_one(child, kwargs)
+            if replacement is not None:
+                setattr(module, name, replacement)
+            else:
+                cls._fix_children(child, kwargs)
+
+    @classmethod
+    def fix_and_validate(cls, module: nn.Module, **kwargs) -> nn.Module:
+        fixed = cls.fix(module, **kwargs)
+        cls.validate(fixed, strict=True)
+        return fixed
+
+
+def _fix_one(module: nn.Module, kwargs) -> nn.Module | None:
+    if isinstance(module, _BATCHNORM):
+        c = module.num_features
+        if kwargs.get("replace_bn_with_in"):
+            dim = {nn.BatchNorm1d: nn.InstanceNorm1d, nn.BatchNorm2d: nn.InstanceNorm2d,
+                   nn.BatchNorm3d: nn.InstanceNorm3d}.get(type(module), nn.InstanceNorm2d)
+            return dim(c, affine=module.affine)
+        groups = kwargs.get("num_groups") or math.gcd(32, c)
+        return nn.GroupNorm(groups, c, affine=module.affine)
+    if isinstance(module, nn.MultiheadAttention):
+        from .layers import DPMultiheadAttention
+        return DPMultiheadAttention.from_multihead_attention(module)
+    if isinstance(module, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) \
+            and module.track_running_stats:
+        fixed = copy.deepcopy(module)
+        fixed.track_running_stats = False
+        fixed.running_mean = None
+        fixed.running_var = None
+        return fixed
+    return None

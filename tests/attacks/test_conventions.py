@@ -1,0 +1,246 @@
+"""torchattacks conventions: modes, normalisation, targeting, bad input, side effects."""
+
+import pytest
+import torch
+from torch import nn
+
+import modelsec_fast.attacks as ma
+
+SEED = 7
+
+
+def _attacks(model):
+    return [ma.FGSM(model, eps=0.1), ma.FFGSM(model, eps=0.1, alpha=0.12),
+            ma.BIM(model, eps=0.1, alpha=0.02, steps=3),
+            ma.PGD(model, eps=0.1, alpha=0.02, steps=3),
+            ma.PGDL2(model, eps=0.5, alpha=0.1, steps=3)]
+
+
+class _DropoutNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                 nn.Dropout(0.5), nn.Linear(32, 10))
+
+    def forward(self, x):
+        self.seen_training = self.net[2].training
+        return self.net(x)
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_output_is_in_ball_and_range_and_keeps_shape(index, digits_mlp):
+    torch.manual_seed(SEED)
+    atk = _attacks(digits_mlp.model)[index]
+    x, y = digits_mlp.x[:31], digits_mlp.y[:31]
+    adv = atk(x, y)
+    assert adv.shape == x.shape and adv.dtype == x.dtype
+    assert adv.min() >= 0 and adv.max() <= 1 and not adv.isnan().any()
+    delta = (adv - x).flatten(1)
+    if atk.norm == "L2":
+        assert float(delta.norm(dim=1).max()) <= atk.eps * (1 + 1e-5)
+    else:
+        assert float(delta.abs().max()) <= atk.eps + 1e-6
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_attack_hurts_accuracy(index, digits_mlp):
+    torch.manual_seed(SEED)
+    atk = _attacks(digits_mlp.model)[index]
+    x, y = digits_mlp.x[:200], digits_mlp.y[:200]
+    with torch.no_grad():
+        clean = (digits_mlp.model(x).argmax(1) == y).float().mean()
+        robust = (digits_mlp.model(atk(x, y)).argmax(1) == y).float().mean()
+    assert robust < clean - 0.05
+
+
+def test_model_mode_and_requires_grad_restored_and_no_param_grads():
+    torch.manual_seed(SEED)
+    model = _DropoutNet().train()
+    model.net[4].eval()  # a submodule deliberately in eval mode stays so
+    frozen = model.net[1].weight
+    frozen.requires_grad_(False)
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    ma.PGD(model, eps=0.1, alpha=0.02, steps=2)(x, y)
+    assert model.seen_training is False  # eval during the attack
+    assert model.training and model.net[2].training and not model.net[4].training
+    assert not frozen.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "net.1.weight")
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_requires_grad_and_mode_restored_when_the_attack_raises():
+    model = _DropoutNet().train()
+
+    def bad_loss(logits, labels):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        ma.PGD(model, loss=bad_loss)(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_set_model_training_mode_keeps_batchnorm_in_eval():
+    model = _DropoutNet().eval()
+    atk = ma.FGSM(model)
+    atk.set_model_training_mode(model_training=True)
+    atk(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    assert model.seen_training is False and not model.training
+    atk.set_model_training_mode(model_training=True, batchnorm_training=True)
+    atk(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    assert model.seen_training is True and not model.training
+
+
+def test_custom_sum_loss_gives_the_same_sign_steps_as_mean(digits_mlp):
+    x, y = digits_mlp.x[:40], digits_mlp.y[:40]
+    mean_adv = ma.PGD(digits_mlp.model, eps=0.1, alpha=0.02, random_start=False)(x, y)
+    sum_adv = ma.PGD(digits_mlp.model, eps=0.1, alpha=0.02, random_start=False,
+                     loss=nn.CrossEntropyLoss(reduction="sum"))(x, y)
+    none_adv = ma.PGD(digits_mlp.model, eps=0.1, alpha=0.02, random_start=False,
+                      loss=nn.CrossEntropyLoss(reduction="none"))(x, y)
+    assert torch.equal(sum_adv, none_adv)
+    # Sign steps ignore the gradient's scale (up to gradients that underflow).
+    assert float((sum_adv != mean_adv).float().mean()) < 0.01
+
+
+def test_kl_loss_for_trades_style_use(digits_mlp):
+    model = digits_mlp.model
+    x = digits_mlp.x[:16]
+    with torch.no_grad():
+        clean_probs = model(x).softmax(1)
+
+    def kl(logits, _labels):
+        return nn.functional.kl_div(logits.log_softmax(1), clean_probs, reduction="sum")
+
+    torch.manual_seed(SEED)
+    adv = ma.PGD(model, eps=0.1, alpha=0.02, steps=5, loss=kl)(x, digits_mlp.y[:16])
+    with torch.no_grad():
+        assert float(kl(model(adv), None)) > float(kl(model(x + 0.0), None)) + 1e-3
+
+
+def test_targeted_modes_reach_targets(digits_mlp):
+    model, x, y = digits_mlp.model, digits_mlp.x[:100], digits_mlp.y[:100]
+    atk = ma.PGD(model, eps=0.3, alpha=0.02, steps=40, random_start=False)
+    atk.set_mode_targeted_by_function(lambda images, labels: (labels + 1) % 10)
+    assert atk.get_mode() == "targeted(custom)" and atk.targeted
+    with torch.no_grad():
+        hit = (model(atk(x, y)).argmax(1) == (y + 1) % 10).float().mean()
+    assert hit > 0.9
+    atk.set_mode_targeted_by_label()
+    targets = (y + 5) % 10
+    with torch.no_grad():
+        hit = (model(atk(x, targets)).argmax(1) == targets).float().mean()
+    assert hit > 0.9
+    atk.set_mode_default()
+    assert not atk.targeted
+
+
+def test_random_and_least_likely_targets(digits_mlp):
+    model, x, y = digits_mlp.model, digits_mlp.x[:200], digits_mlp.y[:200]
+    atk = ma.PGD(model)
+    atk.set_mode_targeted_random()
+    torch.manual_seed(SEED)
+    t = atk.get_target_label(x, y)
+    assert (t != y).all() and t.min() >= 0 and t.max() < 10
+    assert len(t.unique()) == 10
+    atk.set_mode_targeted_least_likely()
+    t = atk.get_target_label(x, y)
+    with torch.no_grad():
+        logits = model(x)
+    assert torch.equal(t, logits.scatter(1, y[:, None], float("inf")).argmin(1))
+
+
+def test_unsupported_targeted_mode_raises():
+    atk = ma.PGD(nn.Linear(2, 2))
+    atk.supported_mode = ["default"]
+    with pytest.raises(ValueError, match="targeted"):
+        atk.set_mode_targeted_by_label()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(eps=-0.1), "eps"), (dict(alpha=0.0), "alpha"), (dict(alpha=-1.0), "alpha"),
+    (dict(steps=0), "steps"), (dict(eps=float("nan")), "eps"),
+])
+def test_bad_hyperparameters_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ma.PGD(nn.Linear(2, 2), **kwargs)
+
+
+def test_images_outside_the_range_name_the_range_found(digits_mlp):
+    atk = ma.PGD(digits_mlp.model)
+    x = digits_mlp.x[:4].clone()
+    x[0, 0, 0, 0] = 1.75
+    with pytest.raises(ValueError, match=r"\[0, 1\].*1\.75"):
+        atk(x, digits_mlp.y[:4])
+    with pytest.raises(ValueError, match="set_normalization_used"):
+        atk(x - 0.5, digits_mlp.y[:4])
+
+
+@pytest.mark.parametrize("labels,error,match", [
+    (torch.zeros(4), TypeError, "integer"),
+    (torch.zeros(3, dtype=torch.long), ValueError, r"shape \(4,\)"),
+    (torch.zeros(4, 1, dtype=torch.long), ValueError, "shape"),
+    (torch.full((4,), 10, dtype=torch.long), ValueError, "num_classes = 10"),
+    (torch.full((4,), -1, dtype=torch.long), ValueError, ">= 0"),
+])
+def test_bad_labels_raise(labels, error, match, digits_mlp):
+    with pytest.raises(error, match=match):
+        ma.PGD(digits_mlp.model, steps=1)(digits_mlp.x[:4], labels)
+
+
+def test_bad_images_raise(digits_mlp):
+    atk = ma.FGSM(digits_mlp.model)
+    with pytest.raises(TypeError, match="floating"):
+        atk((digits_mlp.x[:4] * 255).to(torch.uint8), digits_mlp.y[:4])
+    with pytest.raises(TypeError, match="Tensor"):
+        atk(digits_mlp.x[:4].numpy(), digits_mlp.y[:4])
+
+
+def test_device_mismatch_raises():
+    model = nn.Linear(4, 3).to("meta")
+    with pytest.raises(ValueError, match="model is on meta"):
+        ma.FGSM(model)(torch.rand(2, 4), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_empty_batch_returns_empty(index, digits_mlp):
+    atk = _attacks(digits_mlp.model)[index]
+    x = digits_mlp.x[:0]
+    adv = atk(x, digits_mlp.y[:0])
+    assert adv.shape == x.shape
+
+
+def test_batch_of_one_and_non_contiguous_input(digits_mlp):
+    x = digits_mlp.x[:20].transpose(2, 3)  # non-contiguous
+    y = digits_mlp.y[:20]
+    atk = ma.PGD(digits_mlp.model, eps=0.1, alpha=0.02, random_start=False)
+    full = atk(x, y)
+    assert torch.equal(full, atk(x.contiguous(), y))
+    one = atk(x[3:4], y[3:4])
+    assert one.shape == (1, 1, 8, 8) and float((one - full[3:4]).abs().max()) <= 1e-6
+
+
+def test_normalization_returns_normalised_images(digits_mlp):
+    mean, std = [0.5], [0.25]
+
+    class Normed(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z):
+            return self.inner(z * 0.25 + 0.5)
+
+    model = Normed(digits_mlp.model).eval()
+    x, y = digits_mlp.x[:30], digits_mlp.y[:30]
+    atk = ma.PGD(model, eps=0.1, alpha=0.02, random_start=False)
+    atk.set_normalization_used(mean, std)
+    adv_n = atk((x - 0.5) / 0.25, y)
+    adv_pixels = adv_n * 0.25 + 0.5
+    plain = ma.PGD(digits_mlp.model, eps=0.1, alpha=0.02, random_start=False)(x, y)
+    torch.testing.assert_close(adv_pixels, plain, rtol=0, atol=1e-5)
+    assert float((adv_pixels - x).abs().max()) <= 0.1 + 1e-5
+
+
+def test_repr_names_the_attack():
+    text = repr(ma.PGD(nn.Linear(2, 2), eps=0.1))
+    assert text.startswith("PGD(") and "eps=0.1" in text and "attack_mode=default" in text
