@@ -213,13 +213,17 @@ def cmd_train(args) -> int:
         if args.model_given and args.model != ckpt.recipe.model:
             raise UsageError(f"checkpoint {args.resume} holds model {ckpt.recipe.model!r}, not "
                              f"{args.model!r}: resume with the same architecture")
-        ckpt.build_model()  # fails early, in one line, if the weights do not fit
+        if ckpt.complete:
+            ckpt.build_model()  # fails in one line if the weights do not fit
+            _log(args, f"{args.resume} is already complete ({ckpt.recipe.epochs} epochs); "
+                       "nothing to resume")
+            return 0
         recipe, data_spec, seed, mask = ckpt.recipe, ckpt.data, ckpt.seed, ckpt.member_mask
         membership = ckpt.membership
         target = args.checkpoint or args.resume
         resume_state = ckpt.resume_state
-        if ckpt.complete:
-            _log(args, f"{args.resume} is already complete ({recipe.epochs} epochs)")
+        if resume_state is not None:
+            ckpt.build_model()
     else:
         recipe = _recipe_from_args(args)
         data_spec = {"source": args.data, "train_size": args.train_size,
@@ -249,6 +253,12 @@ def cmd_train(args) -> int:
         if target:
             checkpoint_of(trained, complete=False).save(target)
 
+    if target and not args.resume:
+        # Recipe, data and members first, so an interrupted run can always be resumed
+        # (adversarial training keeps its per-epoch state in TARGET.trainer).
+        ModelCheckpoint(recipe=recipe, data=data_spec, in_shape=ds.in_shape,
+                        num_classes=ds.num_classes, member_mask=mask, membership=membership,
+                        seed=seed, model_state={}, complete=False).save(target)
     started = time.perf_counter()
     trainer_state = (target + ".trainer") if (target and recipe.adv) else None
     trained = train_model(recipe, x, y, num_classes=ds.num_classes, seed=seed,
@@ -390,9 +400,10 @@ def cmd_audit(args) -> int:
         from modelsec_fast.report import plot_mi_roc
 
         os.makedirs(args.out, exist_ok=True)
-        result["roc_plot"] = plot_mi_roc({a.name: (a.fpr.tolist(), a.tpr.tolist())
-                                          for a in audit.attacks},
-                                         os.path.join(args.out, "mi_roc.png"))
+        result["roc_plot"] = plot_mi_roc(
+            {os.path.basename(args.checkpoint): {a.name: (a.fpr.tolist(), a.tpr.tolist())
+                                                 for a in audit.attacks}},
+            os.path.join(args.out, "mi_roc.png"))
     if args.json:
         _write_json(result, args.json)
     print(audit.table())
@@ -514,6 +525,8 @@ _DEMO = {
     "canary_m": (1000, 400),
     "canary_r": (200, 100),
     "audited": (("baseline", "dp", "adv"), ("baseline", "dp")),
+    # Subset of larger datasets (Fashion-MNIST, user data): training pool, test set.
+    "large_data_sizes": ((4000, 1000), (1000, 300)),
 }
 
 
@@ -542,6 +555,10 @@ def cmd_demo(args) -> int:
     if shadows < 2:
         raise UsageError("--shadows must be >= 2")
     ds = load_dataset(args.data, seed=args.seed)
+    pool, test = setting["large_data_sizes"]
+    if len(ds.y_train) > pool or len(ds.y_test) > test:
+        ds = load_dataset(args.data, train_size=min(pool, len(ds.y_train)),
+                          test_size=min(test, len(ds.y_test)), seed=args.seed)
     mask = _membership_split(len(ds.y_train), "coin", args.seed)
     x, y = ds.x_train[mask], ds.y_train[mask]
     x_test, y_test = ds.x_test.to(args.device), ds.y_test.to(args.device)
@@ -601,8 +618,8 @@ def cmd_demo(args) -> int:
                 num_shadow=shadows, design="coin_flip", delta=args.delta, seed=args.seed,
                 progress=_progress_enabled(args))
             entry["membership"] = audit.to_dict()
-            for a in audit.attacks:
-                roc_curves[f"{label}: {a.name}"] = (a.fpr.tolist(), a.tpr.tolist())
+            roc_curves[label] = {a.name: (a.fpr.tolist(), a.tpr.tolist())
+                                 for a in audit.attacks}
         report["models"][label] = entry
         _log(args, f"[{label}] clean {100 * curve['clean_accuracy']:.1f}%, robust at eps "
                    f"{adv_eps:g}: {100 * curve['robust_accuracy'][str(adv_eps)]:.1f}%"
@@ -635,8 +652,12 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def _add_common(p, *, device=True):
+def _add_common(p, *, device=True, threads=None):
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=_positive_int, default=threads,
+                   help="CPU threads for torch (default: " +
+                   ("1, since the demo's small models gain nothing from more" if threads
+                    else "torch's default") + ")")
     if device:
         p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -665,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shadows", type=_positive_int, default=None,
                       help="LiRA shadow models per audited model (default 16; quick 8)")
     demo.add_argument("--model", default="mlp", help="architecture (default mlp)")
-    _add_common(demo)
+    _add_common(demo, threads=1)
     demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train one model and save an auditable checkpoint")
@@ -754,6 +775,15 @@ def main(argv=None) -> int:
         if hasattr(args, "model"):
             args.model_given = args.model is not None and any(
                 a == "--model" or a.startswith("--model=") for a in (argv or sys.argv[1:]))
+        import torch
+
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        device = getattr(args, "device", "cpu")
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise UsageError(f"--device must be cpu or cuda, got {device!r}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError("--device cuda, but this torch build sees no CUDA device")
         return int(args.func(args) or 0)
     except (UsageError, DataError, CheckpointError) as e:
         if debug:

@@ -170,6 +170,11 @@ def _block_counters(numel: int, offset: int, tensor_index: int, device) -> torch
 
 # The integer generators run eagerly under torch.compile: inductor's C++
 # codegen fails on their int64 shift/mask chains, and nothing is gained by fusing them.
+# Streams are generated in chunks of blocks, which bounds the memory of the
+# ~300 temporary integer tensors of a large stream.
+_CHUNK_BLOCKS = 16384
+
+
 @torch.compiler.disable
 def philox_normal(numel: int, seed: int, offset: int, tensor_index: int,
                   device=None) -> torch.Tensor:
@@ -177,11 +182,16 @@ def philox_normal(numel: int, seed: int, offset: int, tensor_index: int,
     if numel == 0:
         return torch.empty(0, dtype=torch.float32, device=device)
     # seed is a signed or unsigned 64-bit int; its two's-complement halves are the key.
-    words = philox4x32_10(_block_counters(numel, offset, tensor_index, device),
-                          (seed & _MASK32, (seed >> 32) & _MASK32))
-    z0, z1 = box_muller(words[0], words[1])
-    z2, z3 = box_muller(words[2], words[3])
-    return torch.stack((z0, z1, z2, z3), dim=1).reshape(-1)[:numel]
+    key = (seed & _MASK32, (seed >> 32) & _MASK32)
+    blocks = (numel + 3) // 4
+    parts = []
+    for first in range(0, blocks, _CHUNK_BLOCKS):
+        n = min(_CHUNK_BLOCKS, blocks - first)
+        words = philox4x32_10(_block_counters(4 * n, offset + first, tensor_index, device), key)
+        z0, z1 = box_muller(words[0], words[1])
+        z2, z3 = box_muller(words[2], words[3])
+        parts.append(torch.stack((z0, z1, z2, z3), dim=1).reshape(-1))
+    return torch.cat(parts)[:numel]
 
 
 @torch.compiler.disable
@@ -191,13 +201,18 @@ def chacha20_normal(numel: int, key: list[int], tensor_index: int,
     four Box-Muller normals divided by 2 (see module doc)."""
     if numel == 0:
         return torch.empty(0, dtype=torch.float32, device=device)
-    words = chacha20_block(key, _block_counters(numel, 0, tensor_index, device))
-    outs = []
-    for k in range(4):
-        z0, z1 = box_muller(words[4 * k], words[4 * k + 1])
-        z2, z3 = box_muller(words[4 * k + 2], words[4 * k + 3])
-        outs.append(((z0 + z1) + (z2 + z3)) * 0.5)
-    return torch.stack(outs, dim=1).reshape(-1)[:numel]
+    blocks = (numel + 3) // 4
+    parts = []
+    for first in range(0, blocks, _CHUNK_BLOCKS):
+        n = min(_CHUNK_BLOCKS, blocks - first)
+        words = chacha20_block(key, _block_counters(4 * n, first, tensor_index, device))
+        outs = []
+        for k in range(4):
+            z0, z1 = box_muller(words[4 * k], words[4 * k + 1])
+            z2, z3 = box_muller(words[4 * k + 2], words[4 * k + 3])
+            outs.append(((z0 + z1) + (z2 + z3)) * 0.5)
+        parts.append(torch.stack(outs, dim=1).reshape(-1))
+    return torch.cat(parts)[:numel]
 
 
 def secure_key() -> list[int]:

@@ -6,6 +6,7 @@
 // compiler can vectorise and nvcc can run unchanged. Header only, torch-free.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -74,9 +75,10 @@ MSF_HD float log_unit(float x) {
   const uint32_t bits = float_to_bits(x);
   float e = float(int32_t((bits >> 23) & 0xFFu) - 126);
   float m = bits_to_float((bits & 0x807FFFFFu) | 0x3F000000u);  // [0.5, 1)
+  // Selects between constants only, so compilers if-convert without masking.
   const bool small = m < 0.707106781186547524f;
-  e = small ? e - 1.0f : e;
-  m = small ? m + m - 1.0f : m - 1.0f;
+  e -= small ? 1.0f : 0.0f;
+  m = m * (small ? 2.0f : 1.0f) - 1.0f;
   const float z = m * m;
   float y = 7.0376836292E-2f;
   y = y * m - 1.1514610310E-1f;
@@ -108,11 +110,13 @@ MSF_HD void sincos_turns24(uint32_t k, float& s, float& c) {
   pc = pc * x2 - 1.388731625493765E-3f;
   pc = pc * x2 + 4.166664568298827E-2f;
   const float cx = 1.0f - 0.5f * x2 + x2 * x2 * pc;
-  // Rotate by q quarter turns.
-  const float s1 = (q & 1u) ? cx : sx;
-  const float c1 = (q & 1u) ? sx : cx;
-  s = (q == 2u || q == 3u) ? -s1 : s1;
-  c = (q == 1u || q == 2u) ? -c1 : c1;
+  // Rotate by q quarter turns with integer bit selects (branch-free on any ISA).
+  const uint32_t swap = 0u - (q & 1u);
+  const uint32_t sb = float_to_bits(sx), cb = float_to_bits(cx);
+  const uint32_t s1 = (cb & swap) | (sb & ~swap);
+  const uint32_t c1 = (sb & swap) | (cb & ~swap);
+  s = bits_to_float(s1 ^ ((q & 2u) << 30));          // negative for q = 2, 3
+  c = bits_to_float(c1 ^ (((q + 1u) & 2u) << 30));   // negative for q = 1, 2
 }
 
 // Box-Muller on two words: u = fp32(fp32(wu) + 0.5) * 2**-32, f = (wf >> 8) / 2**24.

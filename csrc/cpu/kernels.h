@@ -1,17 +1,20 @@
 // Torch-free CPU inner loops, compiled once per instruction set
 // (kernels_isa.cpp with MSF_ISA = base | avx2 | avx512) and picked at run time.
 //
-// Every function works on contiguous memory. Element types are passed as a
-// DType; the op-math type is double for F64 and float otherwise. Noise element
+// Every function works on contiguous memory of one of float, double, bfloat16
+// and half (dispatched with AT_DISPATCH_FLOATING_TYPES_AND2); the op-math type
+// (at::opmath_type) is double for double and float otherwise. Noise element
 // j of a range uses the stream block (first_index + j) / 4, so `first_index`
 // must be a multiple of 4 unless the range is empty.
 #pragma once
+
+#include <c10/core/ScalarType.h>
 
 #include <cstdint>
 
 namespace msf::cpu {
 
-enum class DType : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
+using DType = c10::ScalarType;
 
 struct NoiseStream {
   int source;            // 0 = Philox, 1 = ChaCha20

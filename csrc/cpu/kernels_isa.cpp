@@ -4,11 +4,17 @@
 // reduction has a fixed order, so results do not depend on the thread count.
 #include "kernels.h"
 
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "../common/rng.h"
 #include "../common/step_math.h"
@@ -61,23 +67,88 @@ void sum_into_first_t(Acc* const* accs, int count, int64_t n) {
   }
 }
 
-// 4 * kLanes Philox normals of blocks [block0, block0 + kLanes), element order.
-void philox_batch(const NoiseStream& s, uint64_t block0, float* z) {
-  float za[kLanes], zb[kLanes], zc[kLanes], zd[kLanes];
-  const uint32_t key0 = uint32_t(s.seed), key1 = uint32_t(s.seed >> 32);
-  // One lane per block; the fully unrolled rounds keep the loop vectorisable.
-  for (int l = 0; l < kLanes; ++l) {
-    const uint64_t b = s.offset + block0 + uint64_t(l);
-    uint32_t c0 = uint32_t(b), c1 = uint32_t(b >> 32), c2 = s.tensor_index, c3 = kNoiseDomain;
+// Philox-4x32-10 on kLanes consecutive blocks: words[w][l] = word w of block block0 + l.
+// Compilers turn the 32x32->64 multiply into a slow 64x64 one (vpmullq), so
+// the x86 variants use the even/odd 32-bit multiply (vpmuludq) explicitly.
+#if defined(__AVX512F__)
+inline void mulhilo(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(a, m);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+void philox_words(uint32_t (*w)[kLanes], uint32_t k0, uint32_t k1) {
+  static_assert(kLanes == 16, "one zmm register per word");
+  __m512i c0 = _mm512_loadu_si512(w[0]), c1 = _mm512_loadu_si512(w[1]);
+  __m512i c2 = _mm512_loadu_si512(w[2]), c3 = _mm512_loadu_si512(w[3]);
+  const __m512i m0 = _mm512_set1_epi32(int(0xD2511F53u)), m1 = _mm512_set1_epi32(int(0xCD9E8D57u));
+  for (int r = 0; r < 10; ++r) {
+    __m512i hi0, lo0, hi1, lo1;
+    mulhilo(c0, m0, hi0, lo0);
+    mulhilo(c2, m1, hi1, lo1);
+    c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(int(k0)), 0x96);  // a ^ b ^ c
+    c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(int(k1)), 0x96);
+    c1 = lo1;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  _mm512_storeu_si512(w[0], c0); _mm512_storeu_si512(w[1], c1);
+  _mm512_storeu_si512(w[2], c2); _mm512_storeu_si512(w[3], c3);
+}
+#elif defined(__AVX2__)
+inline void mulhilo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+void philox_words(uint32_t (*w)[kLanes], uint32_t key0, uint32_t key1) {
+  const __m256i m0 = _mm256_set1_epi32(int(0xD2511F53u)), m1 = _mm256_set1_epi32(int(0xCD9E8D57u));
+  for (int half = 0; half < kLanes; half += 8) {
+    auto load = [&](int word) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[word] + half)); };
+    __m256i c0 = load(0), c1 = load(1), c2 = load(2), c3 = load(3);
     uint32_t k0 = key0, k1 = key1;
-#pragma GCC unroll 10
     for (int r = 0; r < 10; ++r) {
-      philox_round(c0, c1, c2, c3, k0, k1);
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo(c0, m0, hi0, lo0);
+      mulhilo(c2, m1, hi1, lo1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(int(k0)));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(int(k1)));
+      c1 = lo1;
+      c3 = lo0;
       k0 += 0x9E3779B9u;
       k1 += 0xBB67AE85u;
     }
-    box_muller(c0, c1, za[l], zb[l]);
-    box_muller(c2, c3, zc[l], zd[l]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[0] + half), c0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[1] + half), c1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[2] + half), c2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[3] + half), c3);
+  }
+}
+#else
+void philox_words(uint32_t (*w)[kLanes], uint32_t k0, uint32_t k1) {
+  for (int l = 0; l < kLanes; ++l) philox4x32_10(w[0][l], w[1][l], w[2][l], w[3][l], k0, k1);
+}
+#endif
+
+// 4 * kLanes Philox normals of blocks [block0, block0 + kLanes), element order.
+void philox_batch(const NoiseStream& s, uint64_t block0, float* z) {
+  alignas(64) uint32_t w[4][kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    const uint64_t b = s.offset + block0 + uint64_t(l);
+    w[0][l] = uint32_t(b);
+    w[1][l] = uint32_t(b >> 32);
+    w[2][l] = s.tensor_index;
+    w[3][l] = kNoiseDomain;
+  }
+  philox_words(w, uint32_t(s.seed), uint32_t(s.seed >> 32));
+  float za[kLanes], zb[kLanes], zc[kLanes], zd[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    box_muller(w[0][l], w[1][l], za[l], zb[l]);
+    box_muller(w[2][l], w[3][l], zc[l], zd[l]);
   }
   for (int l = 0; l < kLanes; ++l) {
     z[4 * l] = za[l];
@@ -177,16 +248,12 @@ void l2_step_t(T* out, const T* x, const T* g, const T* xo, int64_t n, Acc a, Ac
   for (int64_t j = 0; j < n; ++j) out[j] = T(clamp_nan<Acc>(Acc(xo[j]) + d[j] * f, lo, hi));
 }
 
-// Calls fn.template operator()<T, Acc>() for the element type.
+// Calls fn.template operator()<T, Acc>() for the element type and its op-math type.
 template <typename Fn>
 auto dispatch(DType dt, Fn&& fn) {
-  switch (dt) {
-    case DType::F64: return fn.template operator()<double, double>();
-    case DType::BF16: return fn.template operator()<c10::BFloat16, float>();
-    case DType::F16: return fn.template operator()<c10::Half, float>();
-    case DType::F32:
-    default: return fn.template operator()<float, float>();
-  }
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "modelsec_fast", [&] {
+    return fn.template operator()<scalar_t, at::opmath_type<scalar_t>>();
+  });
 }
 
 double sum_squares(DType dt, const void* x, int64_t n) {
@@ -202,7 +269,7 @@ void axpy(DType dt, const void* x, int64_t n, double c, void* acc) {
 }
 
 void sum_into_first(DType dt, void* const* accs, int count, int64_t n) {
-  if (dt == DType::F64)
+  if (dt == at::kDouble)
     sum_into_first_t<double>(reinterpret_cast<double* const*>(accs), count, n);
   else
     sum_into_first_t<float>(reinterpret_cast<float* const*>(accs), count, n);

@@ -23,15 +23,10 @@ using at::Tensor;
 constexpr int64_t kNoiseChunk = 8192;   // elements per parallel noise work item (multiple of 4)
 constexpr int64_t kStepGrain = 32768;   // elements per parallel step work item
 constexpr int64_t kMaxSampleChunks = 8; // fixed sample partition: result independent of threads
+constexpr int64_t kSampleGroup = 4;     // samples normed, then accumulated together (rows in L2/L3)
+constexpr int64_t kAccTile = 4096;      // accumulator elements updated per pass (fits L1)
 
-DType dtype_of(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kDouble: return DType::F64;
-    case at::kBFloat16: return DType::BF16;
-    case at::kHalf: return DType::F16;
-    default: return DType::F32;
-  }
-}
+DType dtype_of(const Tensor& t) { return t.scalar_type(); }
 
 at::ScalarType opmath_of(const Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -97,30 +92,41 @@ std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cpu(at::TensorList grads,
   char* acc_p = static_cast<char*>(acc.data_ptr());
   std::atomic<int64_t> bad_sample{B};
   const float max_norm_f = float(max_norm);
-  const bool f64 = dt == DType::F64;
+  const bool f64 = dt == at::kDouble;
   at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+    float factor[kSampleGroup];
     for (int64_t k = k0; k < k1; ++k) {
       char* row_acc = acc_p + k * P * acc_elem;
-      for (int64_t i = k * B / K; i < (k + 1) * B / K; ++i) {
-        // Norm in op-math, summed over tensors in order (as the reference).
-        double sq = 0;
-        for (int t = 0; t < T; ++t) {
-          const double part = ks.sum_squares(dt, static_cast<const char*>(g[t].data_ptr()) +
-                                                     i * sizes[t] * elem, sizes[t]);
-          sq = f64 ? sq + part : double(float(sq) + float(part));
+      const int64_t first = k * B / K, last = (k + 1) * B / K;
+      for (int64_t i0 = first; i0 < last; i0 += kSampleGroup) {
+        const int64_t group = std::min(kSampleGroup, last - i0);
+        for (int64_t gi = 0; gi < group; ++gi) {
+          const int64_t i = i0 + gi;
+          // Norm in op-math, summed over tensors in order (as the reference).
+          double sq = 0;
+          for (int t = 0; t < T; ++t) {
+            const double part = ks.sum_squares(dt, static_cast<const char*>(g[t].data_ptr()) +
+                                                       i * sizes[t] * elem, sizes[t]);
+            sq = f64 ? sq + part : double(float(sq) + float(part));
+          }
+          const float n = f64 ? float(std::sqrt(sq)) : std::sqrt(float(sq));
+          norms_p[i] = n;
+          factor[gi] = std::isfinite(n) ? clip_factor(n, max_norm_f) : 0.0f;
+          if (!std::isfinite(n)) {
+            int64_t cur = bad_sample.load();
+            while (i < cur && !bad_sample.compare_exchange_weak(cur, i)) {}
+          }
         }
-        const float n = f64 ? float(std::sqrt(sq)) : std::sqrt(float(sq));
-        norms_p[i] = n;
-        if (!std::isfinite(n)) {
-          int64_t cur = bad_sample.load();
-          while (i < cur && !bad_sample.compare_exchange_weak(cur, i)) {}
-          continue;
-        }
-        const float c = clip_factor(n, max_norm_f);
-        // Accumulate while the sample's rows are still in cache.
+        // Accumulate the group while its rows are still in cache, one
+        // accumulator tile at a time so the tile stays in L1 (samples in order).
         for (int t = 0; t < T; ++t)
-          ks.axpy(dt, static_cast<const char*>(g[t].data_ptr()) + i * sizes[t] * elem, sizes[t],
-                  double(c), row_acc + offs[t] * acc_elem);
+          for (int64_t start = 0; start < sizes[t]; start += kAccTile) {
+            const int64_t len = std::min(kAccTile, sizes[t] - start);
+            for (int64_t gi = 0; gi < group; ++gi)
+              ks.axpy(dt, static_cast<const char*>(g[t].data_ptr()) +
+                              ((i0 + gi) * sizes[t] + start) * elem,
+                      len, double(factor[gi]), row_acc + (offs[t] + start) * acc_elem);
+          }
       }
     }
   });
@@ -173,7 +179,7 @@ std::vector<Tensor> accumulate_and_noise_cpu(at::TensorList grads, const Tensor&
   for (int64_t i = 0; i < B; ++i)
     fv[i] = f.scalar_type() == at::kDouble ? f.data_ptr<double>()[i] : double(f.data_ptr<float>()[i]);
   const int64_t elem = g[0].element_size();
-  const bool f64 = dt == DType::F64;
+  const bool f64 = dt == at::kDouble;
   auto out = empty_outputs(grads);
   const NoiseStream base_stream = make_stream(seed, offset, source);
   const auto items = noise_items(sizes);

@@ -13,14 +13,16 @@ from .rdp import RDPAccountant
 from .registry import create_accountant, register_accountant
 from .validation import InfiniteEpsilonError, check_delta
 
-# Opacus's name for the interface.
+# Opacus's names: the interface, and the class behind "prv" (our PLD accountant).
 IAccountant = Accountant
+PRVAccountant = PLDAccountant
 
 __all__ = [
     "Accountant",
     "IAccountant",
     "RDPAccountant",
     "PLDAccountant",
+    "PRVAccountant",
     "create_accountant",
     "register_accountant",
     "get_noise_multiplier",

@@ -33,6 +33,9 @@ Segment = Tuple[float, float, int]
 class Accountant(abc.ABC):
     """Base class: tracks (noise_multiplier, sample_rate, steps) segments."""
 
+    # Other mechanism names whose saved histories this accountant may load.
+    compatible_mechanisms: Tuple[str, ...] = ()
+
     def __init__(self):
         self.history: List[Segment] = []
 
@@ -109,7 +112,7 @@ class Accountant(abc.ABC):
         for key in ("history", "mechanism"):
             if key not in state_dict:
                 raise ValueError(f"accountant state_dict has no key {key!r}")
-        if state_dict["mechanism"] != self.mechanism():
+        if state_dict["mechanism"] not in (self.mechanism(), *self.compatible_mechanisms):
             raise ValueError(
                 f"accountant state_dict is for mechanism {state_dict['mechanism']!r}, "
                 f"this accountant is {self.mechanism()!r}"

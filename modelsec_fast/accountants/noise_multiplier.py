@@ -100,14 +100,44 @@ def get_noise_multiplier(
             )
         eps_high = epsilon(sigma_high)
     sigma_low = sigma_high / shrink
-    while epsilon(sigma_low) <= target_epsilon:
-        sigma_high, sigma_low = sigma_low, sigma_low / shrink
+    eps_low = epsilon(sigma_low)
+    while eps_low <= target_epsilon:
+        sigma_high, eps_high = sigma_low, eps_low
+        sigma_low = sigma_low / shrink
         if sigma_high < 1e-3:  # even a vanishing noise meets this budget
             return sigma_high
+        eps_low = epsilon(sigma_low)
+    # Invariant: eps(sigma_low) > target >= eps(sigma_high). Interpolation steps
+    # (log eps is nearly linear in log sigma) alternate with bisection, so the
+    # bracket shrinks geometrically even where interpolation is poor.
+    interpolate = True
     while sigma_high / sigma_low > _BRACKET_RATIO:
-        sigma = math.sqrt(sigma_low * sigma_high)  # bisection in log space: relative bracket
-        if epsilon(sigma) <= target_epsilon:
-            sigma_high = sigma
+        sigma = _next_trial(sigma_low, eps_low, sigma_high, eps_high, target_epsilon, interpolate)
+        eps = epsilon(sigma)
+        if eps <= target_epsilon:
+            sigma_high, eps_high = sigma, eps
+            # probe just below: if infeasible the bracket is closed in one step
+            probe = sigma_high / _BRACKET_RATIO
+            if interpolate and probe > sigma_low:
+                eps_probe = epsilon(probe)
+                if eps_probe <= target_epsilon:
+                    sigma_high, eps_high = probe, eps_probe
+                else:
+                    sigma_low, eps_low = probe, eps_probe
         else:
-            sigma_low = sigma
+            sigma_low, eps_low = sigma, eps
+        interpolate = not interpolate
     return sigma_high
+
+
+def _next_trial(sigma_low, eps_low, sigma_high, eps_high, target, interpolate) -> float:
+    """Next sigma to try inside (sigma_low, sigma_high)."""
+    log_lo, log_hi = math.log(sigma_low), math.log(sigma_high)
+    if interpolate and math.isfinite(eps_low) and eps_high > 0 and eps_low > eps_high:
+        frac = (math.log(eps_low) - math.log(target)) / (math.log(eps_low) - math.log(eps_high))
+        # aim a little above the estimated root so the trial is likely feasible
+        log_root = log_lo + min(max(frac, 0.0), 1.0) * (log_hi - log_lo)
+        log_trial = log_root + 0.5 * math.log(_BRACKET_RATIO)
+        width = log_hi - log_lo
+        return math.exp(min(max(log_trial, log_lo + 0.01 * width), log_hi - 0.01 * width))
+    return math.exp(0.5 * (log_lo + log_hi))  # bisection in log space

@@ -80,6 +80,9 @@ class PLDAccountant(Accountant):
         self._last_pld = None
         self._epsilon_cache: dict = {}
 
+    # Opacus's PRV histories have the same (sigma, q, steps) format and meaning.
+    compatible_mechanisms = ("prv",)
+
     @classmethod
     def mechanism(cls) -> str:
         return "pld"

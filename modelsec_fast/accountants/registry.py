@@ -10,6 +10,7 @@ therefore returns a :class:`PLDAccountant` (``mechanism()`` is ``"pld"``), and
 says so in its docstring rather than pretending to be Opacus's class.
 """
 
+import logging
 from typing import Dict, Type
 
 from .base import Accountant
@@ -17,6 +18,8 @@ from .pld import PLDAccountant
 from .rdp import RDPAccountant
 
 __all__ = ["create_accountant", "register_accountant", "ACCOUNTANT_ALIASES"]
+
+logger = logging.getLogger(__name__)
 
 _ACCOUNTANTS: Dict[str, Type[Accountant]] = {
     "rdp": RDPAccountant,
@@ -51,6 +54,9 @@ def create_accountant(mechanism: str = "pld") -> Accountant:
     if not isinstance(mechanism, str):
         raise TypeError(f"mechanism must be a string, got {type(mechanism).__name__}")
     name = ACCOUNTANT_ALIASES.get(mechanism, mechanism)
+    if name != mechanism:
+        logger.info("accountant %r is served by the %r accountant (same numerical method)",
+                    mechanism, name)
     if name not in _ACCOUNTANTS:
         known = sorted(set(_ACCOUNTANTS) | set(ACCOUNTANT_ALIASES))
         raise ValueError(f"unknown accounting mechanism {mechanism!r}; expected one of {known}")

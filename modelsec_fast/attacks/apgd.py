@@ -219,7 +219,7 @@ class _APGDBase(GradientAttack):
                 st.keep(alive)
 
     # ----------------------------------------------------------- restarts
-    def _run_restarts(self, x, y, early_stop: bool, plan):
+    def _run_restarts(self, x, y, early_stop: bool, plan, success_targets=None):
         """Run ``plan`` = [(objective, t, success_targets)] over restarts.
 
         Each entry runs ``n_restarts`` times, only on samples not yet fooled.
@@ -233,7 +233,8 @@ class _APGDBase(GradientAttack):
         out_adv = x.clone()
         out_best = x.clone()
         out_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
-        out_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        # Points already misclassified (or at their target) are not attacked.
+        out_fooled = success_mask(logits, y, success_targets)
         for make_objective in plan:
             for _ in range(self.n_restarts):
                 todo = (~out_fooled).nonzero().flatten()
@@ -299,7 +300,7 @@ class APGD(_APGDBase):
             t = targets[todo] if targets is not None else None
             return self._objective_for(targets), t, t
 
-        adv, _ = self._run_restarts(images, labels, early_stop, [plan])
+        adv, _ = self._run_restarts(images, labels, early_stop, [plan], targets)
         return adv
 
     def forward(self, images, labels):

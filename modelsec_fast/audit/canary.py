@@ -247,7 +247,8 @@ def canary_audit_dp_sgd(
     torch.manual_seed(seed + 1)
     net = _CanaryModel(build_model(model, in_shape, num_classes, **(model_options or {})),
                        in_shape, m)
-    expected_batch = sample_rate * len(rows)
+    # Public: from the expected number of canaries, never from the coins' outcome.
+    expected_batch = sample_rate * (len(x) + m / 2)
     eff_norm, eff_sigma = max_grad_norm, noise_multiplier
     if fault == "no_noise":
         eff_sigma = 0.0

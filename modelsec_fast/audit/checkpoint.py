@@ -58,6 +58,10 @@ class ModelCheckpoint:
         Raises:
             CheckpointError: the weights do not fit the recorded architecture.
         """
+        if not self.model_state:
+            raise CheckpointError("the checkpoint holds no weights yet (its run stopped before "
+                                  "the first epoch ended); resume it with "
+                                  "`modelsec-fast train --resume`")
         model = build(self.recipe, self.in_shape, self.num_classes)
         try:
             model.load_state_dict(self.model_state)

@@ -224,8 +224,14 @@ class MembershipAudit:
         }
 
     def table(self) -> str:
-        lines = ["| attack | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR |", "|---|---:|---:|---:|"]
-        return "\n".join(lines + [a.row() for a in self.attacks])
+        """Markdown table; with coin-flip membership, an epsilon lower-bound column."""
+        bounds = {b.attack: b.epsilon_lower_bound for b in self.epsilon_bounds}
+        head = "| attack | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR |"
+        rule = "|---|---:|---:|---:|"
+        if bounds:
+            head, rule = head + " epsilon lower bound |", rule + "---:|"
+        rows = [a.row() + (f" {bounds[a.name]:.3f} |" if bounds else "") for a in self.attacks]
+        return "\n".join([head, rule] + rows)
 
 
 def membership_audit(
@@ -238,6 +244,7 @@ def membership_audit(
     num_shadow: int = 16,
     design: str = "coin_flip",
     delta: float = 1e-5,
+    bound_alpha: float = 0.05,
     seed: int = 0,
     progress: bool = False,
     shadows: ShadowObservations | None = None,
@@ -255,6 +262,7 @@ def membership_audit(
             coin per example) allows Clopper-Pearson epsilon lower bounds;
             "split" (a fixed train/test split) reports attack scores only.
         delta: the delta used in those epsilon bounds.
+        bound_alpha: the bounds hold jointly with probability >= 1 - bound_alpha.
         shadows: precomputed shadow observations on the same population (reuse).
     """
     from .bounds import DESIGNS, empirical_epsilon
@@ -280,11 +288,17 @@ def membership_audit(
         scores["LiRA offline"] = lira_scores(phi, shadows, online=False)
         scores["LiRA online"] = lira_scores(phi, shadows, online=True)
     results = [attack_metrics(name, *split(s)) for name, s in scores.items()]
-    notes = [f"{r.name}: {n}" for r in results for n in r.notes]
+    # All attacks share the member/non-member counts, so their notes coincide.
+    notes = list(dict.fromkeys(n for r in results for n in r.notes))
     bounds = []
     if DESIGNS[design]:
-        bounds = [empirical_epsilon(*split(s), delta=delta, design=design, attack=name, seed=seed)
+        # Bonferroni over the attacks: every reported bound holds jointly at 1 - alpha.
+        alpha = bound_alpha / len(scores)
+        bounds = [empirical_epsilon(*split(s), delta=delta, design=design, attack=name,
+                                    seed=seed, alpha=alpha)
                   for name, s in scores.items()]
+        notes.append(f"epsilon lower bounds hold jointly with confidence {1 - bound_alpha:g} "
+                     f"(Bonferroni over {len(scores)} attacks)")
     else:
         notes.append("membership came from a fixed train/test split: the attack scores above "
                      "are not a differential-privacy bound, so no empirical epsilon is reported")

@@ -353,6 +353,8 @@ def _capture(model, optimizer, engine, loader, epochs_done, result) -> dict:
         "rng": capture_rng_state(loader),
         "history": [dict(h) for h in result.history],
     }
+    if hasattr(loader, "state_dict"):  # DPDataLoader: Poisson seed and batches handed out
+        state["loader"] = loader.state_dict()
     if engine is not None:
         state["accountant"] = engine.accountant.state_dict()
         gen = getattr(optimizer, "noise_generator", None)
@@ -371,6 +373,8 @@ def _restore(state, model, optimizer, engine, loader, result) -> int:
                          f"{str(e).splitlines()[0]}") from None
     optimizer.load_state_dict(state["optimizer"])
     restore_rng_state(state["rng"], loader)
+    if "loader" in state and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(state["loader"])
     if engine is not None:
         if "accountant" not in state:
             raise ValueError("cannot resume a DP run from a non-private checkpoint")

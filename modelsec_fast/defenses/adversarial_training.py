@@ -115,6 +115,11 @@ def _integer(name: str, value, minimum: int) -> int:
     return value
 
 
+def _has_state(loader) -> bool:
+    return callable(getattr(loader, "state_dict", None)) and \
+        callable(getattr(loader, "load_state_dict", None))
+
+
 class AdversarialTrainer:
     """Train ``model`` on adversarial examples; optionally under DP-SGD.
 
@@ -635,6 +640,8 @@ class AdversarialTrainer:
                 "labels": self._guard.labels},
             "free": None if self._carried is None else self._carried.state_dict(),
             "rng": capture_rng_state(train_loader),
+            # Loaders that track their own position (DPDataLoader's Poisson batch index).
+            "loader": train_loader.state_dict() if _has_state(train_loader) else None,
             "dp": self._dp_state(),
         }
         save_atomically(state, self.checkpoint_path)
@@ -689,4 +696,9 @@ class AdversarialTrainer:
             if state["dp"]["noise_generator"] is not None and isinstance(generator, torch.Generator):
                 generator.set_state(state["dp"]["noise_generator"])
         restore_rng_state(state["rng"], train_loader)
+        if state["loader"] is not None:
+            if not _has_state(train_loader):
+                raise ValueError("the checkpoint holds a data-loader state (e.g. a DPDataLoader's "
+                                 "Poisson position) but this train_loader cannot restore one")
+            train_loader.load_state_dict(state["loader"])
         return int(state["epochs_done"])

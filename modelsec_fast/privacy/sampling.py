@@ -233,6 +233,8 @@ class DPDataLoader(DataLoader):
         secure_mode: Poisson masks from the OS CSPRNG (no generator allowed).
         steps: batches per epoch (default round(1/q)).
         distributed: sample only this rank's shard (needs torch.distributed).
+        seed: the sampler's base seed, instead of drawing it from ``generator``
+            (in distributed mode rank 0's seed is broadcast to all ranks).
         **kwargs: other DataLoader arguments (num_workers, pin_memory, ...);
             ``batch_size``, ``shuffle``, ``sampler``, ``batch_sampler`` and
             ``drop_last`` are refused, because they would replace Poisson sampling.
@@ -386,15 +388,17 @@ class DPDataLoader(DataLoader):
 
         Raises:
             ValueError: a state from another dataset size, sample rate, epoch
-                length, shard or sampling mode.
+                length, world size or sampling mode.
         """
         if not isinstance(state, dict) or state.get("kind") != "poisson":
             raise ValueError("not a DPDataLoader state_dict")
         sampler = self.batch_sampler
+        # Any rank's state fits every rank (seed and batch count are global), so a
+        # checkpoint written by rank 0 resumes all ranks; the world size must match.
         for key, mine in (("num_samples", sampler.num_samples), ("sample_rate", sampler.sample_rate),
                           ("steps_per_epoch", sampler.steps), ("secure_mode", sampler.secure_mode),
-                          ("shard", (sampler.rank, sampler.world_size))):
-            theirs = tuple(state[key]) if key == "shard" else state.get(key)
+                          ("world_size", sampler.world_size)):
+            theirs = state["shard"][1] if key == "world_size" else state.get(key)
             if theirs != mine:
                 raise ValueError(
                     f"data loader state was saved with {key}={theirs!r}, this loader has {mine!r}"

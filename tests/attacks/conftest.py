@@ -55,7 +55,7 @@ def digits():
 def digits_cnn(digits) -> Trained:
     torch.manual_seed(TRAIN_SEED)
     model = SmallCNN((1, 8, 8), 10, width=8, hidden=32)
-    _train(model, digits.x_train, digits.y_train, epochs=8, seed=TRAIN_SEED)
+    _train(model, digits.x_train, digits.y_train, epochs=5, seed=TRAIN_SEED)
     return Trained(model, digits.x_test, digits.y_test,
                    _accuracy(model, digits.x_test, digits.y_test))
 

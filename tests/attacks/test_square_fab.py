@@ -77,7 +77,7 @@ def test_square_rejects_non_image_batches():
 @pytest.mark.parametrize("multi", [False, True])
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 0.6)])
 def test_fab_at_least_as_strong_as_torchattacks(multi, norm, eps, digits_mlp):
-    m, x, y = digits_mlp.model, digits_mlp.x[:80], digits_mlp.y[:80]
+    m, x, y = digits_mlp.model, digits_mlp.x[:60], digits_mlp.y[:60]
     kw = dict(norm=norm, eps=eps, steps=8, multi_targeted=multi, n_classes=10)
     if multi:
         kw["n_classes"] = 4  # three targets keep the test fast; both libraries the same

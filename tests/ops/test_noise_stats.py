@@ -35,7 +35,8 @@ def _assert_standard_normal(z: torch.Tensor, checks: int, label: str):
 @pytest.mark.parametrize("source, seed", [("philox", 20261129), ("secure", None)])
 def test_add_noise_is_standard_normal_in_fp32(either_path, source, seed):
     print(f"seed = {seed}, source = {source}")
-    x = torch.zeros(1 << 18)
+    # The reference generator runs ~300 tensor ops per chunk; a smaller sample keeps it quick.
+    x = torch.zeros(1 << 18 if either_path == "native" else 1 << 16)
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     ops.add_noise_(x, 1.0, generator=g, source=source)
     _assert_standard_normal(x, checks=3, label=f"{either_path}/{source}")

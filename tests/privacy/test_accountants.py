@@ -124,6 +124,19 @@ def test_state_dict_round_trip_gives_the_same_epsilon(mechanism):
     assert state["history"][-1][2] == 7
 
 
+def test_pld_loads_an_opacus_prv_history():
+    from opacus.accountants import PRVAccountant as OpacusPRV
+
+    theirs = OpacusPRV()
+    for _ in range(5):
+        theirs.step(noise_multiplier=1.2, sample_rate=0.05)
+    ours = PLDAccountant()
+    ours.load_state_dict(theirs.state_dict())
+    assert ours.history == [(1.2, 0.05, 5)] and len(ours) == 5
+    with pytest.raises(ValueError, match="mechanism"):
+        RDPAccountant().load_state_dict(theirs.state_dict())
+
+
 def test_load_state_dict_refuses_another_mechanism_and_malformed_history():
     rdp = RDPAccountant()
     rdp.step(noise_multiplier=1.0, sample_rate=0.1)
@@ -138,8 +151,10 @@ def test_load_state_dict_refuses_another_mechanism_and_malformed_history():
 
 
 def test_prv_maps_to_pld_and_unknown_names_are_refused():
+    from modelsec_fast.accountants import PRVAccountant
+
     acc = create_accountant("prv")
-    assert isinstance(acc, PLDAccountant)
+    assert isinstance(acc, PLDAccountant) and PRVAccountant is PLDAccountant
     assert acc.mechanism() == "pld"
     with pytest.raises(ValueError, match="unknown accounting mechanism"):
         create_accountant("gdp-typo")
@@ -232,6 +247,22 @@ def test_get_noise_multiplier_meets_budget_and_is_within_one_percent_of_smallest
 
     assert eps(sigma) <= target
     assert eps(sigma / 1.01) > target
+
+
+def test_get_noise_multiplier_rdp_on_random_budgets():
+    seed = 31
+    rng = np.random.default_rng(seed)
+    for _ in range(8):
+        target = float(rng.uniform(0.3, 10.0))
+        q = float(10 ** rng.uniform(-3, -0.5))
+        steps = int(rng.integers(10, 3000))
+        sigma = get_noise_multiplier(target_epsilon=target, target_delta=DELTA, sample_rate=q,
+                                     steps=steps, accountant="rdp")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            at = _with_history(RDPAccountant(), [(sigma, q, steps)]).get_epsilon(DELTA)
+            below = _with_history(RDPAccountant(), [(sigma / 1.01, q, steps)]).get_epsilon(DELTA)
+        assert at <= target < below, (seed, target, q, steps, sigma)
 
 
 def test_get_noise_multiplier_epochs_use_opacus_step_count():

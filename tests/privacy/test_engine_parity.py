@@ -4,6 +4,9 @@ float64: rtol 1e-10. float32: rtol 1e-4, atol 1e-6 (gradients here are O(1e-2..1
 Shapes and hyperparameters come from Hypothesis; both loss reductions.
 """
 
+from contextlib import contextmanager
+from unittest import mock
+
 import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
@@ -14,6 +17,23 @@ from modelsec_fast.privacy.layers import DPMultiheadAttention
 FAST = settings(max_examples=8, deadline=None)
 F64 = dict(rtol=1e-10, atol=1e-13)
 F32 = dict(rtol=1e-4, atol=1e-6)
+
+
+@contextmanager
+def forced_path(path):
+    """Force the ghost-norm or the materialised path in the Linear and Conv rules."""
+    if path == "auto":
+        yield
+        return
+    choice = path == "ghost"
+    with mock.patch("modelsec_fast.privacy.per_sample.conv.prefer_ghost",
+                    lambda *a, **k: choice), \
+            mock.patch("modelsec_fast.privacy.per_sample.linear.prefer_ghost",
+                       lambda *a, **k: choice):
+        yield
+
+
+PATHS = st.sampled_from(["auto", "ghost", "materialise"])
 
 
 def _seeded(seed):
@@ -57,14 +77,14 @@ def test_linear_2d_matches_ground_truth(b, d, h, k, red, clip, seed):
 
 @FAST
 @given(b=st.integers(1, 5), t=st.integers(1, 9), d=st.integers(1, 6), p=st.integers(1, 6),
-       red=st.sampled_from(["mean", "sum"]), seed=st.integers(0, 2**16))
-def test_linear_sequence_matches_ground_truth(b, t, d, p, red, seed):
-    # t and d/p vary across the ghost (2T^2 <= pd) / materialise boundary
+       red=st.sampled_from(["mean", "sum"]), path=PATHS, seed=st.integers(0, 2**16))
+def test_linear_sequence_matches_ground_truth(b, t, d, p, red, path, seed):
     _seeded(seed)
     x = torch.randn(b, t, d, dtype=torch.float64)
     y = torch.randint(0, 3, (b,))
-    check_parity(lambda: SeqHead(nn.Sequential(nn.Linear(d, p), nn.GELU()), p, 3).double(),
-                 x, y, reduction=red, max_grad_norm=0.05, **F64)
+    with forced_path(path):
+        check_parity(lambda: SeqHead(nn.Sequential(nn.Linear(d, p), nn.GELU()), p, 3).double(),
+                     x, y, reduction=red, max_grad_norm=0.05, **F64)
 
 
 @FAST
@@ -80,9 +100,10 @@ def test_linear_called_twice_in_one_forward(b, d, seed):
 @given(nd=st.sampled_from([1, 2, 3]), b=st.integers(1, 4), groups=st.sampled_from([1, 2]),
        cin_g=st.integers(1, 3), cout_g=st.integers(1, 3), k=st.integers(1, 3),
        stride=st.integers(1, 2), pad=st.integers(0, 2), dil=st.integers(1, 2),
-       bias=st.booleans(), red=st.sampled_from(["mean", "sum"]), seed=st.integers(0, 2**16))
+       bias=st.booleans(), red=st.sampled_from(["mean", "sum"]), path=PATHS,
+       seed=st.integers(0, 2**16))
 def test_conv_matches_ground_truth(nd, b, groups, cin_g, cout_g, k, stride, pad, dil, bias,
-                                   red, seed):
+                                   red, path, seed):
     _seeded(seed)
     size = {1: 11, 2: 7, 3: 5}[nd]
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
@@ -100,7 +121,8 @@ def test_conv_matches_ground_truth(nd, b, groups, cin_g, cout_g, k, stride, pad,
         m(x[:1])  # materialise LazyLinear
         return m
 
-    check_parity(built, x, y, reduction=red, max_grad_norm=0.1, **F64)
+    with forced_path(path):
+        check_parity(built, x, y, reduction=red, max_grad_norm=0.1, **F64)
 
 
 @settings(max_examples=6, deadline=None)
@@ -120,16 +142,23 @@ def test_conv_padding_modes(mode, padding, seed):
     check_parity(make, x, y, max_grad_norm=0.2, **F64)
 
 
-def test_conv_ghost_path_is_exercised():
-    # large kernel fan-in, tiny output map: 2T^2 <= p*d chooses the ghost norm
-    from modelsec_fast.privacy.per_sample.base import prefer_ghost
-    assert prefer_ghost(4, 8, 16 * 9)
+def test_cost_rule_picks_ghost_for_2d_inputs_and_small_maps():
+    from modelsec_fast.privacy.per_sample.base import MATERIALISE_BUDGET, prefer_ghost
+    assert prefer_ghost(1, 512, 784, batch=256)            # 2-D Linear: ghost, always
+    assert not prefer_ghost(128, 128, 128, batch=32)      # long sequence, small layer
+    assert prefer_ghost(16, 128, 576, batch=128)          # 4x4 feature map
+    big = int(MATERIALISE_BUDGET ** 0.5)                  # too big to materialise:
+    assert prefer_ghost(64, big, big, batch=4)            # published rule 2T^2 <= pd
+
+
+def test_conv_ghost_path_grouped_strided():
     _seeded(3)
     x = torch.randn(5, 16, 4, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (5,))
-    check_parity(lambda: nn.Sequential(nn.Conv2d(16, 8, 3, stride=2, padding=1, groups=2),
-                                       nn.Flatten(), nn.Linear(8 * 4, 3)).double(),
-                 x, y, max_grad_norm=0.05, **F64)
+    with forced_path("ghost"):
+        check_parity(lambda: nn.Sequential(nn.Conv2d(16, 8, 3, stride=2, padding=1, groups=2),
+                                           nn.Flatten(), nn.Linear(8 * 4, 3)).double(),
+                     x, y, max_grad_norm=0.05, **F64)
 
 
 @FAST
@@ -178,17 +207,26 @@ def test_dp_multihead_attention_matches_ground_truth(b, t, heads, batch_first, s
     d = 4
 
     class Attn(nn.Module):
+        """Takes (B, T, d); runs attention, LayerNorm and a Linear in the model's layout."""
+
         def __init__(self):
             super().__init__()
-            self.attn = DPMultiheadAttention(d, heads, batch_first=True)
+            self.attn = DPMultiheadAttention(d, heads, batch_first=batch_first)
+            self.norm = nn.LayerNorm(d)
+            self.proj = nn.Linear(d, d)
             self.head = nn.Linear(d, 3)
 
         def forward(self, x):
-            return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
+            seq_dim = 1 if batch_first else 0
+            if not batch_first:
+                x = x.transpose(0, 1)
+            h = self.proj(self.norm(self.attn(x, x, x, need_weights=False)[0]))
+            return self.head(h.mean(seq_dim))
 
     x = torch.randn(b, t, d, dtype=torch.float64)
     y = torch.randint(0, 3, (b,))
-    check_parity(lambda: Attn().double(), x, y, max_grad_norm=0.1, **F64)
+    check_parity(lambda: Attn().double(), x, y, max_grad_norm=0.1, batch_first=batch_first,
+                 **F64)
 
 
 def test_transformer_encoder_layer_after_fix():
@@ -221,9 +259,7 @@ def test_accumulation_over_micro_batches(b, k, red, skip, seed):
     y = torch.randint(0, 3, (b,))
     make = lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(),
                                  nn.Linear(64, 3)).double()
-    if red == "mean":
-        # per-micro-batch mean losses: sum_i c_i g_i / E[B] still holds (Opacus semantics)
-        pass
+    # per-micro-batch mean losses: sum_i c_i g_i / E[B] still holds (Opacus semantics)
     check_parity(make, x, y, reduction=red, max_grad_norm=0.1, micro_batches=k,
                  use_skip=skip, expected_batch_size=b, **F64)
 

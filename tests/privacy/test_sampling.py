@@ -190,6 +190,21 @@ def test_rank_shards_cut_from_one_global_mask_reassemble_the_global_batch():
         assert sorted(sum(parts, [])) == whole.batch(t)
 
 
+def test_a_rank_zero_loader_state_resumes_another_rank_but_not_another_world_size():
+    data = _dataset(30)
+    rank0 = DPDataLoader(data, sample_rate=0.2, steps=5)
+    rank0.batch_sampler.rank, rank0.batch_sampler.world_size = 0, 2
+    rank0.batches_yielded = 3
+    state = rank0.state_dict()
+    rank1 = DPDataLoader(data, sample_rate=0.2, steps=5)
+    rank1.batch_sampler.rank, rank1.batch_sampler.world_size = 1, 2
+    rank1.load_state_dict(state)
+    assert rank1.batch_sampler.seed == rank0.batch_sampler.seed and rank1.batches_yielded == 3
+    single = DPDataLoader(data, sample_rate=0.2, steps=5)
+    with pytest.raises(ValueError, match="world_size"):
+        single.load_state_dict(state)
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_distributed_sampler_is_refused_with_the_reason():
@@ -278,3 +293,54 @@ def test_batch_memory_manager_refuses_a_non_poisson_loader_and_bad_sizes():
     dp = DPDataLoader(_dataset(4), sample_rate=0.5)
     with pytest.raises(ValueError, match="max_physical_batch_size"):
         BatchMemoryManager(data_loader=dp, max_physical_batch_size=0, optimizer=opt)
+
+
+# ---------------------------------------------------------------- with the real PrivacyEngine
+
+def _private(seed, n=40, batch_size=10, noise=0.0):
+    from modelsec_fast import PrivacyEngine
+
+    torch.manual_seed(seed)
+    data = TensorDataset(torch.randn(n, 4), torch.randint(0, 3, (n,)))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    engine = PrivacyEngine(accountant="rdp")
+    model, opt, loader = engine.make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        data_loader=DataLoader(data, batch_size=batch_size), noise_multiplier=noise,
+        max_grad_norm=0.8, loss_reduction="sum")
+    return engine, model, opt, loader
+
+
+def _step(model, opt, x, y):
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+    opt.step()
+
+
+def test_empty_poisson_batches_are_accountant_steps_with_the_engine():
+    engine, model, opt, _ = _private(seed=0, noise=1.0)
+    empty_loader = DPDataLoader(TensorDataset(torch.randn(40, 4), torch.randint(0, 3, (40,))),
+                                sample_rate=1e-12, steps=3)
+    opt.logical_batch_source = empty_loader
+    for x, y in empty_loader:
+        assert x.shape == (0, 4)
+        _step(model, opt, x, y)
+    assert len(engine.accountant) == 3
+
+
+def test_batch_memory_manager_with_the_engine_matches_unsplit_training_and_accounting():
+    engine_a, model_a, opt_a, loader_a = _private(seed=4)
+    for x, y in loader_a:
+        _step(model_a, opt_a, x, y)
+    engine_b, model_b, opt_b, loader_b = _private(seed=4)
+    physical = 0
+    with BatchMemoryManager(data_loader=loader_b, max_physical_batch_size=3, optimizer=opt_b) as pl:
+        for x, y in pl:
+            assert len(y) <= 3
+            _step(model_b, opt_b, x, y)
+            physical += 1
+    assert physical > len(loader_b)  # the logical batches really were split
+    assert len(engine_a.accountant) == len(engine_b.accountant) == len(loader_b)
+    assert engine_a.accountant.history == engine_b.accountant.history
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -2,9 +2,9 @@
 
 ``nn.MultiheadAttention`` applies ``in_proj_weight`` functionally, so no layer
 rule sees it. This module computes the same function with separate q/k/v and
-output ``nn.Linear`` projections, always on batch-first tensors internally
-(so the sample index is dimension 0 for the Linear rule whatever
-``batch_first`` says). Same constructor and forward signature as
+output ``nn.Linear`` projections, applied in the caller's layout (so with
+``batch_first=False`` the model must be made private with
+``make_private(batch_first=False)``, as in Opacus). Same constructor and forward signature as
 ``nn.MultiheadAttention``; ``add_bias_kv=True`` is not supported (its raw
 bias parameters would need a rule of their own).
 """
@@ -102,13 +102,16 @@ class DPMultiheadAttention(nn.Module):
                 attn_mask=None, average_attn_weights=True, is_causal=False):
         if query.dim() != 3:
             raise ValueError(f"DPMultiheadAttention needs batched 3-D inputs, got {query.dim()}-D")
+        # Projections run in the caller's layout, so every Linear sees the sample
+        # index where the rest of the model has it (make_private(batch_first=...)).
+        q, k, v = self.qlinear(query), self.klinear(key), self.vlinear(value)
         if not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        batch, tgt, _ = query.shape
+            q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+        batch, tgt, _ = q.shape
         h, hd = self.num_heads, self.head_dim
-        q = self.qlinear(query).view(batch, tgt, h, hd).transpose(1, 2)
-        k = self.klinear(key).view(batch, key.shape[1], h, hd).transpose(1, 2)
-        v = self.vlinear(value).view(batch, value.shape[1], h, hd).transpose(1, 2)
+        q = q.reshape(batch, tgt, h, hd).transpose(1, 2)
+        k = k.reshape(batch, k.shape[1], h, hd).transpose(1, 2)
+        v = v.reshape(batch, v.shape[1], h, hd).transpose(1, 2)
         if self.add_zero_attn:
             zeros = q.new_zeros(batch, h, 1, hd)
             k, v = torch.cat([k, zeros], 2), torch.cat([v, zeros], 2)
@@ -133,9 +136,10 @@ class DPMultiheadAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop,
                                                  is_causal=causal)
             weights = None
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, tgt, self.embed_dim))
+        out = out.transpose(1, 2).reshape(batch, tgt, self.embed_dim)
         if not self.batch_first:
             out = out.transpose(0, 1)
+        out = self.out_proj(out)
         if weights is not None and average_attn_weights:
             weights = weights.mean(dim=1)
         return out, weights

@@ -126,3 +126,9 @@ def flat_rows(t: torch.Tensor) -> torch.Tensor:
     for s in t.shape[1:]:
         n *= s
     return t.reshape(t.shape[0], n)
+
+
+def row_sq_norms(t: torch.Tensor) -> torch.Tensor:
+    """||t[i]||^2 for each row of (B, ...), without a squared temporary."""
+    flat = flat_rows(t)
+    return torch.linalg.vecdot(flat, flat)

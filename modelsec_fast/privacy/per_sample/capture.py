@@ -18,6 +18,8 @@ How a step flows:
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -40,9 +42,19 @@ class LayerRecorder:
         self.rule = rule
         self.params = rule.present_params(module)
         self._acc_nodes: dict[str, tuple[torch.Tensor, object]] = {}
+        self.hook_handles: dict[str, object] = {}
 
     def param_names(self) -> list[str]:
         return [f"{self.name}.{n}" if self.name else n for n, _ in self.params]
+
+    def watch_trainable(self) -> None:
+        """Hook trainable parameters: a defined autograd gradient there bypassed the rule."""
+        for pname, p in self.params:
+            if p.requires_grad and pname not in self.hook_handles:
+                full = f"{self.name}.{pname}" if self.name else pname
+                state = self.state
+                self.hook_handles[pname] = p.register_hook(
+                    lambda grad, full=full: state.note_autograd_grad(full, grad))
 
     def prepare_forward(self) -> None:
         """Cache each trainable parameter's AccumulateGrad node (grad mode on)."""
@@ -52,6 +64,7 @@ class LayerRecorder:
                 if cached is None or cached[0] is not p:
                     node = p.view_as(p).grad_fn.next_functions[0][0]
                     self._acc_nodes[pname] = (p, node)
+                    self.watch_trainable()
 
     def capture(self, ctx, tensors: tuple, batch_size: int, needs, meta=None) -> None:
         """Called from a rule's backward: keep ``tensors`` if this pass trains the layer.
@@ -124,11 +137,36 @@ class CaptureState:
         self._pending = []
 
 
+class _Owner(tuple):
+    """(CaptureState, name) tag on a managed parameter; a deep copy is unmanaged."""
+
+    def __deepcopy__(self, memo):
+        return None
+
+
+class _PlainForward:
+    """What a deep copy of a routed layer gets: the class forward, no engine."""
+
+    def __init__(self, module: nn.Module):
+        self._module = weakref.ref(module)
+
+    def __call__(self, *args, **kwargs):
+        module = self._module()
+        return type(module).forward(module, *args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return _PlainForward(memo.get(id(self._module()), self._module()))
+
+
 class _PrivateForward:
     """Instance-level ``forward`` that routes a layer through its rule."""
 
     def __init__(self, recorder: LayerRecorder):
         self.recorder = recorder
+
+    def __deepcopy__(self, memo):
+        # a copy of a private model (EMA, evaluation) is a plain model
+        return _PlainForward(memo.get(id(self.recorder.module), self.recorder.module))
 
     def __call__(self, *args, **kwargs):
         rec = self.recorder
@@ -156,17 +194,14 @@ def attach(module: nn.Module, *, batch_dim: int = 0) -> CaptureState:
                 "call cleanup() on the previous private module first")
         rec = LayerRecorder(state, name, sub, rule)
         sub.forward = _PrivateForward(rec)
-        handles = []
         for pname, p in rec.params:
             full = f"{name}.{pname}" if name else pname
             if getattr(p, OWNER_ATTR, None) is not None:
                 raise ValueError(
                     f"parameter {full!r} is already managed by a privacy engine "
                     "(shared between layers, or make_private called twice)")
-            setattr(p, OWNER_ATTR, (state, full))
-            handles.append(p.register_hook(
-                lambda grad, full=full: state.note_autograd_grad(full, grad)))
-        rec.hook_handles = handles
+            setattr(p, OWNER_ATTR, _Owner((state, full)))
+        rec.watch_trainable()
         state.recorders.append(rec)
     return state
 
@@ -174,9 +209,9 @@ def attach(module: nn.Module, *, batch_dim: int = 0) -> CaptureState:
 def detach(state: CaptureState) -> None:
     """Undo :func:`attach`: restore class forwards and remove the hooks."""
     for rec in state.recorders:
-        if isinstance(rec.module.__dict__.get("forward"), _PrivateForward):
+        if isinstance(rec.module.__dict__.get("forward"), (_PrivateForward, _PlainForward)):
             del rec.module.forward
-        for h in getattr(rec, "hook_handles", []):
+        for h in rec.hook_handles.values():
             h.remove()
         for _, p in rec.params:
             if hasattr(p, OWNER_ATTR):

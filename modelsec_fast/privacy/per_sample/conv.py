@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerRule, flat_rows, ghost_sq_norm, opmath, prefer_ghost, scale_rows
+from .base import row_sq_norms, LayerRule, flat_rows, ghost_sq_norm, opmath, prefer_ghost, scale_rows
 from .registry import register_rule
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -113,12 +113,23 @@ class ConvRule(LayerRule):
                                    tuple(module.dilation), module.groups)
 
     def _materialise(self, module, x, g, conf):
+        """Per-sample weight gradients (B, *weight.shape).
+
+        Small output maps (T <= 64): im2col patches times G per sample (bmm).
+        Larger maps: one grouped convolution-weight gradient with B * groups
+        groups, which avoids the B x T x d patch tensor (measured faster there).
+        """
         stride, padding, dilation, groups = conf
         batch, c_in = x.shape[:2]
         c_out = g.shape[1]
         w_shape = (batch * c_out, c_in // groups) + tuple(module.weight.shape[2:])
         if batch == 0:
             return g.new_zeros((0,) + tuple(module.weight.shape))
+        steps = math.prod(g.shape[2:])
+        if steps <= 64 and g.dim() <= 4:
+            a = _patches(x, tuple(module.weight.shape[2:]), stride, padding, dilation, groups)
+            gg = g.reshape(batch * groups, c_out // groups, steps)
+            return torch.bmm(gg, a.transpose(1, 2)).reshape((batch,) + tuple(module.weight.shape))
         gw = _conv_weight_grad(g.reshape((1, batch * c_out) + g.shape[2:]),
                                x.reshape((1, batch * c_in) + x.shape[2:]),
                                w_shape, stride, padding, dilation, batch * groups)
@@ -151,7 +162,7 @@ class ConvRule(LayerRule):
                     ps = self._materialise(module, c.tensors[0].to(acc), c.tensors[1].to(acc),
                                            c.meta["conf"])
                     per_sample = ps if per_sample is None else per_sample + ps
-                sq += flat_rows(per_sample).square().sum(1)
+                sq += row_sq_norms(per_sample)
                 cache["weight"] = per_sample
         if mask.get("bias"):
             g_sum = None
@@ -159,7 +170,7 @@ class ConvRule(LayerRule):
                 g = c.tensors[1].to(acc)
                 s = g.reshape(batch, g.shape[1], math.prod(g.shape[2:])).sum(2)
                 g_sum = s if g_sum is None else g_sum + s
-            sq += g_sum.square().sum(1)
+            sq += row_sq_norms(g_sum)
             cache["bias"] = g_sum
         return sq, cache
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerRule, batch_first, flat_rows, opmath
+from .base import row_sq_norms, LayerRule, batch_first, flat_rows, opmath
 from .registry import register_rule
 
 
@@ -82,7 +82,7 @@ class EmbeddingRule(LayerRule):
         vocab = module.weight.shape[0]
         keys, inverse = torch.unique(owner * vocab + idx, return_inverse=True)
         summed = rows.new_zeros(keys.shape[0], rows.shape[1]).index_add_(0, inverse, rows)
-        sq = rows.new_zeros(batch).index_add_(0, keys // vocab, summed.square().sum(1))
+        sq = rows.new_zeros(batch).index_add_(0, keys // vocab, row_sq_norms(summed))
         return sq, (idx, rows, owner)
 
     def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerRule, batch_first, flat_rows, ghost_sq_norm, opmath, prefer_ghost, scale_rows
+from .base import row_sq_norms, LayerRule, batch_first, flat_rows, ghost_sq_norm, opmath, prefer_ghost, scale_rows
 from .registry import register_rule
 
 
@@ -73,16 +73,16 @@ class LinearRule(LayerRule):
         cache = {"a": a, "g": g}
         if mask.get("weight"):
             if steps == 1:
-                sq += a[:, 0].square().sum(1) * g[:, 0].square().sum(1)
+                sq += row_sq_norms(a[:, 0]) * row_sq_norms(g[:, 0])
             elif prefer_ghost(steps, p, d, batch=batch):
                 sq += ghost_sq_norm(a, g)
             else:
                 per_sample = torch.bmm(g.transpose(1, 2), a)
-                sq += per_sample.square().sum(dim=(1, 2))
+                sq += row_sq_norms(per_sample)
                 cache["weight"] = per_sample
         if mask.get("bias"):
             g_sum = g[:, 0] if steps == 1 else g.sum(1)
-            sq += g_sum.square().sum(1)
+            sq += row_sq_norms(g_sum)
             cache["bias"] = g_sum
         return sq, cache
 

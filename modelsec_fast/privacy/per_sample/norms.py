@@ -16,7 +16,7 @@ from torch import nn
 
 import math
 
-from .base import LayerRule, batch_first, flat_rows, opmath
+from .base import row_sq_norms, LayerRule, batch_first, flat_rows, opmath
 from .registry import register_rule
 
 
@@ -107,7 +107,7 @@ class _AffineNormRule(LayerRule):
         acc = opmath(calls[0].tensors[1].dtype)
         sq = torch.zeros(batch, dtype=acc, device=calls[0].tensors[1].device)
         for v in per.values():
-            sq += flat_rows(v).square().sum(1)
+            sq += row_sq_norms(v)
         return sq, per
 
     def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
@@ -141,7 +141,7 @@ class _GroupNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, recorder, groups, eps):
         batch, channels = x.shape[:2]
         hw = x.numel() // max(batch * channels, 1)
-        y, mean, rstd = torch.native_group_norm(x, weight, bias, batch, channels, hw,
+        y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, batch, channels, hw,
                                                 groups, eps)
         ctx.recorder = recorder
         ctx.conf = (batch, channels, hw, groups)
@@ -154,7 +154,7 @@ class _GroupNormFunction(torch.autograd.Function):
         batch, channels, hw, groups = ctx.conf
         grad_in = None
         if ctx.needs_input_grad[0]:
-            grad_in = torch.native_group_norm_backward(
+            grad_in = torch.ops.aten.native_group_norm_backward(
                 grad_out.to(x.dtype).contiguous(), x, mean, rstd, weight, batch, channels, hw,
                 groups, [True, False, False])[0]
         needs = [n for n, t in zip(ctx.needs_input_grad[1:3], (weight, True)) if t is not None]

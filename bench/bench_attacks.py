@@ -1,0 +1,275 @@
+"""Benchmark of modelsec_fast.attacks against torchattacks 3.5.1, side by side.
+
+Three sections, all in one process:
+
+1. single attacks -- PGD-10, PGDL2-10 and APGD-100 on the Opacus MNIST CNN
+   (batch 1024) and a CIFAR ResNet-18 (batch 128), random weights; labels are
+   the model's own predictions so every sample is attacked by both libraries.
+   The floor is the same number of forward + input-gradient passes with the
+   parameters frozen (what any attack must pay); overhead = time / floor - 1.
+2. update -- the L-inf PGD update alone at 256x3x224x224: torchattacks' eager
+   three lines against ``ops.sign_step_``.
+3. evaluation -- robust accuracy (clean, then PGD-20 with 5 restarts, eps
+   0.1) on 2,000 Fashion-MNIST test images with a freshly trained CNN:
+   ``robust_accuracy`` against torchattacks' ``MultiAttack`` of 5 PGDs.
+   Falls back to sklearn digits (and says so) if Fashion-MNIST is missing.
+
+Times are medians over rounds whose canary (a 512x512 matmul timed every
+round) was within 1.5x of its fastest, contenders interleaved in each round.
+
+    python bench/bench_attacks.py [--device cpu|cuda] [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import modelsec_fast.attacks as ma  # noqa: E402
+from modelsec_fast import ops  # noqa: E402
+from modelsec_fast.attacks.base import frozen_parameters  # noqa: E402
+from modelsec_fast.evaluate import robust_accuracy  # noqa: E402
+from modelsec_fast.models import OpacusMnistCNN, ResNet18, SmallCNN  # noqa: E402
+
+CANARY_SLACK = 1.5
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Interleaved rounds: each round times the canary, then every contender once."""
+
+    def __init__(self, device, rounds, warmup=1):
+        warmup = min(warmup, rounds)
+        self.device, self.rounds, self.warmup = device, rounds, warmup
+        a = torch.randn(512, 512, device=device)
+        self._canary = lambda: a @ a
+
+    def _once(self, fn):
+        _sync(self.device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(self.device)
+        return time.perf_counter() - t0
+
+    def run(self, contenders: dict) -> dict:
+        for fn in contenders.values():
+            for _ in range(self.warmup):
+                fn()
+        canary, times = [], {k: [] for k in contenders}
+        for _ in range(self.rounds):
+            canary.append(self._once(self._canary))
+            for name, fn in contenders.items():
+                times[name].append(self._once(fn))
+        fastest = min(canary)
+        keep = [i for i, c in enumerate(canary) if c <= CANARY_SLACK * fastest] or list(range(len(canary)))
+        out = {k: statistics.median(v[i] for i in keep) * 1e3 for k, v in times.items()}
+        out["_rounds_kept"] = f"{len(keep)}/{self.rounds}"
+        return out
+
+
+def _floor(model, x, y, passes):
+    """``passes`` forward + input-gradient passes, parameters frozen."""
+    loss_fn = nn.CrossEntropyLoss()
+
+    def run():
+        with frozen_parameters(model):
+            for _ in range(passes):
+                xg = x.detach().requires_grad_(True)
+                torch.autograd.grad(loss_fn(model(xg), y), xg)
+    return run
+
+
+def bench_single(args, device, ta, timer) -> list[dict]:
+    rows = []
+    steps_apgd = 5 if args.quick else args.apgd_steps
+    nets = [("MNIST CNN", OpacusMnistCNN((1, 28, 28)), (1, 28, 28), args.mnist_batch),
+            ("ResNet-18", ResNet18((3, 32, 32)), (3, 32, 32), args.resnet_batch)]
+    for net_name, model, shape, batch in nets:
+        model = model.to(device).eval()
+        torch.manual_seed(0)
+        x = torch.rand(batch, *shape, device=device)
+        with torch.no_grad():
+            y = model(x).argmax(1)  # every sample "correct": both libraries attack all
+        cases = [
+            ("PGD-10", 10, lambda: ma.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10),
+             lambda: ta.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10)),
+            ("PGDL2-10", 10, lambda: ma.PGDL2(model, eps=1.0, alpha=0.2, steps=10),
+             lambda: ta.PGDL2(model, eps=1.0, alpha=0.2, steps=10)),
+            (f"APGD-{steps_apgd}", steps_apgd + 1,
+             lambda: ma.APGD(model, eps=8 / 255, steps=steps_apgd),
+             lambda: ta.APGD(model, eps=8 / 255, steps=steps_apgd)),
+        ]
+        for name, passes, ours_atk, theirs_atk in cases:
+            ours, theirs = ours_atk(), theirs_atk()
+            res = timer.run({"floor": _floor(model, x, y, passes),
+                             "ours": lambda: ours(x, y), "torchattacks": lambda: theirs(x, y)})
+            row = {"model": net_name, "batch": batch, "attack": name,
+                   "ours_ms": res["ours"], "torchattacks_ms": res["torchattacks"],
+                   "floor_ms": res["floor"], "rounds_kept": res["_rounds_kept"]}
+            row["ours_overhead_pct"] = 100 * (row["ours_ms"] / row["floor_ms"] - 1)
+            row["torchattacks_overhead_pct"] = 100 * (row["torchattacks_ms"] / row["floor_ms"] - 1)
+            rows.append(row)
+            print(f"  {net_name:<10} b={batch:<5} {name:<9} ours {row['ours_ms']:9.1f} ms "
+                  f"({row['ours_overhead_pct']:+.1f}% vs floor)  torchattacks "
+                  f"{row['torchattacks_ms']:9.1f} ms ({row['torchattacks_overhead_pct']:+.1f}%)  "
+                  f"floor {row['floor_ms']:9.1f} ms", flush=True)
+    return rows
+
+
+def bench_update(args, device, timer) -> dict:
+    shape = (16, 3, 224, 224) if args.quick else (256, 3, 224, 224)
+    torch.manual_seed(0)
+    images = torch.rand(shape, device=device)
+    grad = torch.randn(shape, device=device)
+    adv = images.clone()
+    eps, alpha = 8 / 255, 2 / 255
+
+    def eager():  # torchattacks PGD's update, verbatim semantics
+        a = adv.detach() + alpha * grad.sign()
+        delta = torch.clamp(a - images, min=-eps, max=eps)
+        return torch.clamp(images + delta, min=0, max=1).detach()
+
+    res = timer.run({"ours": lambda: ops.sign_step_(adv, grad, images, alpha, eps),
+                     "torchattacks": eager, "copy": lambda: adv.copy_(images)})
+    row = {"shape": "x".join(map(str, shape)), "ours_ms": res["ours"],
+           "torchattacks_ms": res["torchattacks"], "copy_ms": res["copy"],
+           "speedup": res["torchattacks"] / res["ours"], "native": ops.native_available(),
+           "rounds_kept": res["_rounds_kept"]}
+    print(f"  update {row['shape']}: ours {row['ours_ms']:.1f} ms, torchattacks "
+          f"{row['torchattacks_ms']:.1f} ms ({row['speedup']:.1f}x), copy {row['copy_ms']:.1f} ms, "
+          f"native={row['native']}", flush=True)
+    return row
+
+
+def _train(model, x, y, epochs, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), 128):
+            idx = order[i:i + 128]
+            opt.zero_grad()
+            loss_fn(model(x[idx].to(device)), y[idx].to(device)).backward()
+            opt.step()
+    return model.eval()
+
+
+def bench_eval(args, device, ta, timer_rounds) -> dict:
+    from modelsec_fast.data import DataError, load_dataset
+    try:
+        data = load_dataset("fashion-mnist", train_size=2000 if args.quick else 20000,
+                            test_size=args.eval_n, seed=0)
+        source = "fashion-mnist"
+    except DataError as err:
+        print(f"  Fashion-MNIST missing ({err}); falling back to sklearn digits", flush=True)
+        data = load_dataset("digits", seed=0)
+        source = "digits (Fashion-MNIST missing)"
+    torch.manual_seed(0)
+    model = SmallCNN(data.in_shape, data.num_classes).to(device)
+    t0 = time.perf_counter()
+    _train(model, data.x_train, data.y_train, 1 if args.quick else 2, device)
+    train_s = time.perf_counter() - t0
+    x, y = data.x_test[:args.eval_n].to(device), data.y_test[:args.eval_n].to(device)
+    restarts, eps = args.eval_restarts, 0.1
+
+    def ours():
+        torch.manual_seed(1)
+        r = robust_accuracy(model, (x, y), [ma.PGD(model, eps=eps, alpha=eps / 4, steps=20)],
+                            restarts=restarts, batch_size=len(y), progress=False,
+                            check_masking=False)
+        return r.robust_accuracy
+
+    def theirs():
+        torch.manual_seed(1)
+        multi = ta.MultiAttack([ta.PGD(model, eps=eps, alpha=eps / 4, steps=20)
+                                for _ in range(restarts)])
+        with torch.no_grad():
+            clean = model(x).argmax(1) == y  # clean pass, as robust_accuracy does
+        adv = multi(x, y)
+        with torch.no_grad():
+            return float(((model(adv).argmax(1) == y) & clean).float().mean())
+
+    times = {"ours": [], "torchattacks": []}
+    accs = {}
+    for _ in range(timer_rounds):
+        for name, fn in (("ours", ours), ("torchattacks", theirs)):
+            _sync(device)
+            t0 = time.perf_counter()
+            accs[name] = fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+    row = {"data": source, "n": len(y), "restarts": restarts, "eps": eps, "train_s": train_s,
+           "clean_accuracy": clean, "ours_s": statistics.median(times["ours"]),
+           "torchattacks_s": statistics.median(times["torchattacks"]),
+           "ours_robust_accuracy": accs["ours"], "torchattacks_robust_accuracy": accs["torchattacks"]}
+    row["speedup"] = row["torchattacks_s"] / row["ours_s"]
+    print(f"  eval {source} n={len(y)} clean {clean:.3f}: ours {row['ours_s']:.2f} s "
+          f"(robust {accs['ours']:.3f}), torchattacks {row['torchattacks_s']:.2f} s "
+          f"(robust {accs['torchattacks']:.3f}): {row['speedup']:.1f}x", flush=True)
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
+    p.add_argument("--json", default=None, help="write the results to this path")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--sections", default="single,update,eval")
+    p.add_argument("--mnist-batch", type=int, default=None)
+    p.add_argument("--resnet-batch", type=int, default=None)
+    p.add_argument("--apgd-steps", type=int, default=100)
+    p.add_argument("--eval-n", type=int, default=None)
+    p.add_argument("--eval-restarts", type=int, default=5)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    device = torch.device(args.device)
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.mnist_batch = args.mnist_batch or (16 if args.quick else 1024)
+    args.resnet_batch = args.resnet_batch or (2 if args.quick else 128)
+    args.eval_n = args.eval_n or (100 if args.quick else 2000)
+    if args.quick:
+        args.eval_restarts = min(args.eval_restarts, 2)
+    import torchattacks as ta
+    timer = Timer(device, args.rounds)
+    sections = set(args.sections.split(","))
+    out = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                       "torchattacks": ta.__version__, "threads": torch.get_num_threads(),
+                       "device": str(device), "native": ops.native_available()},
+           "args": vars(args)}
+    print(f"bench_attacks: device={device} native={ops.native_available()} "
+          f"threads={torch.get_num_threads()} quick={args.quick}", flush=True)
+    if "single" in sections:
+        out["single"] = bench_single(args, device, ta, timer)
+    if "update" in sections:
+        out["update"] = bench_update(args, device, timer)
+    if "eval" in sections:
+        out["eval"] = bench_eval(args, device, ta, 1 if args.quick else min(args.rounds, 3))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# GPU check: builds the native library with CUDA against the machine's own
+# torch, runs the CUDA parity tests, then the benchmarks with --device cuda.
+# Everything is logged to the folder given as $1; the whole run stays under
+# 10 minutes (each stage has its own time limit).
+#
+#   bash bench/gpu_check.sh LOGDIR
+#
+# Made for the lent GPU machine (Python 3.12, torch 2.11 + CUDA 13, nvcc, no
+# network). Packages its image lacks (opacus, torchattacks, dp-accounting and
+# their missing dependencies) are installed from carried wheels in .whl/ when
+# present. Environment: PYTHON (default python3), CUDAARCHS (default 90).
+set -uo pipefail
+
+LOG=${1:?usage: bash bench/gpu_check.sh LOGDIR}
+mkdir -p "$LOG"
+LOG=$(cd "$LOG" && pwd)
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+SUMMARY="$LOG/summary.txt"
+: >"$SUMMARY"
+status=0
+
+TOTAL_S=${GPU_CHECK_TOTAL_S:-570}  # the whole script ends inside 10 minutes
+
+stage() {  # stage NAME LIMIT_S COMMAND...: runs, logs to $LOG/NAME.log, records the outcome
+  local name=$1 limit=$2
+  shift 2
+  local left=$((TOTAL_S - SECONDS))
+  if [ "$left" -lt 10 ]; then
+    printf '%-16s skipped: out of time\n' "$name" | tee -a "$SUMMARY"
+    status=1
+    return 1
+  fi
+  [ "$limit" -le "$left" ] || limit=$left
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" "$@" >"$LOG/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$LOG/$name.log"
+  printf '%-16s rc=%-4s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$SUMMARY"
+  [ "$rc" -eq 0 ] || status=1
+  return "$rc"
+}
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  "$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.is_available())"
+  nvcc --version | tail -n 2; } >"$LOG/machine.txt" 2>&1
+cat "$LOG/machine.txt"
+
+# 1. Carried wheels (no network there).
+if compgen -G ".whl/*.whl" >/dev/null; then
+  stage wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+# 2. Build with CUDA (ON: a CPU-only torch or a missing nvcc is an error, not a silent CPU build).
+export MODELSEC_FAST_CUDA=ON CUDAARCHS=${CUDAARCHS:-90}
+export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+if ! stage build 330 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .; then
+  # Fallback: plain CMake build, loaded through MODELSEC_FAST_NATIVE_LIB.
+  stage build_cmake 330 bash -c "cmake -S . -B build/gpu -G Ninja -DPython_EXECUTABLE=$(command -v "$PY") \
+      -DMODELSEC_FAST_CUDA=ON && cmake --build build/gpu"
+  lib=$(ls build/gpu/_C*.so 2>/dev/null | head -n 1)
+  [ -n "$lib" ] && export MODELSEC_FAST_NATIVE_LIB=$PWD/$lib
+fi
+stage native 60 "$PY" -c "import modelsec_fast as m; info = m._native.build_info(); print(info); \
+assert m.ops.native_available() and info['cuda'], 'native CUDA build not loaded'"
+
+# 3. CUDA parity tests (and the stream tests they build on).
+stage tests_cuda 150 "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_cuda.py tests/ops/test_rng.py \
+  tests/ops/test_opcheck.py
+
+# 4. Benchmarks, each if present, with a quick-enough configuration.
+for b in bench_ops bench_dpsgd bench_attacks; do
+  if [ -f "bench/$b.py" ]; then
+    stage "$b" 120 "$PY" "bench/$b.py" --device cuda --json "$LOG/$b.json"
+  fi
+done
+
+echo "== summary"
+cat "$SUMMARY"
+exit "$status"
