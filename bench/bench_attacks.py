@@ -239,6 +239,7 @@ def main(argv=None):
     p.add_argument("--apgd-steps", type=int, default=100)
     p.add_argument("--eval-n", type=int, default=None)
     p.add_argument("--eval-restarts", type=int, default=5)
+    p.add_argument("--eval-rounds", type=int, default=2)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
@@ -263,7 +264,7 @@ def main(argv=None):
     if "update" in sections:
         out["update"] = bench_update(args, device, timer)
     if "eval" in sections:
-        out["eval"] = bench_eval(args, device, ta, 1 if args.quick else min(args.rounds, 3))
+        out["eval"] = bench_eval(args, device, ta, 1 if args.quick else args.eval_rounds)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -3,7 +3,9 @@
 Side by side in one process, round-robin over configurations so that machine
 noise hits all of them alike. Each round first times a 512x512 matmul canary;
 rounds whose canary is > 1.3x the fastest canary are discarded as noisy.
-Reports the median step time, its ratio to the non-private step, and (with
+Reports the median wall-clock step time and its ratio to the non-private
+step, the median process CPU time per step (more robust than wall time on a
+shared machine; on a quiet machine the two agree up to threading), and (with
 ``--memory``) the peak-RSS increase of a training run, measured in one fresh
 subprocess per configuration (torch has no CPU memory API).
 
@@ -169,23 +171,30 @@ def time_model(name, configs, device, *, warmup, rounds, steps):
         except Exception as err:  # an Opacus mode may not support a model
             errors[c] = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
             steps_fns.pop(c, None)
-    per_round = {c: [] for c in steps_fns}
+    wall = {c: [] for c in steps_fns}
+    cpu = {c: [] for c in steps_fns}
     canaries = []
-    for _ in range(rounds):
+    order = list(steps_fns)
+    for r in range(rounds):
         canaries.append(canary_ms(device))
-        for c, fn in steps_fns.items():
+        for c in (order if r % 2 == 0 else order[::-1]):
+            fn = steps_fns[c]
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            per_round[c].append((time.perf_counter() - t0) * 1000.0 / steps)
+            wall[c].append((time.perf_counter() - t0) * 1000.0 / steps)
+            cpu[c].append((time.process_time() - c0) * 1000.0 / steps)
+        print(f"  {name}: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     best = min(canaries)
     keep = [i for i, cm in enumerate(canaries) if cm <= 1.3 * best] or list(range(rounds))
-    result = {c: statistics.median([v[i] for i in keep]) for c, v in per_round.items()}
-    return result, errors, {"rounds": rounds, "kept": len(keep), "canary_ms": canaries}
+    result = {c: statistics.median([v[i] for i in keep]) for c, v in wall.items()}
+    cpu_ms = {c: statistics.median(v) for c, v in cpu.items()}
+    return result, errors, {"rounds": rounds, "kept": len(keep), "canary_ms": canaries,
+                            "cpu_ms": cpu_ms}
 
 
 def child_memory(name, config, device, steps):
@@ -215,8 +224,8 @@ def main(argv=None):
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS per config")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", default=None)
     ap.add_argument("--child-memory", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
@@ -246,20 +255,25 @@ def main(argv=None):
         if args.memory:
             for c in times:
                 mem[c] = measure_memory(m, c, device, 3 if args.quick else 5)
-        entry = {"batch": BATCH[m], "step_ms": times, "errors": errors, "meta": meta,
+        cpu = meta["cpu_ms"]
+        cbase = cpu.get("nonprivate")
+        entry = {"batch": BATCH[m], "step_ms": times, "cpu_ms": cpu, "errors": errors,
+                 "meta": meta,
                  "ratio": {c: (t / base if base else None) for c, t in times.items()},
+                 "cpu_ratio": {c: (t / cbase if cbase else None) for c, t in cpu.items()},
                  "peak_rss_increase_mib": mem}
         report["models"][m] = entry
         for c in configs:
             if c in times:
                 ratio = f"{times[c] / base:.2f}x" if base else "-"
+                cratio = f"{cpu[c] / cbase:.2f}x" if cbase else "-"
                 mm = mem.get(c)
-                rows.append((m, c, f"{times[c]:.2f}", ratio,
+                rows.append((m, c, f"{times[c]:.2f}", ratio, f"{cpu[c]:.2f}", cratio,
                              "-" if mm is None else f"{mm:.0f}"))
             else:
-                rows.append((m, c, "n/a", "-", errors.get(c, "")[:40]))
-    head = ("model", "config", "step ms", "x nonpriv", "peak RSS +MiB")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
+                rows.append((m, c, "n/a", "-", "n/a", "-", errors.get(c, "")[:40]))
+    head = ("model", "config", "step ms", "x nonpriv", "cpu ms", "cpu x", "peak RSS +MiB")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     print(" | ".join(h.ljust(w) for h, w in zip(head, widths)))
     print("-+-".join("-" * w for w in widths))
     for r in rows:

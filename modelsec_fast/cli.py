@@ -75,7 +75,8 @@ def _float_list(text: str) -> list[float]:
     try:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
     if not values or any(v < 0 or not math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
     return values
@@ -86,7 +87,8 @@ def _attack_list(text: str) -> list[str]:
     unknown = [n for n in names if n not in DEFAULT_ATTACKS]
     if not names or unknown:
         raise argparse.ArgumentTypeError(
-            f"attacks must be a comma-separated subset of {','.join(DEFAULT_ATTACKS)}, got {text!r}")
+            f"attacks must be a comma-separated subset of {','.join(DEFAULT_ATTACKS)}, "
+            f"got {text!r}")
     return names
 
 
@@ -331,9 +333,10 @@ def cmd_evaluate(args) -> int:
     _log(args, f"clean accuracy {100 * curve['clean_accuracy']:.2f}%")
     for eps in eps_grid:
         if eps:
+            per_attack = ", ".join(f"{k} {100 * v:.1f}%"
+                                   for k, v in curve["per_attack"][str(eps)].items())
             _log(args, f"eps {eps:g}: robust accuracy "
-                       f"{100 * curve['robust_accuracy'][str(eps)]:.2f}% "
-                       f"({', '.join(f'{k} {100 * v:.1f}%' for k, v in curve['per_attack'][str(eps)].items())})")
+                       f"{100 * curve['robust_accuracy'][str(eps)]:.2f}% ({per_attack})")
     for w in curve["warnings"]:
         _log(args, f"warning: {w}")
     return 0
@@ -374,6 +377,9 @@ def cmd_audit(args) -> int:
     if args.shadows < 2:
         raise UsageError(f"--shadows must be >= 2 (LiRA needs in and out models), got "
                          f"{args.shadows}")
+    if args.shadows < 16:
+        _log(args, f"warning: {args.shadows} shadow models; LiRA's per-example statistics "
+                   "need >= 16 (Carlini et al. use 64-256) for a reliable audit")
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.build_model(args.device)
     ds = _load_data(ckpt.data)
@@ -406,14 +412,12 @@ def cmd_audit(args) -> int:
             os.path.join(args.out, "mi_roc.png"))
     if args.json:
         _write_json(result, args.json)
-    print(audit.table())
-    for b in audit.epsilon_bounds:
-        print(f"empirical epsilon >= {b.epsilon_lower_bound:.3f} ({b.attack}, Clopper-Pearson, "
-              f"{1 - b.alpha:g} confidence)")
+    human = sys.stderr if args.json == "-" else sys.stdout  # keep stdout pure JSON
+    print(audit.table(), file=human)
     for note in audit.notes:
-        print(f"note: {note}")
+        print(f"note: {note}", file=human)
     if args.canary:
-        print(result["canary_audit"]["summary"])
+        print(result["canary_audit"]["summary"], file=human)
     return 0
 
 
@@ -525,8 +529,8 @@ _DEMO = {
     "canary_m": (1000, 400),
     "canary_r": (200, 100),
     "audited": (("baseline", "dp", "adv"), ("baseline", "dp")),
-    # Subset of larger datasets (Fashion-MNIST, user data): training pool, test set.
-    "large_data_sizes": ((4000, 1000), (1000, 300)),
+    # Caps on (training pool, test set): a fixed seeded subset of larger data.
+    "max_sizes": ((4000, 1000), (1000, 300)),
 }
 
 
@@ -555,7 +559,7 @@ def cmd_demo(args) -> int:
     if shadows < 2:
         raise UsageError("--shadows must be >= 2")
     ds = load_dataset(args.data, seed=args.seed)
-    pool, test = setting["large_data_sizes"]
+    pool, test = setting["max_sizes"]
     if len(ds.y_train) > pool or len(ds.y_test) > test:
         ds = load_dataset(args.data, train_size=min(pool, len(ds.y_train)),
                           test_size=min(test, len(ds.y_test)), seed=args.seed)

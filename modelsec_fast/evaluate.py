@@ -345,6 +345,9 @@ def robust_accuracy(model: nn.Module, data, attacks="standard", *, eps: float | 
         eps = epss.pop() if len(epss) == 1 else None
         norm = norms.pop() if len(norms) == 1 else None
 
+    if normalization is None and attack_list and attack_list[0].normalization_used is not None:
+        used = attack_list[0].normalization_used
+        normalization = (used["mean"].flatten().tolist(), used["std"].flatten().tolist())
     device = _model_device(model)
     chunks, total = _chunks(data, batch_size)
     names: list[str] = []

@@ -122,7 +122,8 @@ def markdown_report(report: dict) -> str:
         f"independent fair coin ({s['members']} members, {s['pool_size'] - s['members']} "
         "non-members); the same members train every model",
         f"- test set for accuracy: {s['test_size']} examples",
-        f"- attacks: {', '.join(s['attacks'])} (L-inf, worst case per example), eps grid "
+        f"- attacks: {', '.join(s['attacks'])} (L-inf, worst case per example; "
+        f"{s.get('attack_steps', '?')} steps for PGD and APGD), eps grid "
         f"{', '.join(f'{e:g}' for e in s['eps_grid'])}",
         f"- shadow models per audited model (LiRA): {s['shadow_models']}",
         f"- seed: {s['seed']}{'; quick mode' if s.get('quick') else ''}",
@@ -161,7 +162,8 @@ def markdown_report(report: dict) -> str:
         mi = m.get("membership")
         if not mi:
             continue
-        bounds = {b["attack"]: b["epsilon_lower_bound"] for b in mi.get("epsilon_lower_bounds") or []}
+        bounds = {b["attack"]: b["epsilon_lower_bound"]
+                  for b in mi.get("epsilon_lower_bounds") or []}
         head = "| attack | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR |"
         rule = "|---|---:|---:|---:|"
         if bounds:

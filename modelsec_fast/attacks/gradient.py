@@ -7,12 +7,10 @@ plain attack call always runs every step on every sample, as torchattacks does.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from .base import Attack
-from .losses import to_scalar
+from .losses import resolve_loss, to_scalar
 
 __all__ = ["GradientAttack", "success_mask"]
 
@@ -34,7 +32,6 @@ class GradientAttack(Attack):
 
     def __init__(self, name, model, loss=None):
         super().__init__(name, model)
-        from .losses import resolve_loss
         self.loss = resolve_loss(loss)
 
     def _objective(self, logits: torch.Tensor, labels: torch.Tensor,
@@ -69,6 +66,7 @@ class GradientAttack(Attack):
         return images.clone()
 
     def _step_(self, adv, grad, images) -> torch.Tensor:
+        """One projected update of ``adv`` (B, ...) given the objective's gradient."""
         raise TypeError(f"{type(self).__name__} defines no update step")
 
     def _iterate(self, images: torch.Tensor, labels: torch.Tensor,
@@ -114,5 +112,3 @@ def uniform_linf_start(images: torch.Tensor, eps: float) -> torch.Tensor:
     noise = torch.empty_like(images).uniform_(-eps, eps)
     return torch.clamp(images + noise, min=0, max=1)
 
-
-StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

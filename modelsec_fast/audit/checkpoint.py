@@ -66,11 +66,11 @@ class ModelCheckpoint:
         try:
             model.load_state_dict(self.model_state)
         except RuntimeError as e:
-            detail = str(e).strip().splitlines()
+            lines = str(e).strip().splitlines()
+            detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
             raise CheckpointError(
                 f"checkpoint weights do not fit model {self.recipe.model!r} for inputs "
-                f"{'x'.join(map(str, self.in_shape))}: {detail[1].strip() if len(detail) > 1 else detail[0]}"
-            ) from None
+                f"{'x'.join(map(str, self.in_shape))}: {detail}") from None
         return model.to(device).eval()
 
     def save(self, path: str) -> None:

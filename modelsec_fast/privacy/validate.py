@@ -8,6 +8,8 @@ returns (or with ``strict=True`` raises) the list of problems,
   ``replace_bn_with_in=True``): BatchNorm mixes the samples of a batch.
 * nn.MultiheadAttention -> :class:`~modelsec_fast.privacy.layers.DPMultiheadAttention`
   (the same computation through nn.Linear layers, weights copied).
+* nn.LSTM / GRU / RNN and their cells -> DPLSTM / DPGRU / DPRNN (and cells)
+  from :mod:`modelsec_fast.privacy.layers.dp_rnn`, weights copied.
 * InstanceNorm with ``track_running_stats=True`` -> ``track_running_stats=False``.
 
 Rejected: BatchNorm; any trainable layer without a per-sample rule (frozen
@@ -34,6 +36,7 @@ class UnsupportedModuleError(ValueError):
 
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
+_RECURRENT = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 
 
 def _describe(name: str, module: nn.Module) -> str:
@@ -67,6 +70,13 @@ class ModuleValidator:
                     f"{where}: nn.MultiheadAttention uses its projection weights "
                     "functionally, so per-sample gradients cannot be captured. Fix: "
                     "ModuleValidator.fix(model) swaps in DPMultiheadAttention")
+                continue
+            if isinstance(sub, _RECURRENT) and any(p.requires_grad for p in sub.parameters()):
+                errors.append(
+                    f"{where}: torch's recurrent layers run their weights in one fused "
+                    "kernel, so per-sample gradients cannot be captured. Fix: "
+                    "ModuleValidator.fix(model) swaps in the DP version "
+                    "(DPLSTM / DPGRU / DPRNN and cells), built from nn.Linear")
                 continue
             own = list(sub.named_parameters(recurse=False))
             for pname, p in own:
@@ -145,6 +155,9 @@ def _fix_one(module: nn.Module, kwargs) -> nn.Module | None:
     if isinstance(module, nn.MultiheadAttention):
         from .layers import DPMultiheadAttention
         return DPMultiheadAttention.from_multihead_attention(module)
+    if type(module) in _RECURRENT:
+        from .layers.dp_rnn import convert_rnn
+        return convert_rnn(module)
     if isinstance(module, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) \
             and module.track_running_stats:
         fixed = copy.deepcopy(module)

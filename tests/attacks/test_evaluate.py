@@ -200,3 +200,24 @@ def test_model_mode_restored(digits_mlp):
         assert m.training
     finally:
         m.eval()
+
+
+def test_normalised_data_and_attacks(digits_mlp):
+    class Normed(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z):
+            return self.inner(z * 0.25 + 0.5)
+
+    m = Normed(digits_mlp.model).eval()
+    x, y = digits_mlp.x[:60], digits_mlp.y[:60]
+    atk = ma.PGD(m, eps=0.1, alpha=0.02, steps=5, random_start=False)
+    atk.set_normalization_used([0.5], [0.25])
+    result = robust_accuracy(m, ((x - 0.5) / 0.25, y), [atk], progress=False, eps_sweep=True)
+    plain = robust_accuracy(digits_mlp.model, (x, y),
+                            [ma.PGD(digits_mlp.model, eps=0.1, alpha=0.02, steps=5,
+                                    random_start=False)], progress=False)
+    assert result.robust_accuracy == plain.robust_accuracy
+    assert result.per_attack["PGD"]["rejected"] == 0 and result.warnings == []

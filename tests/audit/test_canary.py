@@ -55,7 +55,6 @@ def audit_setup():
 
 def _audit(audit_setup, *, backend="engine", fault=None, seed=0):
     ds, sigma = audit_setup
-    torch.set_num_threads(1)
     print(f"canary audit seed={seed} backend={backend} fault={fault}")
     return canary_audit_dp_sgd(x=ds.x_train, y=ds.y_train, num_classes=ds.num_classes,
                                noise_multiplier=sigma, sample_rate=Q, steps=STEPS, delta=DELTA,

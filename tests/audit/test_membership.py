@@ -55,7 +55,6 @@ def test_logit_confidence_is_log_odds_of_true_class():
 
 @pytest.fixture(scope="module")
 def nonprivate_audit():
-    torch.set_num_threads(1)
     ds = load_dataset("digits")
     gen = np.random.default_rng(0)
     members = torch.from_numpy(gen.random(len(ds.y_train)) < 0.5)
@@ -91,7 +90,6 @@ def test_audit_reports_counts_bounds_and_not_measurable(nonprivate_audit):
 
 
 def test_split_design_reports_no_epsilon():
-    torch.set_num_threads(1)
     ds = load_dataset("digits", train_size=200, test_size=100)
     model = train_model(TrainingRecipe(epochs=2), ds.x_train, ds.y_train, num_classes=10).model
     x = torch.cat([ds.x_train, ds.x_test])

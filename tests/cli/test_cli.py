@@ -136,6 +136,23 @@ def test_audit_json_parses(checkpoint, tmp_path, capsys):
     assert os.path.getsize(tmp_path / "mi_roc.png") > 1000
 
 
+def test_audit_of_dp_checkpoint_with_canary(tmp_path, capsys):
+    path = str(tmp_path / "dp.pt")
+    assert main(["train", "--train-size", "200", "--test-size", "50", "--epochs", "2",
+                 "--epsilon", "2", "--accountant", "rdp", "--no-progress", "--threads", "1",
+                 "--quiet", "--checkpoint", path]) == 0
+    status, out, _ = run(["audit", path, "--shadows", "2", "--canary", "--json", "-", "--quiet",
+                          "--no-progress"], capsys)
+    assert status == 0
+    audit = json.loads(out)
+    canary = audit["canary_audit"]
+    assert canary["claimed_epsilon"] == pytest.approx(audit["privacy"]["epsilon"], rel=0.05)
+    assert canary["epsilon_lower_bound"] < canary["claimed_epsilon"]
+    assert (canary["m"], canary["r"], canary["beta"]) == (1000, 200, 0.05)
+    status, _, err = run(["audit", path.replace("dp.pt", "none.pt"), "--canary"], capsys)
+    _one_line_error(status, err)
+
+
 def test_epsilon_both_directions(capsys):
     status, out, _ = run(["epsilon", "--noise-multiplier", "1.1", "--sample-rate", "0.01",
                           "--steps", "500", "--accountant", "rdp", "--json"], capsys)
@@ -212,6 +229,13 @@ def test_not_a_checkpoint_and_wrong_input_shape(checkpoint, tmp_path, capsys):
     torch.save({"weights": 1}, path)
     status, _, err = run(["evaluate", str(path)], capsys)
     assert "not a modelsec-fast checkpoint" in _one_line_error(status, err)
+    import numpy as np
+
+    other = str(tmp_path / "five.npz")
+    np.savez(other, x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.arange(4),
+             x_test=np.zeros((3, 5, 5), np.uint8), y_test=np.arange(3))
+    status, _, err = run(["evaluate", checkpoint, "--data", other], capsys)
+    assert "is for inputs 1x8x8, the data has 1x5x5" in _one_line_error(status, err)
 
 
 def test_bad_flags_are_one_line(capsys):

@@ -81,7 +81,8 @@ def test_npz_channels_last_and_float(tmp_path):
     assert ds.in_shape == (3, 6, 6) and ds.num_classes == 3
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR),
+                    reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_subset():
     ds = load_dataset("fashion-mnist", train_size=50, test_size=20)
     assert ds.in_shape == (1, 28, 28) and ds.num_classes == 10 and len(ds.y_train) == 50

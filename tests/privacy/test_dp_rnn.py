@@ -1,9 +1,11 @@
-"""DPLSTM / DPGRU / DPRNN: same function as torch's modules, exact DP parity, bad input.
+"""DPLSTM / DPGRU / DPRNN and their cells: torch's function, exact DP parity, bad input.
 
 Equivalence: weights copied from a torch module (``from_module``), outputs and
 final states compared in float64 (rtol 1e-12). Parity: with noise 0, the
 private gradient equals the slow per-sample ground truth (rtol 1e-10, float64),
-for both sample layouts of the engine and of the module, and packed sequences.
+for both sample layouts of the engine and of the module, packed sequences,
+user loops over a cell, accumulation and empty batches; fp32 at rtol 1e-4,
+atol 1e-6 (gradients here are O(1e-3..1)).
 """
 
 import copy
@@ -15,7 +17,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from parity import check_parity, ground_truth
-from modelsec_fast.privacy.layers.dp_rnn import DPGRU, DPLSTM, DPRNN, convert_rnn
+from modelsec_fast.privacy.layers.dp_rnn import (
+    DPGRU, DPGRUCell, DPLSTM, DPLSTMCell, DPRNN, DPRNNCell, convert_rnn)
 from modelsec_fast.privacy.optimizer import DPOptimizer
 from modelsec_fast.privacy.per_sample import PrivateModule
 from modelsec_fast.privacy.validate import ModuleValidator
@@ -221,6 +224,43 @@ def test_private_gradient_matches_ground_truth(kind, b, t, d, h, layers, bidirec
     check_parity(lambda: copy.deepcopy(model), x, y, reduction=red, max_grad_norm=clip, **F64)
 
 
+@pytest.mark.parametrize("case", ["empty_batch", "accumulation", "batch_of_one", "float32"])
+def test_parity_edge_cases(case):
+    torch.manual_seed(10)
+    dtype = torch.float32 if case == "float32" else torch.float64
+    rnn = make_dp("LSTM", 3, 4, layers=2, batch_first=True, proj=2).to(dtype)
+    model = SeqClassifier(rnn, 3).to(dtype)
+    b = {"empty_batch": 0, "accumulation": 6, "batch_of_one": 1, "float32": 6}[case]
+    x = torch.randn(b, 5, 3, dtype=dtype)
+    y = torch.randint(0, 3, (b,))
+    tol = dict(rtol=1e-4, atol=1e-6) if case == "float32" else F64
+    check_parity(lambda: copy.deepcopy(model), x, y, max_grad_norm=0.1,
+                 micro_batches=3 if case == "accumulation" else 1,
+                 expected_batch_size=4 if case == "empty_batch" else None, **tol)
+
+
+def test_bf16_autocast_step_is_close_to_float32_truth():
+    torch.manual_seed(11)
+    model = SeqClassifier(make_dp("GRU", 3, 4, batch_first=True), 3).float()
+    x = torch.randn(8, 5, 3)
+    y = torch.randint(0, 3, (8,))
+    truth = ground_truth(copy.deepcopy(model), x, y, nn.functional.cross_entropy,
+                         max_grad_norm=0.5, reduction="mean", expected_batch_size=8)
+    pm = PrivateModule(model)
+    opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
+                      max_grad_norm=0.5, expected_batch_size=8)
+    opt.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pm(x)
+    nn.functional.cross_entropy(out.float(), y).backward()
+    opt.step()
+    got = torch.cat([p.grad.flatten() for p in model.parameters()])
+    want = torch.cat([t.flatten() for t in truth])
+    assert got.dtype == torch.float32
+    # bf16 has an 8-bit mantissa: a few per cent of the gradient's norm
+    assert (got - want).norm() <= 0.05 * want.norm()
+
+
 def _time_major_engine_grads(model, x_tm, y, *, clip, reduction):
     pm = PrivateModule(model, batch_first=False, loss_reduction=reduction)
     opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
@@ -303,6 +343,7 @@ def test_parity_with_packed_sequences():
         torch.testing.assert_close(p.grad, want, **F64)
 
 
+@pytest.mark.filterwarnings("ignore:poisson_sampling=False")
 def test_privacy_engine_step_matches_ground_truth():
     from modelsec_fast import PrivacyEngine
 
@@ -328,7 +369,8 @@ def test_privacy_engine_step_matches_ground_truth():
 
 def test_dp_modules_pass_the_validator():
     model = nn.Sequential(DPLSTM(3, 4, proj_size=2), DPGRU(3, 4, bidirectional=True),
-                          DPRNN(3, 4, 2, "relu"))
+                          DPRNN(3, 4, 2, "relu"), DPLSTMCell(3, 4), DPGRUCell(4, 4),
+                          DPRNNCell(4, 4, nonlinearity="relu"))
     assert ModuleValidator.validate(model) == []
 
 
@@ -384,3 +426,96 @@ def test_from_module_rejects_wrong_types():
         DPLSTM.from_module(CustomLSTM(2, 3))
     with pytest.raises(TypeError, match="convert_rnn expects"):
         convert_rnn(nn.Linear(2, 3))
+
+
+# ---- cells ------------------------------------------------------------------------
+
+CELL_TYPES = {"LSTM": lambda d, h, bias: nn.LSTMCell(d, h, bias=bias),
+              "GRU": lambda d, h, bias: nn.GRUCell(d, h, bias=bias),
+              "RNN_TANH": lambda d, h, bias: nn.RNNCell(d, h, bias=bias),
+              "RNN_RELU": lambda d, h, bias: nn.RNNCell(d, h, bias=bias, nonlinearity="relu")}
+
+
+@pytest.mark.parametrize("kind", list(CELL_TYPES))
+@pytest.mark.parametrize("bias", [True, False])
+def test_cells_match_torch_cells(kind, bias):
+    torch.manual_seed(8)
+    ref = CELL_TYPES[kind](3, 5, bias).double()
+    ours = convert_rnn(ref)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for shape, state in (((4, 3), (4, 5)), ((3,), (5,))):
+        x = torch.randn(*shape, dtype=torch.float64)
+        hx = torch.randn(*state, dtype=torch.float64)
+        if kind == "LSTM":
+            hx = (hx, torch.randn(*state, dtype=torch.float64))
+        for state_arg in (None, hx):
+            got, want = ours(x, state_arg), ref(x, state_arg)
+            got = got if isinstance(got, tuple) else (got,)
+            want = want if isinstance(want, tuple) else (want,)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, **EXACT)
+
+
+class CellLoop(nn.Module):
+    """A user's own time loop over a cell: the cell's Linears are called T times."""
+
+    def __init__(self, cell, k):
+        super().__init__()
+        self.cell = cell
+        self.head = nn.Linear(cell.hidden_size, k).double()
+
+    def forward(self, x):  # (B, T, d)
+        state = None
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+        h = state[0] + state[1] if isinstance(state, tuple) else state
+        return self.head(h)
+
+
+@pytest.mark.parametrize("kind", list(CELL_TYPES))
+def test_cell_loop_parity(kind):
+    torch.manual_seed(9)
+    model = CellLoop(convert_rnn(CELL_TYPES[kind](3, 4, True).double()), 3)
+    x = torch.randn(5, 4, 3, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+    check_parity(lambda: copy.deepcopy(model), x, y, reduction="mean", max_grad_norm=0.05,
+                 **F64)
+
+
+def test_cell_bad_inputs_raise():
+    cell = DPLSTMCell(3, 4)
+    with pytest.raises(ValueError, match="2-D batched or 1-D"):
+        cell(torch.randn(2, 2, 3))
+    with pytest.raises(ValueError, match="features"):
+        cell(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 4\)"):
+        cell(torch.randn(2, 3), (torch.zeros(3, 4), torch.zeros(2, 4)))
+    with pytest.raises(TypeError, match="tuple"):
+        cell(torch.randn(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="nonlinearity"):
+        DPRNNCell(3, 4, nonlinearity="gelu")
+    with pytest.raises(TypeError, match="expects nn.GRUCell"):
+        DPGRUCell.from_module(nn.LSTMCell(2, 3))
+
+
+def test_dropout_with_one_layer_warns_like_torch():
+    with pytest.warns(UserWarning, match="num_layers=1"):
+        DPGRU(3, 4, dropout=0.2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_outputs_and_private_gradient_match():
+    torch.manual_seed(12)
+    dev = torch.device("cuda")
+    ref = nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2).double().to(dev)
+    ours = convert_rnn(ref)
+    assert ours.l0.ih.weight.device.type == "cuda"
+    lengths = torch.tensor([2, 5, 1, 5, 4])
+    x = torch.randn(5, 5, 3, dtype=torch.float64, device=dev)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    assert_same_outputs(ours(packed), ref(packed))
+    assert_same_outputs(ours(x), ref(x))
+    model = SeqClassifier(make_dp("GRU", 3, 4, layers=2, batch_first=True), 3).to(dev)
+    xb = torch.randn(6, 4, 3, dtype=torch.float64, device=dev)
+    yb = torch.randint(0, 3, (6,), device=dev)
+    check_parity(lambda: copy.deepcopy(model), xb, yb, max_grad_norm=0.1, **F64)

@@ -326,3 +326,27 @@ def test_matches_opacus_hooks_mode():
     o.step()
     for a, b in zip(om.parameters(), model.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_secure_mode_draws_from_the_secure_source_and_refuses_a_seed():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    engine = PrivacyEngine(accountant="rdp", secure_mode=True)
+    with pytest.raises(ValueError, match="seed"):
+        engine.make_private(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                            data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
+                            noise_generator=torch.Generator().manual_seed(1))
+    m, o, _ = engine.make_private(module=model, optimizer=torch.optim.SGD(model.parameters(),
+                                                                          lr=0.0),
+                                  data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0)
+    assert o.noise_source == "secure"
+    grads = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the global seed must not determine secure noise
+        o.zero_grad()
+        nn.functional.cross_entropy(m(x[:4]), y[:4]).backward()
+        o.step()
+        grads.append(model.weight.grad.clone())
+    assert not torch.equal(grads[0], grads[1])

@@ -185,3 +185,12 @@ def test_make_private_twice_on_the_same_model_is_refused():
     make(model)
     with pytest.raises(ValueError, match="already"):
         make(model)
+
+
+@pytest.mark.parametrize("layer", [nn.LSTM(4, 5, batch_first=True), nn.GRU(4, 5),
+                                   nn.RNN(4, 5), nn.LSTMCell(4, 5)])
+def test_recurrent_layers_rejected_and_fixed(layer):
+    errs = ModuleValidator.validate(nn.Sequential(layer))
+    assert len(errs) == 1 and "ModuleValidator.fix" in errs[0]
+    fixed = ModuleValidator.fix(nn.Sequential(layer))
+    assert type(fixed[0]).__name__.startswith("DP") and ModuleValidator.is_valid(fixed)

@@ -1,4 +1,4 @@
-"""DPLSTM, DPGRU, DPRNN: nn.LSTM / nn.GRU / nn.RNN built from nn.Linear layers.
+"""DPLSTM, DPGRU, DPRNN (and their cells): torch's recurrent layers from nn.Linear.
 
 PyTorch's recurrent layers keep their weights as flat raw parameters and run
 them in one fused kernel, so no per-sample rule can see them. These modules
@@ -17,7 +17,9 @@ the torch modules: ``batch_first``, ``num_layers``, ``bidirectional``,
 unbatched inputs and ``PackedSequence`` inputs. ``state_dict()`` uses torch's
 key names (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...), so checkpoints move
 both ways between an ``nn.LSTM`` and a ``DPLSTM``; ``from_module`` converts a
-torch module with its weights.
+torch module with its weights. ``DPLSTMCell`` / ``DPGRUCell`` / ``DPRNNCell``
+replace ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` the same way, and
+``convert_rnn`` maps any of the six torch modules to its replacement.
 
 Packed sequences run every sequence for the full padded length and freeze the
 state of finished sequences with a mask, so every Linear call sees the whole
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +40,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..per_sample.capture import OWNER_ATTR
 
-__all__ = ["DPRNNBase", "DPLSTM", "DPGRU", "DPRNN", "convert_rnn"]
+__all__ = ["DPRNNBase", "DPLSTM", "DPGRU", "DPRNN", "DPRNNCellBase", "DPLSTMCell",
+           "DPGRUCell", "DPRNNCell", "convert_rnn"]
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
@@ -75,26 +79,58 @@ _TORCH_STEMS = (("ih", "weight", "weight_ih"), ("hh", "weight", "weight_hh"),
                 ("hr", "weight", "weight_hr"))
 
 
-def _name_pairs(module: "DPRNNBase"):
-    """(our key, torch's key) for every parameter, in torch's order."""
-    for layer in range(module.num_layers):
-        for suffix in module._suffixes():
-            direction = getattr(module, f"l{layer}{suffix}")
-            for sub, pname, stem in _TORCH_STEMS:
-                owner = getattr(direction, sub)
-                if owner is not None and getattr(owner, pname, None) is not None:
-                    yield f"l{layer}{suffix}.{sub}.{pname}", f"{stem}_l{layer}{suffix}"
+def _name_pairs(module: nn.Module, path: str = "", suffix: str = ""):
+    """(our key, torch's key) for the Linear layers of one direction or cell.
+
+    ``module`` holds ``ih``, ``hh`` and optionally ``hr``; ``path`` is its key
+    prefix inside the DP module, ``suffix`` what torch appends (``_l0_reverse``).
+    """
+    for sub, pname, stem in _TORCH_STEMS:
+        owner = getattr(module, sub, None)
+        if owner is not None and getattr(owner, pname, None) is not None:
+            yield f"{path}{sub}.{pname}", f"{stem}{suffix}"
+
+
+def _lstm_step(cell, projected, h, c):
+    """projected: (B, 4H) = W_ih x_t + b_ih; h: (B, proj or H); c: (B, H)."""
+    i, f, g, o = (projected + cell.hh(h)).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    if getattr(cell, "hr", None) is not None:
+        h = cell.hr(h)
+    return h, c
+
+
+def _gru_step(cell, projected, h, c):
+    """projected: (B, 3H); torch's gate order r, z, n; b_hn stays inside r * (.)."""
+    xr, xz, xn = projected.chunk(3, dim=1)
+    hr, hz, hn = cell.hh(h).chunk(3, dim=1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h, None
+
+
+def _tanh_step(cell, projected, h, c):
+    return torch.tanh(projected + cell.hh(h)), None
+
+
+def _relu_step(cell, projected, h, c):
+    return torch.relu(projected + cell.hh(h)), None
+
+
+_STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN_TANH": _tanh_step, "RNN_RELU": _relu_step}
 
 
 def _state_dict_to_torch_names(module, state_dict, prefix, local_metadata):
-    for ours, theirs in _name_pairs(module):
+    for ours, theirs in module._torch_name_pairs():
         if prefix + ours in state_dict:
             state_dict[prefix + theirs] = state_dict.pop(prefix + ours)
 
 
 def _state_dict_from_torch_names(module, state_dict, prefix, local_metadata, strict,
                                  missing_keys, unexpected_keys, error_msgs):
-    for ours, theirs in _name_pairs(module):
+    for ours, theirs in module._torch_name_pairs():
         if prefix + theirs in state_dict:
             state_dict[prefix + ours] = state_dict.pop(prefix + theirs)
 
@@ -104,7 +140,70 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-class DPRNNBase(nn.Module):
+def _check_state(owner: nn.Module, name: str, t, expected: tuple, x) -> None:
+    """Raise a clear error unless ``t`` is a tensor of shape ``expected`` and x's dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{type(owner).__name__}: {name} must be a Tensor, "
+                        f"got {type(t).__name__}")
+    if tuple(t.shape) != expected:
+        raise ValueError(f"{type(owner).__name__}: {name} must have shape {expected}, "
+                         f"got {tuple(t.shape)}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{type(owner).__name__}: {name} dtype {t.dtype} differs "
+                        f"from the input's {x.dtype}")
+
+
+class _TorchCompatible:
+    """What the DP modules share with their torch originals: initialisation,
+    torch's state-dict key names, and conversion from a torch module."""
+
+    #: the torch module type this class replaces
+    _torch_type: type = nn.Module
+
+    def _use_torch_key_names(self) -> None:
+        self.register_state_dict_post_hook(_state_dict_to_torch_names)
+        self.register_load_state_dict_pre_hook(_state_dict_from_torch_names)
+
+    def reset_parameters(self) -> None:
+        """torch's initialisation: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-bound, bound)
+
+    @classmethod
+    def _constructor_args(cls, module) -> dict:
+        """Keyword arguments that rebuild ``module``'s configuration."""
+        ref = next(module.parameters())
+        return {"input_size": module.input_size, "hidden_size": module.hidden_size,
+                "bias": module.bias, "device": ref.device, "dtype": ref.dtype}
+
+    @classmethod
+    def from_module(cls, module: nn.Module):
+        """A DP module computing the same function as the torch ``module`` (weights,
+        ``requires_grad`` flags, device, dtype and train/eval mode copied).
+
+        Raises:
+            TypeError: ``module`` is not the matching torch type, or a subclass
+                that overrides ``forward`` (its forward would be lost).
+        """
+        expected = cls._torch_type
+        if not isinstance(module, expected):
+            raise TypeError(f"{cls.__name__}.from_module expects nn.{expected.__name__}, "
+                            f"got {type(module).__name__}")
+        if type(module).forward is not expected.forward:
+            raise TypeError(f"{type(module).__name__} overrides forward; {cls.__name__} "
+                            "would not reproduce it")
+        new = cls(**cls._constructor_args(module))
+        new.load_state_dict(module.state_dict())
+        ours = dict(new.named_parameters())
+        for mine, theirs in new._torch_name_pairs():
+            ours[mine].requires_grad_(getattr(module, theirs).requires_grad)
+        new.train(module.training)
+        return new
+
+
+class DPRNNBase(_TorchCompatible, nn.Module):
     """Shared machinery of DPLSTM, DPGRU and DPRNN (see the module docstring).
 
     ``mode`` is one of "LSTM", "GRU", "RNN_TANH", "RNN_RELU" (as torch's RNNBase).
@@ -127,6 +226,9 @@ class DPRNNBase(nn.Module):
         if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) \
                 or proj_size < 0:
             raise ValueError(f"proj_size must be a non-negative integer, got {proj_size!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout acts between recurrent layers, so dropout > 0 with "
+                          f"num_layers=1 has no effect (dropout={dropout})", stacklevel=3)
         if proj_size and mode != "LSTM":
             raise ValueError("proj_size is only supported for LSTM, not RNN or GRU")
         if proj_size >= hidden_size:
@@ -151,18 +253,17 @@ class DPRNNBase(nn.Module):
                     layer_in, self.hidden_size, gates, self.proj_size, self.bias,
                     device=device, dtype=dtype))
         self.reset_parameters()
-        self.register_state_dict_post_hook(_state_dict_to_torch_names)
-        self.register_load_state_dict_pre_hook(_state_dict_from_torch_names)
+        self._use_torch_key_names()
 
     def _suffixes(self) -> tuple[str, ...]:
         return ("", "_reverse") if self.bidirectional else ("",)
 
-    def reset_parameters(self) -> None:
-        """torch's initialisation: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.uniform_(-bound, bound)
+    def _torch_name_pairs(self):
+        """(our key, torch's key) for every parameter, in torch's order."""
+        for layer in range(self.num_layers):
+            for suffix in self._suffixes():
+                name = f"l{layer}{suffix}"
+                yield from _name_pairs(getattr(self, name), f"{name}.", f"_{name}")
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for torch's cuDNN modules (nothing to flatten here)."""
@@ -172,7 +273,7 @@ class DPRNNBase(nn.Module):
         """Per layer and direction, the parameters in torch's order."""
         params = dict(self.named_parameters())
         out, current, key = [], [], None
-        for ours, theirs in _name_pairs(self):
+        for ours, theirs in self._torch_name_pairs():
             stem_key = ours.split(".")[0]
             if stem_key != key and current:
                 out.append(current)
@@ -199,41 +300,11 @@ class DPRNNBase(nn.Module):
             s += ", bidirectional=True"
         return s
 
-    # ---- conversion -------------------------------------------------------
-
     @classmethod
-    def _torch_kwargs(cls, module) -> dict:
-        return {}
-
-    @classmethod
-    def from_module(cls, module: nn.Module) -> "DPRNNBase":
-        """A DP module computing the same function as the torch ``module`` (weights,
-        ``requires_grad`` flags, device, dtype and train/eval mode copied).
-
-        Raises:
-            TypeError: ``module`` is not the matching torch type, or a subclass
-                that overrides ``forward`` (its forward would be lost).
-        """
-        expected = cls._torch_type
-        if not isinstance(module, expected):
-            raise TypeError(f"{cls.__name__}.from_module expects nn.{expected.__name__}, "
-                            f"got {type(module).__name__}")
-        if type(module).forward is not expected.forward:
-            raise TypeError(f"{type(module).__name__} overrides forward; {cls.__name__} "
-                            "would not reproduce it")
-        ref = module.weight_ih_l0
-        new = cls(module.input_size, module.hidden_size, num_layers=module.num_layers,
-                  bias=module.bias, batch_first=module.batch_first, dropout=module.dropout,
-                  bidirectional=module.bidirectional, device=ref.device, dtype=ref.dtype,
-                  **cls._torch_kwargs(module))
-        new.load_state_dict(module.state_dict())
-        ours = dict(new.named_parameters())
-        for mine, theirs in _name_pairs(new):
-            ours[mine].requires_grad_(getattr(module, theirs).requires_grad)
-        new.train(module.training)
-        return new
-
-    # ---- forward ----------------------------------------------------------
+    def _constructor_args(cls, module) -> dict:
+        return {**super()._constructor_args(module), "num_layers": module.num_layers,
+                "batch_first": module.batch_first, "dropout": module.dropout,
+                "bidirectional": module.bidirectional}
 
     def forward(self, input, hx=None):
         """Same contract as the torch module.
@@ -296,17 +367,9 @@ class DPRNNBase(nn.Module):
         layers = self.num_layers * (2 if self.bidirectional else 1)
         return (layers, batch, size) if batched else (layers, size)
 
-    def _check_state(self, name: str, t, batch: int, size: int, batched: bool, x):
-        expected = self._state_shape(batch, size, batched)
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}: {name} must be a Tensor, "
-                            f"got {type(t).__name__}")
-        if tuple(t.shape) != expected:
-            raise ValueError(f"{type(self).__name__}: {name} must have shape {expected}, "
-                             f"got {tuple(t.shape)}")
-        if t.dtype != x.dtype:
-            raise TypeError(f"{type(self).__name__}: {name} dtype {t.dtype} differs "
-                            f"from the input's {x.dtype}")
+    def _checked_state(self, name: str, t, batch: int, size: int, batched: bool, x):
+        """``t`` validated and shaped (layers * D, B, size)."""
+        _check_state(self, name, t, self._state_shape(batch, size, batched), x)
         return t if batched else t.unsqueeze(1)
 
     def _initial_state(self, hx, batch: int, batched: bool, x):
@@ -320,9 +383,9 @@ class DPRNNBase(nn.Module):
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"{type(self).__name__}: hx must be a tuple (h_0, c_0)")
-            return (self._check_state("h_0", hx[0], batch, out_size, batched, x),
-                    self._check_state("c_0", hx[1], batch, self.hidden_size, batched, x))
-        return self._check_state("hx", hx, batch, out_size, batched, x), None
+            return (self._checked_state("h_0", hx[0], batch, out_size, batched, x),
+                    self._checked_state("c_0", hx[1], batch, self.hidden_size, batched, x))
+        return self._checked_state("hx", hx, batch, out_size, batched, x), None
 
     def _run_layers(self, x, h0, c0, mask):
         """x: (T, B, input_size) -> (output (T, B, D*out), h_n, c_n or None)."""
@@ -370,7 +433,7 @@ class DPRNNBase(nn.Module):
         return linear(x)
 
     def _cell_step(self, cell, projected, h, c):
-        raise RuntimeError(f"{type(self).__name__} defines no recurrent cell")
+        return _STEPS[self.mode](cell, projected, h, c)
 
 
 class DPLSTM(DPRNNBase):
@@ -385,16 +448,8 @@ class DPLSTM(DPRNNBase):
                          dropout, bidirectional, proj_size, device=device, dtype=dtype)
 
     @classmethod
-    def _torch_kwargs(cls, module) -> dict:
-        return {"proj_size": module.proj_size}
-
-    def _cell_step(self, cell, projected, h, c):
-        i, f, g, o = (projected + cell.hh(h)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        if cell.hr is not None:
-            h = cell.hr(h)
-        return h, c
+    def _constructor_args(cls, module) -> dict:
+        return {**super()._constructor_args(module), "proj_size": module.proj_size}
 
 
 class DPGRU(DPRNNBase):
@@ -407,14 +462,6 @@ class DPGRU(DPRNNBase):
                  bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, proj_size, device=device, dtype=dtype)
-
-    def _cell_step(self, cell, projected, h, c):
-        xr, xz, xn = projected.chunk(3, dim=1)
-        hr, hz, hn = cell.hh(h).chunk(3, dim=1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        return (1 - z) * n + z * h, None
 
 
 class DPRNN(DPRNNBase):
@@ -435,21 +482,145 @@ class DPRNN(DPRNNBase):
                          device=device, dtype=dtype)
 
     @classmethod
-    def _torch_kwargs(cls, module) -> dict:
-        return {"nonlinearity": module.nonlinearity}
-
-    def _cell_step(self, cell, projected, h, c):
-        pre = projected + cell.hh(h)
-        return (torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)), None
+    def _constructor_args(cls, module) -> dict:
+        return {**super()._constructor_args(module), "nonlinearity": module.nonlinearity}
 
 
-def convert_rnn(module: nn.Module) -> DPRNNBase:
-    """The DP replacement of an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (weights copied).
+class DPRNNCellBase(_TorchCompatible, nn.Module):
+    """One recurrent step (``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``) through
+    two nn.Linear layers, ``ih`` and ``hh``.
+
+    A cell called once per time step in a user's loop is a Linear called T times
+    per forward; the Linear rule sums those calls per sample.
+    """
+
+    _torch_type: type = nn.RNNCellBase
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        _check_positive_int("input_size", input_size)
+        _check_positive_int("hidden_size", hidden_size)
+        self.mode = mode
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.bias = bool(bias)
+        kw = {"device": device, "dtype": dtype}
+        gates = _GATES[mode]
+        self.ih = nn.Linear(self.input_size, gates * self.hidden_size, bias=self.bias, **kw)
+        self.hh = nn.Linear(self.hidden_size, gates * self.hidden_size, bias=self.bias, **kw)
+        self.reset_parameters()
+        self._use_torch_key_names()
+
+    def _torch_name_pairs(self):
+        return _name_pairs(self)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.mode == "RNN_RELU":
+            s += ", nonlinearity='relu'"
+        return s
+
+    def _checked_state(self, name: str, t, batch: int, batched: bool, x):
+        """``t`` validated and shaped (B, H)."""
+        expected = (batch, self.hidden_size) if batched else (self.hidden_size,)
+        _check_state(self, name, t, expected, x)
+        return t if batched else t.unsqueeze(0)
+
+    def forward(self, input, hx=None):
+        """input: (B, input_size) or (input_size,); hx: (B, H) / (H,) state(s),
+        zeros when None ((h, c) for LSTMCell). Returns h' ((h', c') for LSTMCell).
+
+        Raises:
+            TypeError: input not a floating tensor; hx of the wrong kind or dtype.
+            ValueError: wrong input rank or feature size; hx of the wrong shape.
+        """
+        name = type(self).__name__
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{name} input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: expected a 2-D batched or 1-D unbatched input, "
+                             f"got shape {tuple(input.shape)}")
+        if not input.is_floating_point():
+            raise TypeError(f"{name} input must be floating point, got {input.dtype}")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: input has {input.shape[-1]} features, "
+                             f"expected input_size={self.input_size}")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        batch = x.shape[0]
+        if hx is None:
+            h = x.new_zeros(batch, self.hidden_size)
+            c = h if self.mode == "LSTM" else None
+        elif self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0)")
+            h = self._checked_state("h_0", hx[0], batch, batched, x)
+            c = self._checked_state("c_0", hx[1], batch, batched, x)
+        else:
+            h, c = self._checked_state("hx", hx, batch, batched, x), None
+        h, c = _STEPS[self.mode](self, self.ih(x), h, c)
+        if not batched:
+            h = h.squeeze(0)
+            c = None if c is None else c.squeeze(0)
+        return (h, c) if self.mode == "LSTM" else h
+
+
+class DPLSTMCell(DPRNNCellBase):
+    """Drop-in for ``nn.LSTMCell``."""
+
+    _torch_type = nn.LSTMCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__("LSTM", input_size, hidden_size, bias, device=device, dtype=dtype)
+
+
+class DPGRUCell(DPRNNCellBase):
+    """Drop-in for ``nn.GRUCell``."""
+
+    _torch_type = nn.GRUCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__("GRU", input_size, hidden_size, bias, device=device, dtype=dtype)
+
+
+class DPRNNCell(DPRNNCellBase):
+    """Drop-in for ``nn.RNNCell`` (same argument order: bias before nonlinearity)."""
+
+    _torch_type = nn.RNNCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None):
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if nonlinearity not in modes:
+            raise ValueError(f"unknown nonlinearity {nonlinearity!r}; select 'tanh' or 'relu'")
+        self.nonlinearity = nonlinearity
+        super().__init__(modes[nonlinearity], input_size, hidden_size, bias,
+                         device=device, dtype=dtype)
+
+    @classmethod
+    def _constructor_args(cls, module) -> dict:
+        return {**super()._constructor_args(module), "nonlinearity": module.nonlinearity}
+
+
+_REPLACEMENTS = (DPLSTM, DPGRU, DPRNN, DPLSTMCell, DPGRUCell, DPRNNCell)
+
+
+def convert_rnn(module: nn.Module) -> nn.Module:
+    """The DP replacement of a torch recurrent module, weights copied.
+
+    nn.LSTM / nn.GRU / nn.RNN -> DPLSTM / DPGRU / DPRNN and nn.LSTMCell /
+    nn.GRUCell / nn.RNNCell -> DPLSTMCell / DPGRUCell / DPRNNCell.
 
     Raises:
-        TypeError: for any other module (see :meth:`DPRNNBase.from_module`).
+        TypeError: for any other module, or a subclass overriding ``forward``.
     """
-    for dp_type in (DPLSTM, DPGRU, DPRNN):
+    for dp_type in _REPLACEMENTS:
         if isinstance(module, dp_type._torch_type):
             return dp_type.from_module(module)
-    raise TypeError(f"convert_rnn expects nn.LSTM, nn.GRU or nn.RNN, got {type(module).__name__}")
+    raise TypeError("convert_rnn expects nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell "
+                    f"or nn.RNNCell, got {type(module).__name__}")
