@@ -50,7 +50,12 @@ def _sync(device):
 
 
 class Timer:
-    """Interleaved rounds: each round times the canary, then every contender once."""
+    """Interleaved rounds: each round times the canary, then every contender once.
+
+    Records wall time and, on the CPU, the process's CPU time (all threads):
+    other programs' load inflates wall time but hardly CPU time, so on a
+    shared machine the CPU-time columns are the trustworthy ones.
+    """
 
     def __init__(self, device, rounds, warmup=1):
         warmup = min(warmup, rounds)
@@ -60,23 +65,27 @@ class Timer:
 
     def _once(self, fn):
         _sync(self.device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         _sync(self.device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def run(self, contenders: dict) -> dict:
         for fn in contenders.values():
             for _ in range(self.warmup):
                 fn()
-        canary, times = [], {k: [] for k in contenders}
+        canary, wall, cpu = [], {k: [] for k in contenders}, {k: [] for k in contenders}
         for _ in range(self.rounds):
-            canary.append(self._once(self._canary))
+            canary.append(self._once(self._canary)[0])
             for name, fn in contenders.items():
-                times[name].append(self._once(fn))
+                w, c = self._once(fn)
+                wall[name].append(w)
+                cpu[name].append(c)
         fastest = min(canary)
         keep = [i for i, c in enumerate(canary) if c <= CANARY_SLACK * fastest] or list(range(len(canary)))
-        out = {k: statistics.median(v[i] for i in keep) * 1e3 for k, v in times.items()}
+        out = {k: statistics.median(v[i] for i in keep) * 1e3 for k, v in wall.items()}
+        if self.device.type == "cpu":
+            out |= {f"{k}_cpu": statistics.median(v) * 1e3 for k, v in cpu.items()}
         out["_rounds_kept"] = f"{len(keep)}/{self.rounds}"
         return out
 
@@ -122,11 +131,23 @@ def bench_single(args, device, ta, timer) -> list[dict]:
                    "floor_ms": res["floor"], "rounds_kept": res["_rounds_kept"]}
             row["ours_overhead_pct"] = 100 * (row["ours_ms"] / row["floor_ms"] - 1)
             row["torchattacks_overhead_pct"] = 100 * (row["torchattacks_ms"] / row["floor_ms"] - 1)
+            cpu_note = ""
+            if "ours_cpu" in res:
+                for k in ("ours", "torchattacks", "floor"):
+                    row[f"{k}_cpu_ms"] = res[f"{k}_cpu"]
+                row["ours_cpu_overhead_pct"] = 100 * (res["ours_cpu"] / res["floor_cpu"] - 1)
+                row["torchattacks_cpu_overhead_pct"] = 100 * (
+                    res["torchattacks_cpu"] / res["floor_cpu"] - 1)
+                cpu_note = (f" | CPU time: ours {res['ours_cpu']:.0f} ms "
+                            f"({row['ours_cpu_overhead_pct']:+.1f}%), torchattacks "
+                            f"{res['torchattacks_cpu']:.0f} ms "
+                            f"({row['torchattacks_cpu_overhead_pct']:+.1f}%), floor "
+                            f"{res['floor_cpu']:.0f} ms")
             rows.append(row)
-            print(f"  {net_name:<10} b={batch:<5} {name:<9} ours {row['ours_ms']:9.1f} ms "
-                  f"({row['ours_overhead_pct']:+.1f}% vs floor)  torchattacks "
-                  f"{row['torchattacks_ms']:9.1f} ms ({row['torchattacks_overhead_pct']:+.1f}%)  "
-                  f"floor {row['floor_ms']:9.1f} ms", flush=True)
+            print(f"  {net_name:<10} b={batch:<5} {name:<9} wall: ours {row['ours_ms']:.0f} ms "
+                  f"({row['ours_overhead_pct']:+.1f}% vs floor), torchattacks "
+                  f"{row['torchattacks_ms']:.0f} ms ({row['torchattacks_overhead_pct']:+.1f}%), "
+                  f"floor {row['floor_ms']:.0f} ms{cpu_note}", flush=True)
     return rows
 
 
@@ -145,7 +166,11 @@ def bench_update(args, device, timer) -> dict:
 
     res = timer.run({"ours": lambda: ops.sign_step_(adv, grad, images, alpha, eps),
                      "torchattacks": eager, "copy": lambda: adv.copy_(images)})
+    if "ours_cpu" in res:
+        print(f"  update CPU time: ours {res['ours_cpu']:.1f} ms, torchattacks "
+              f"{res['torchattacks_cpu']:.1f} ms", flush=True)
     row = {"shape": "x".join(map(str, shape)), "ours_ms": res["ours"],
+           "ours_cpu_ms": res.get("ours_cpu"), "torchattacks_cpu_ms": res.get("torchattacks_cpu"),
            "torchattacks_ms": res["torchattacks"], "copy_ms": res["copy"],
            "speedup": res["torchattacks"] / res["ours"], "native": ops.native_available(),
            "rounds_kept": res["_rounds_kept"]}
@@ -206,14 +231,16 @@ def bench_eval(args, device, ta, timer_rounds) -> dict:
             return float(((model(adv).argmax(1) == y) & clean).float().mean())
 
     times = {"ours": [], "torchattacks": []}
+    cpu_times = {"ours": [], "torchattacks": []}
     accs = {}
     for _ in range(timer_rounds):
         for name, fn in (("ours", ours), ("torchattacks", theirs)):
             _sync(device)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             accs[name] = fn()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
+            cpu_times[name].append(time.process_time() - c0)
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
     row = {"data": source, "n": len(y), "restarts": restarts, "eps": eps, "train_s": train_s,
@@ -221,9 +248,14 @@ def bench_eval(args, device, ta, timer_rounds) -> dict:
            "torchattacks_s": statistics.median(times["torchattacks"]),
            "ours_robust_accuracy": accs["ours"], "torchattacks_robust_accuracy": accs["torchattacks"]}
     row["speedup"] = row["torchattacks_s"] / row["ours_s"]
+    if device.type == "cpu":
+        row["ours_cpu_s"] = statistics.median(cpu_times["ours"])
+        row["torchattacks_cpu_s"] = statistics.median(cpu_times["torchattacks"])
+        row["cpu_speedup"] = row["torchattacks_cpu_s"] / row["ours_cpu_s"]
     print(f"  eval {source} n={len(y)} clean {clean:.3f}: ours {row['ours_s']:.2f} s "
           f"(robust {accs['ours']:.3f}), torchattacks {row['torchattacks_s']:.2f} s "
-          f"(robust {accs['torchattacks']:.3f}): {row['speedup']:.1f}x", flush=True)
+          f"(robust {accs['torchattacks']:.3f}): {row['speedup']:.1f}x wall"
+          + (f", {row['cpu_speedup']:.1f}x CPU time" if "cpu_speedup" in row else ""), flush=True)
     return row
 
 
@@ -240,10 +272,13 @@ def main(argv=None):
     p.add_argument("--eval-n", type=int, default=None)
     p.add_argument("--eval-restarts", type=int, default=5)
     p.add_argument("--eval-rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.mnist_batch = args.mnist_batch or (16 if args.quick else 1024)
     args.resnet_batch = args.resnet_batch or (2 if args.quick else 128)

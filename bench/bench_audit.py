@@ -85,7 +85,7 @@ def canary_part(args) -> dict:
         res = canary_audit_dp_sgd(x=ds.x_train, y=ds.y_train, num_classes=ds.num_classes,
                                   noise_multiplier=sigma, sample_rate=q, steps=steps, m=m, r=r,
                                   model="mlp", model_options={"hidden": (64,)}, fault=fault,
-                                  seed=0)
+                                  seed=0, device=args.device)
         rows.append({"run": fault or "honest", "correct": res.correct,
                      "epsilon_lower_bound": res.epsilon_lower_bound,
                      "claimed_epsilon": res.claimed_epsilon, "detected": res.detected,

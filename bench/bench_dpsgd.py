@@ -209,7 +209,7 @@ def child_memory(name, config, device, steps):
 
 def measure_memory(name, config, device, steps):
     cmd = [sys.executable, __file__, "--child-memory", name, config, "--device", str(device),
-           "--steps", str(steps)]
+           "--steps", str(steps), "--threads", str(torch.get_num_threads())]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
@@ -227,10 +227,13 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child-memory", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child_memory:
         warnings.simplefilter("ignore")
         child_memory(*args.child_memory, device, args.steps)

@@ -21,7 +21,6 @@ status 2, without a traceback (set ``MODELSEC_FAST_DEBUG=1`` to see one).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -114,10 +113,9 @@ def _load_data(spec: dict):
 
 def _write_json(obj, destination: str | None) -> None:
     """Write ``obj`` as strict JSON to a file, or to stdout for "-"."""
-    from modelsec_fast.report import _clean, _json_default
+    from modelsec_fast.report import strict_json
 
-    text = json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=2,
-                      allow_nan=False)
+    text = strict_json(obj)
     if destination in (None, "-"):
         print(text)
     else:
@@ -226,6 +224,8 @@ def cmd_train(args) -> int:
         resume_state = ckpt.resume_state
         if resume_state is not None:
             ckpt.build_model()
+        _log(args, f"resuming {args.resume} with its own recipe, data and members "
+                   "(other training flags are ignored)")
     else:
         recipe = _recipe_from_args(args)
         data_spec = {"source": args.data, "train_size": args.train_size,
@@ -249,7 +249,8 @@ def cmd_train(args) -> int:
             member_mask=mask, membership=membership, seed=seed,
             model_state={k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
             history=trained.history, privacy=trained.privacy, complete=complete,
-            resume_state=None if complete else trained.state)
+            resume_state=None if complete else trained.state,
+            member_indices=ds.train_indices[mask])
 
     def save_epoch(trained):
         if target:
@@ -260,9 +261,11 @@ def cmd_train(args) -> int:
         # (adversarial training keeps its per-epoch state in TARGET.trainer).
         ModelCheckpoint(recipe=recipe, data=data_spec, in_shape=ds.in_shape,
                         num_classes=ds.num_classes, member_mask=mask, membership=membership,
-                        seed=seed, model_state={}, complete=False).save(target)
+                        seed=seed, model_state={}, complete=False,
+                        member_indices=ds.train_indices[mask]).save(target)
     started = time.perf_counter()
-    trainer_state = (target + ".trainer") if (target and recipe.adv) else None
+    # Adversarial training keeps its resumable per-epoch state next to the checkpoint.
+    trainer_state = ((args.resume or target) + ".trainer") if (target and recipe.adv) else None
     trained = train_model(recipe, x, y, num_classes=ds.num_classes, seed=seed,
                           progress=_progress_enabled(args), device=args.device,
                           resume_state=resume_state, on_epoch_end=save_epoch,
@@ -270,6 +273,8 @@ def cmd_train(args) -> int:
     elapsed = time.perf_counter() - started
     if target:
         checkpoint_of(trained, complete=True).save(target)
+        if trainer_state and os.path.exists(trainer_state):
+            os.remove(trainer_state)  # the run is complete: nothing left to resume
     summary = {
         "checkpoint": target,
         "recipe": recipe.to_dict(),

@@ -91,12 +91,15 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def train_tensors(self) -> torch.utils.data.TensorDataset:
+        """The training split as a ``TensorDataset`` of (image, label)."""
         return torch.utils.data.TensorDataset(self.x_train, self.y_train)
 
     def test_tensors(self) -> torch.utils.data.TensorDataset:
+        """The test split as a ``TensorDataset`` of (image, label)."""
         return torch.utils.data.TensorDataset(self.x_test, self.y_test)
 
     def describe(self) -> str:
+        """One line: source, split sizes, image shape, classes."""
         c, h, w = self.in_shape
         return (f"{self.name}: {len(self.y_train)} train / {len(self.y_test)} test "
                 f"images of {c}x{h}x{w}, {self.num_classes} classes")

@@ -3,8 +3,10 @@
 Each op runs the native C++/CUDA kernel (``torch.ops.modelsec_fast.*``) when the
 extension is built and loaded, and otherwise the pure-PyTorch specification in
 :mod:`modelsec_fast.reference`. ``MODELSEC_FAST_DISABLE_NATIVE=1`` forces the
-Python path (read on every call, so tests can switch it). Both paths validate
-inputs here, so they raise the same errors.
+Python path (read on every call, so tests can switch it);
+``MODELSEC_FAST_NATIVE_LIB=/path/_C*.so`` loads a freshly built library instead
+of the installed one. Both paths validate inputs here, so they raise the same
+errors. Build facts: ``modelsec_fast._native.build_info()``.
 
 Randomness
 ----------

@@ -16,7 +16,7 @@ import math
 import os
 
 __all__ = ["plot_accuracy_vs_eps", "plot_epsilon_vs_steps", "plot_mi_roc", "write_report",
-           "markdown_report"]
+           "markdown_report", "strict_json"]
 
 
 def _pyplot():
@@ -217,14 +217,20 @@ def _clean(o):
     return o
 
 
+def strict_json(obj, indent: int = 2) -> str:
+    """JSON text of ``obj`` (tensors/arrays as lists, NaN/inf as null), always parseable."""
+    return json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))),
+                      indent=indent, allow_nan=False)
+
+
 def write_report(out_dir: str, report: dict) -> dict[str, str]:
     """Write report.json and report.md into ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "report.json"),
              "markdown": os.path.join(out_dir, "report.md")}
-    clean = _clean(json.loads(json.dumps(report, default=_json_default)))
+    text = strict_json(report)
     with open(paths["json"], "w") as f:
-        json.dump(clean, f, indent=2, allow_nan=False)
+        f.write(text + "\n")
     with open(paths["markdown"], "w") as f:
-        f.write(markdown_report(clean))
+        f.write(markdown_report(json.loads(text)))
     return paths

@@ -26,7 +26,8 @@
 namespace msf::cpu::MSF_ISA {
 namespace {
 
-constexpr int kLanes = 16;          // noise blocks generated together
+constexpr int kLanes = 64;          // noise blocks generated together (independent
+                                    // vectors in flight hide the log/sincos latency)
 constexpr int kBatch = 4 * kLanes;  // noise elements per batch
 constexpr int kSumLanes = 32;       // independent partial sums in reductions
 
@@ -78,24 +79,37 @@ inline void mulhilo(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
   hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
 }
 
-void philox_words(uint32_t (*w)[kLanes], uint32_t k0, uint32_t k1) {
-  static_assert(kLanes == 16, "one zmm register per word");
-  __m512i c0 = _mm512_loadu_si512(w[0]), c1 = _mm512_loadu_si512(w[1]);
-  __m512i c2 = _mm512_loadu_si512(w[2]), c3 = _mm512_loadu_si512(w[3]);
+void philox_words(uint32_t (*w)[kLanes], uint32_t key0, uint32_t key1) {
+  static_assert(kLanes % 32 == 0, "two zmm registers per word per step");
   const __m512i m0 = _mm512_set1_epi32(int(0xD2511F53u)), m1 = _mm512_set1_epi32(int(0xCD9E8D57u));
-  for (int r = 0; r < 10; ++r) {
-    __m512i hi0, lo0, hi1, lo1;
-    mulhilo(c0, m0, hi0, lo0);
-    mulhilo(c2, m1, hi1, lo1);
-    c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(int(k0)), 0x96);  // a ^ b ^ c
-    c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(int(k1)), 0x96);
-    c1 = lo1;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+  // Two independent 16-lane groups per pass: their multiplies overlap.
+  for (int g = 0; g < kLanes; g += 32) {
+    __m512i a0 = _mm512_loadu_si512(w[0] + g), a1 = _mm512_loadu_si512(w[1] + g);
+    __m512i a2 = _mm512_loadu_si512(w[2] + g), a3 = _mm512_loadu_si512(w[3] + g);
+    __m512i b0 = _mm512_loadu_si512(w[0] + g + 16), b1 = _mm512_loadu_si512(w[1] + g + 16);
+    __m512i b2 = _mm512_loadu_si512(w[2] + g + 16), b3 = _mm512_loadu_si512(w[3] + g + 16);
+    uint32_t k0 = key0, k1 = key1;
+    for (int r = 0; r < 10; ++r) {
+      const __m512i kk0 = _mm512_set1_epi32(int(k0)), kk1 = _mm512_set1_epi32(int(k1));
+      __m512i ahi0, alo0, ahi1, alo1, bhi0, blo0, bhi1, blo1;
+      mulhilo(a0, m0, ahi0, alo0);
+      mulhilo(b0, m0, bhi0, blo0);
+      mulhilo(a2, m1, ahi1, alo1);
+      mulhilo(b2, m1, bhi1, blo1);
+      a0 = _mm512_ternarylogic_epi32(ahi1, a1, kk0, 0x96);  // a ^ b ^ c
+      b0 = _mm512_ternarylogic_epi32(bhi1, b1, kk0, 0x96);
+      a2 = _mm512_ternarylogic_epi32(ahi0, a3, kk1, 0x96);
+      b2 = _mm512_ternarylogic_epi32(bhi0, b3, kk1, 0x96);
+      a1 = alo1; b1 = blo1;
+      a3 = alo0; b3 = blo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm512_storeu_si512(w[0] + g, a0); _mm512_storeu_si512(w[1] + g, a1);
+    _mm512_storeu_si512(w[2] + g, a2); _mm512_storeu_si512(w[3] + g, a3);
+    _mm512_storeu_si512(w[0] + g + 16, b0); _mm512_storeu_si512(w[1] + g + 16, b1);
+    _mm512_storeu_si512(w[2] + g + 16, b2); _mm512_storeu_si512(w[3] + g + 16, b3);
   }
-  _mm512_storeu_si512(w[0], c0); _mm512_storeu_si512(w[1], c1);
-  _mm512_storeu_si512(w[2], c2); _mm512_storeu_si512(w[3], c3);
 }
 #elif defined(__AVX2__)
 inline void mulhilo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {

@@ -6,8 +6,8 @@ Switching from torchattacks is one import line::
     import modelsec_fast.attacks as ta
     adv = ta.PGD(model, eps=8/255, alpha=2/255, steps=10)(images, labels)
 
-Classes: FGSM, FFGSM, BIM, PGD, PGDL2 (this module), APGD, APGDT, FAB,
-Square.  Every gradient attack takes ``loss=``.  Units are pixel space [0, 1].
+Classes: FGSM, FFGSM, BIM, PGD, PGDL2, APGD, APGDT, FAB, Square and
+MultiAttack.  Every gradient attack takes ``loss=``.  Units are pixel space [0, 1].
 For a robustness evaluation use :func:`modelsec_fast.evaluate.robust_accuracy`.
 """
 
@@ -16,10 +16,11 @@ from .base import Attack
 from .fab import FAB
 from .fgsm import FFGSM, FGSM
 from .losses import dlr_loss, dlr_targeted_loss, margin_loss
+from .multiattack import MultiAttack
 from .pgd import BIM, PGD, PGDL2
 from .square import Square
 
 __all__ = [
-    "Attack", "APGD", "APGDT", "FAB", "FGSM", "FFGSM", "BIM", "PGD", "PGDL2", "Square",
+    "Attack", "APGD", "APGDT", "FAB", "FGSM", "FFGSM", "BIM", "PGD", "PGDL2", "Square", "MultiAttack",
     "dlr_loss", "dlr_targeted_loss", "margin_loss",
 ]

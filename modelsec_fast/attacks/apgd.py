@@ -76,7 +76,7 @@ def project_(v: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.T
 class _RunState:
     """Per-sample tensors of one APGD run, compacted together when samples stop."""
 
-    FIELDS = ("index", "x", "y", "t", "sx", "adv", "prev", "grad", "best", "grad_best", "loss_best",
+    FIELDS = ("index", "x", "y", "t", "sx", "zero", "adv", "prev", "grad", "best", "grad_best", "loss_best",
               "loss_prev", "step", "n_increase", "loss_at_check", "reduced_at_check")
 
     def __init__(self, **tensors):
@@ -139,8 +139,14 @@ class _APGDBase(GradientAttack):
             z = z.to(s.adv.dtype)
         if momentum == 1.0:
             return z
-        v = z.sub_(s.adv).mul_(momentum).add_(s.adv)
-        v.add_(s.adv - s.prev, alpha=1.0 - momentum)
+        # adv + m (z - adv) + (1 - m)(adv - prev) = m z + 2(1 - m) adv - (1 - m) prev
+        v = z.mul_(momentum).add_(s.adv, alpha=2.0 * (1.0 - momentum))
+        v.sub_(s.prev, alpha=1.0 - momentum)
+        if self.norm == "Linf":
+            # sign(0) = 0: the fused step with a zero gradient is the L-inf projection.
+            if s.zero is None or s.zero.shape != v.shape:
+                s.zero = torch.zeros_like(v)
+            return ops.sign_step_(v, s.zero, s.x, 1.0, self.eps, 0.0, 1.0)
         return project_(v, s.x, self.eps, self.norm)
 
     # ------------------------------------------------------------- one run
@@ -174,10 +180,10 @@ class _APGDBase(GradientAttack):
             st.n_increase += (loss > st.loss_prev).float()
             st.loss_prev = loss
             improved = loss > st.loss_best
-            if bool(improved.any()):
-                st.best[improved] = st.adv[improved]
-                st.grad_best[improved] = st.grad[improved]
-                st.loss_best = torch.where(improved, loss, st.loss_best)
+            mask = _view(improved, st.adv)
+            st.best = torch.where(mask, st.adv, st.best)
+            st.grad_best = torch.where(mask, st.grad, st.grad_best)
+            st.loss_best = torch.where(improved, loss, st.loss_best)
             self._record_success(st, logits, out_adv, out_fooled, early_stop)
             counter += 1
             if counter == interval:
@@ -194,9 +200,10 @@ class _APGDBase(GradientAttack):
         st.loss_at_check = st.loss_best.clone()
         st.n_increase = torch.zeros_like(st.n_increase)
         if bool(reduce.any()):
+            mask = _view(reduce, st.adv)
             st.step = torch.where(reduce, st.step / 2.0, st.step)
-            st.adv[reduce] = st.best[reduce]
-            st.grad[reduce] = st.grad_best[reduce]
+            st.adv = torch.where(mask, st.best, st.adv)
+            st.grad = torch.where(mask, st.grad_best, st.grad)
 
     @staticmethod
     def _save_best(st: _RunState, out_best, out_loss) -> None:

@@ -235,11 +235,27 @@ class Attack(abc.ABC):
         mean, std = self._norm_stats(inputs)
         return inputs * std + mean
 
+    def set_autocast(self, dtype: torch.dtype | None = torch.bfloat16) -> None:
+        """Run the model's forward passes under ``torch.autocast(dtype)`` (None: off).
+
+        Faster on hardware with fast low-precision matmuls; the attack's own
+        arithmetic (steps, projections, losses) stays in the images' dtype.
+        Only for models whose robustness is meant at that precision.
+        """
+        if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast dtype must be torch.bfloat16 or torch.float16, got {dtype}")
+        self._autocast_dtype = dtype
+
     def get_logits(self, inputs: torch.Tensor, labels=None, *args, **kwargs) -> torch.Tensor:
         """Model output for pixel-space ``inputs`` (normalised first if declared)."""
         if self._normalization_applied is False:
             inputs = self.normalize(inputs)
-        return self.model(inputs)
+        dtype = getattr(self, "_autocast_dtype", None)
+        if dtype is None:
+            return self.model(inputs)
+        with torch.autocast(inputs.device.type, dtype=dtype):
+            logits = self.model(inputs)
+        return logits.to(inputs.dtype)
 
     # ------------------------------------------------------------- targeting
     def get_mode(self) -> str:

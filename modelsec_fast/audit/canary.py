@@ -192,6 +192,7 @@ def canary_audit_dp_sgd(
     backend: str = "engine",
     fault: str | None = None,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> CanaryAuditResult:
     """Train once with DP-SGD on (x, y) plus m coin-flip Dirac canaries, then audit.
 
@@ -211,6 +212,8 @@ def canary_audit_dp_sgd(
         fault: None (honest), "no_noise" (sigma really 0) or "no_clipping"
             (per-sample gradients not clipped, noise still sigma*C): the claim
             stays that of the honest run.
+        seed: seeds the coins, the initial weights, the Poisson sampling and the noise.
+        device: where the run happens ("cpu", "cuda").
     Raises:
         ValueError: bad sizes or parameters, unknown backend or fault.
     """
@@ -256,10 +259,10 @@ def canary_audit_dp_sgd(
         eff_norm = 1e9 * max_grad_norm  # clipping never triggers; noise std stays sigma*C
         eff_sigma = noise_multiplier * max_grad_norm / eff_norm
     runner = _train_engine if backend == "engine" else _train_reference
-    runner(net, rows, labels, num_classes, eff_sigma, eff_norm, batches, steps,
-           lr / expected_batch, seed)
+    runner(net.to(device), rows.to(device), labels.to(device), num_classes, eff_sigma, eff_norm,
+           batches, steps, lr / expected_batch, seed)
 
-    scores = net.canary.weight.detach().double().reshape(-1).numpy().copy()
+    scores = net.canary.weight.detach().double().reshape(-1).cpu().numpy().copy()
     order = np.argsort(-scores, kind="stable")
     half = r // 2
     guess_in, guess_out = order[:half], order[-half:]
@@ -293,11 +296,11 @@ def _train_engine(net, rows, labels, num_classes, sigma, max_norm, batches, step
     loader = torch.utils.data.DataLoader(dataset, batch_size=_batch_size_for(len(rows), batches))
     engine = PrivacyEngine(accountant="rdp")
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    torch.manual_seed(seed + 3)  # the Poisson sampler draws its base seed from it
     module, optimizer, loader = engine.make_private(
         module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
         max_grad_norm=max_norm, poisson_sampling=True, loss_reduction="sum")
     optimizer.noise_generator.manual_seed(seed + 2)
-    _loader_generator_seed(loader, seed + 3)
     done = 0
     while done < steps:
         for xb, yb in loader:
@@ -307,13 +310,6 @@ def _train_engine(net, rows, labels, num_classes, sigma, max_norm, batches, step
             done += 1
             if done == steps:
                 break
-
-
-def _loader_generator_seed(loader, seed) -> None:
-    from modelsec_fast.defenses.training_state import loader_generators
-
-    for g in loader_generators(loader):
-        g.manual_seed(seed)
 
 
 def _train_reference(net, rows, labels, num_classes, sigma, max_norm, batches, steps, lr, seed):
@@ -333,13 +329,13 @@ def _train_reference(net, rows, labels, num_classes, sigma, max_norm, batches, s
     per_sample = vmap(grad(row_loss), in_dims=(None, 0, 0))
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     for _ in range(steps):
-        pick = torch.rand(len(rows), generator=sample_gen) < q
+        pick = (torch.rand(len(rows), generator=sample_gen) < q).to(rows.device)
         params = {n: p.detach() for n, p in net.named_parameters()}
         if pick.any():
             g = per_sample(params, rows[pick], labels[pick])
             grads = [g[n] for n in names]
         else:
-            grads = [torch.zeros(0, *params[n].shape) for n in names]
+            grads = [params[n].new_zeros(0, *params[n].shape) for n in names]
         summed, _ = ops.clip_and_noise(grads, max_norm, sigma * max_norm, generator=noise_gen)
         for n, p in net.named_parameters():
             p.grad = summed[names.index(n)]

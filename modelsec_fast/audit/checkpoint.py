@@ -7,7 +7,8 @@ stores, next to the weights:
 * the :class:`~modelsec_fast.audit.recipe.TrainingRecipe`;
 * the data spec (source, subset sizes, seed) that rebuilds the exact pool;
 * ``member_mask``: bool over the pool (the dataset's train split), True for the
-  records the model was trained on, and how it was decided ("coin": an
+  records the model was trained on (``member_indices``: their positions in the
+  source's full train split, for other tools), and how it was decided ("coin": an
   independent fair coin per record, "all": the whole pool, test split as the
   non-members);
 * the training history, the DP facts, and (plain and DP-SGD recipes) the
@@ -51,6 +52,7 @@ class ModelCheckpoint:
     privacy: dict | None = None
     complete: bool = True
     resume_state: dict | None = None
+    member_indices: torch.Tensor | None = None
 
     def build_model(self, device="cpu") -> nn.Module:
         """A fresh model of the recipe's architecture with the saved weights, in eval mode.
@@ -83,6 +85,7 @@ class ModelCheckpoint:
             "in_shape": list(self.in_shape),
             "num_classes": self.num_classes,
             "member_mask": self.member_mask.bool(),
+            "member_indices": self.member_indices,
             "membership": self.membership,
             "seed": self.seed,
             "model_state": self.model_state,
@@ -116,6 +119,6 @@ def load_checkpoint(path: str) -> ModelCheckpoint:
             member_mask=raw["member_mask"].bool(), membership=raw["membership"],
             seed=int(raw["seed"]), model_state=raw["model_state"], history=raw["history"],
             privacy=raw["privacy"], complete=bool(raw["complete"]),
-            resume_state=raw.get("resume_state"))
+            resume_state=raw.get("resume_state"), member_indices=raw.get("member_indices"))
     except (KeyError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged modelsec-fast checkpoint (field {e})") from None

@@ -101,14 +101,18 @@ class PrivacyEngine:
         Extra options: ``expected_batch_size`` (public E[B]; default int(N/len(loader))),
         ``grad_scaler`` (a ``torch.amp.GradScaler`` to unscale before clipping).
 
+        The layers of ``module`` are routed through the engine in place, so with
+        ``wrap_model=False`` (Opacus's non-wrapping mode) keep using ``module``
+        itself; the returned object then only serves ``cleanup()``.
+        ``batch_first`` must match the model's layout (sample index on dim 0,
+        or on dim 1 of sequence layers when False), as in Opacus.
+
         Raises:
             ValueError / TypeError: invalid hyperparameters; ``UnsupportedModuleError``
             (a ValueError) for models the engine cannot train.
         """
         if noise_generator is not None and self.secure_mode:
             raise ValueError("Passing seed is prohibited in secure mode")
-        if not wrap_model:
-            raise ValueError("wrap_model=False is not supported: use the returned module")
         self._check_args(module, optimizer, noise_multiplier, max_grad_norm, loss_reduction,
                          clipping, grad_sample_mode)
         if isinstance(module, PrivateModule):
@@ -146,6 +150,8 @@ class PrivacyEngine:
 
         dp_optimizer.attach_step_hook(account)
         if grad_sample_mode == "ghost":
+            if criterion is None:
+                criterion = nn.CrossEntropyLoss()  # Opacus's default
             return private_module, dp_optimizer, criterion, data_loader
         return private_module, dp_optimizer, data_loader
 

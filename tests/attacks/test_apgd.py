@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import modelsec_fast.attacks as ma
-from strength import assert_at_least_as_strong, robust_acc
+from tests.attacks.strength import assert_at_least_as_strong, robust_acc
 
 torchattacks = pytest.importorskip("torchattacks", reason="torchattacks is a test-only anchor")
 

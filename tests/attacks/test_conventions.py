@@ -244,3 +244,39 @@ def test_normalization_returns_normalised_images(digits_mlp):
 def test_repr_names_the_attack():
     text = repr(ma.PGD(nn.Linear(2, 2), eps=0.1))
     assert text.startswith("PGD(") and "eps=0.1" in text and "attack_mode=default" in text
+
+
+def test_multiattack_takes_the_per_sample_worst_case(digits_mlp):
+    m, x, y = digits_mlp.model, digits_mlp.x[:120], digits_mlp.y[:120]
+    first = ma.FGSM(m, eps=0.05)
+    second = ma.PGD(m, eps=0.1, alpha=0.02, steps=5, random_start=False)
+    adv = ma.MultiAttack([first, second])(x, y)
+    with torch.no_grad():
+        wrong = m(adv).argmax(1) != y
+        wrong_each = [m(a(x, y)).argmax(1) != y for a in (first, second)]
+    assert bool((wrong >= (wrong_each[0] | wrong_each[1])).all())
+    assert float((adv - x).abs().max()) <= 0.1 + 1e-6
+    with pytest.raises(ValueError, match="two attacks"):
+        ma.MultiAttack([first])
+
+
+def test_autocast_runs_the_model_in_low_precision(digits_mlp):
+    seen = []
+    m = digits_mlp.model
+    handle = m.net[1].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    try:
+        atk = ma.PGD(m, eps=0.1, alpha=0.02, steps=3, random_start=False)
+        atk.set_autocast(torch.bfloat16)
+        adv = atk(digits_mlp.x[:50], digits_mlp.y[:50])
+    finally:
+        handle.remove()
+    assert seen and all(d == torch.bfloat16 for d in seen)
+    assert adv.dtype == torch.float32 and float((adv - digits_mlp.x[:50]).abs().max()) <= 0.1 + 1e-6
+    assert robust_acc_of(m, adv, digits_mlp.y[:50]) < digits_mlp.clean_accuracy - 0.1
+    with pytest.raises(ValueError, match="bfloat16"):
+        atk.set_autocast(torch.int8)
+
+
+def robust_acc_of(model, adv, y):
+    with torch.no_grad():
+        return float((model(adv).argmax(1) == y).float().mean())

@@ -9,7 +9,7 @@ from torch import nn
 
 import modelsec_fast.attacks as ma
 from modelsec_fast.evaluate import RobustAccuracyResult, robust_accuracy
-from strength import robust_acc
+from tests.attacks.strength import robust_acc
 
 SEED = 31
 

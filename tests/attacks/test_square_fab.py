@@ -9,7 +9,7 @@ from torch import nn
 
 import modelsec_fast.attacks as ma
 from modelsec_fast.attacks.fab import project_onto_hyperplane_in_box
-from strength import assert_at_least_as_strong, robust_acc
+from tests.attacks.strength import assert_at_least_as_strong, robust_acc
 
 torchattacks = pytest.importorskip("torchattacks", reason="torchattacks is a test-only anchor")
 

@@ -39,6 +39,10 @@ def test_train_writes_auditable_checkpoint_and_json(tmp_path, capsys):
     ckpt = torch.load(path, weights_only=False)
     assert ckpt["complete"] and ckpt["member_mask"].shape == (300,)
     assert int(ckpt["member_mask"].sum()) == summary["members"]
+    from modelsec_fast.data import load_dataset
+
+    full, pool = load_dataset("digits"), load_dataset("digits", train_size=300, test_size=100)
+    assert torch.equal(full.x_train[ckpt["member_indices"]], pool.x_train[ckpt["member_mask"]])
     assert 0 < summary["members"] < 300  # fair coin per record
 
 

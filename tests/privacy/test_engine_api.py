@@ -350,3 +350,16 @@ def test_secure_mode_draws_from_the_secure_source_and_refuses_a_seed():
         o.step()
         grads.append(model.weight.grad.clone())
     assert not torch.equal(grads[0], grads[1])
+
+
+def test_wrap_model_false_trains_the_original_module():
+    model = small_model()
+    _, (hooks, o, _), (x, y) = private(model, clip=0.2, wrap_model=False)
+    truth = ground_truth(copy.deepcopy(model), x[:6], y[:6], nn.functional.cross_entropy,
+                         max_grad_norm=0.2, reduction="mean", expected_batch_size=10)
+    o.zero_grad()
+    nn.functional.cross_entropy(model(x[:6]), y[:6]).backward()
+    o.step()
+    for p, t in zip(model.parameters(), truth):
+        torch.testing.assert_close(p.grad, t, rtol=1e-4, atol=1e-7)
+    assert hooks.cleanup() is model

@@ -7,6 +7,7 @@ Shapes and hyperparameters come from Hypothesis; both loss reductions.
 from contextlib import contextmanager
 from unittest import mock
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
@@ -282,3 +283,46 @@ def test_empty_batch_gives_zero_sums():
                                  nn.Linear(36, 3)).double()
     truth = check_parity(make, x, y, max_grad_norm=1.0, expected_batch_size=4, **F64)
     assert all(float(t.abs().max()) == 0.0 for t in truth)
+
+
+# Heavier sweeps of the same properties (deselected by default; run with -m slow).
+SLOW = settings(max_examples=80, deadline=None)
+
+
+@pytest.mark.slow
+@SLOW
+@given(nd=st.sampled_from([1, 2, 3]), b=st.integers(1, 6), groups=st.sampled_from([1, 2, 3]),
+       cin_g=st.integers(1, 3), cout_g=st.integers(1, 3), k=st.integers(1, 4),
+       stride=st.integers(1, 3), pad=st.integers(0, 2), dil=st.integers(1, 3),
+       bias=st.booleans(), red=st.sampled_from(["mean", "sum"]), path=PATHS,
+       seed=st.integers(0, 2**16))
+def test_conv_matches_ground_truth_sweep(nd, b, groups, cin_g, cout_g, k, stride, pad, dil,
+                                         bias, red, path, seed):
+    size = {1: 11, 2: 7, 3: 5}[nd]  # the inner test's input sizes
+    if size + 2 * pad < (k - 1) * dil + 1:
+        return  # kernel larger than the padded input: not a valid layer
+    test_conv_matches_ground_truth.hypothesis.inner_test(
+        nd, b, groups, cin_g, cout_g, k, stride, pad, dil, bias, red, path, seed)
+
+
+@pytest.mark.slow
+@SLOW
+@given(b=st.integers(1, 8), t=st.integers(1, 12), vocab=st.integers(2, 20),
+       dim=st.integers(1, 6), pad=st.sampled_from([None, 0, 1]),
+       red=st.sampled_from(["mean", "sum"]), seed=st.integers(0, 2**16))
+def test_embedding_matches_ground_truth_sweep(b, t, vocab, dim, pad, red, seed):
+    test_embedding_matches_ground_truth.hypothesis.inner_test(b, t, vocab, dim, pad, red, seed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, F64), (torch.float32, F32)])
+def test_cuda_parity(dtype, tol):
+    _seeded(21)
+    dev = torch.device("cuda")
+    x = torch.randn(12, 3, 8, 8, dtype=dtype, device=dev)
+    y = torch.randint(0, 5, (12,), device=dev)
+    make = lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.ReLU(),
+                                 nn.Conv2d(8, 8, 3, stride=2), nn.Flatten(),
+                                 nn.Linear(8 * 9, 16), nn.LayerNorm(16),
+                                 nn.Linear(16, 5)).to(dev, dtype)
+    check_parity(make, x, y, max_grad_norm=0.5, **tol)

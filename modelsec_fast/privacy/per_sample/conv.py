@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import row_sq_norms, LayerRule, flat_rows, ghost_sq_norm, opmath, prefer_ghost, scale_rows
+from .base import LayerRule, flat_rows, opmath, prefer_ghost, row_sq_norms, scale_rows
 from .registry import register_rule
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -94,9 +94,6 @@ def _patches(x, kernel, stride, padding, dilation, groups):
 
 @register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class ConvRule(LayerRule):
-    def validate(self, module):
-        return []
-
     def forward(self, module, recorder, input):
         n = module.weight.dim() - 2
         if input.dim() != n + 2:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import row_sq_norms, LayerRule, batch_first, flat_rows, opmath
+from .base import LayerRule, batch_first, flat_rows, opmath, row_sq_norms
 from .registry import register_rule
 
 

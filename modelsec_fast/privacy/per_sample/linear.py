@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import row_sq_norms, LayerRule, batch_first, flat_rows, ghost_sq_norm, opmath, prefer_ghost, scale_rows
+from .base import (
+    LayerRule, batch_first, flat_rows, ghost_sq_norm, opmath, prefer_ghost, row_sq_norms, scale_rows)
 from .registry import register_rule
 
 

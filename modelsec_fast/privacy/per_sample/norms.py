@@ -16,7 +16,7 @@ from torch import nn
 
 import math
 
-from .base import row_sq_norms, LayerRule, batch_first, flat_rows, opmath
+from .base import LayerRule, batch_first, flat_rows, opmath, row_sq_norms
 from .registry import register_rule
 
 
