@@ -11,4 +11,12 @@ def dynamic_metadata(field, settings=None):
     import torch  # the torch of the build environment (pip --no-build-isolation)
 
     major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-    return [f"torch>={major}.{minor},<{major}.{minor + 1}", "numpy"]
+    runtime = [
+        "numpy",
+        "scipy",                 # RDP accountant, Clopper-Pearson bounds
+        "dp-accounting>=0.6",    # the default PLD accountant
+        "tqdm",                  # progress bars
+        "matplotlib",            # report plots
+        "scikit-learn",          # the embedded digits dataset
+    ]
+    return [f"torch>={major}.{minor},<{major}.{minor + 1}", *runtime]
