@@ -26,7 +26,7 @@ import torch
 from .. import ops
 from .base import check_non_negative, check_positive, check_steps
 from .gradient import GradientAttack, success_mask
-from .losses import dlr_loss, dlr_targeted_loss, per_sample_loss, resolve_loss
+from .losses import dlr_loss, dlr_targeted_loss, per_sample_loss
 
 __all__ = ["APGD", "APGDT"]
 

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-__all__ = ["Attack", "check_positive", "check_non_negative", "check_steps"]
+__all__ = ["Attack", "check_positive", "check_non_negative", "check_steps", "frozen_parameters"]
 
 # Pixel-space bounds of every attack (torchattacks works in [0, 1] only).
 PIXEL_LO = 0.0

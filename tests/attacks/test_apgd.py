@@ -29,7 +29,7 @@ def test_apgd_at_least_as_strong_as_torchattacks(norm, eps, loss, digits_mlp):
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 0.6)])
 def test_apgdt_at_least_as_strong_as_torchattacks(norm, eps, digits_mlp):
-    m, x, y = digits_mlp.model, digits_mlp.x[:150], digits_mlp.y[:150]
+    m, x, y = digits_mlp.model, digits_mlp.x[:100], digits_mlp.y[:100]
     theirs = robust_acc(m, torchattacks.APGDT(m, norm=norm, eps=eps, steps=5, n_classes=10)(x, y), y)
     ours = robust_acc(m, ma.APGDT(m, norm=norm, eps=eps, steps=5, n_classes=10)(x, y), y)
     assert_at_least_as_strong(ours, theirs, TOL, f"APGDT {norm}")

@@ -67,13 +67,14 @@ def test_matches_torchattacks_with_normalization(digits_mlp):
     xn = (x - 0.3) / 0.4
     ref, ours = _pair("PGD", model, dict(eps=0.1, alpha=0.02, random_start=False), xn, y,
                       setup=lambda a: a.set_normalization_used(mean, std))
-    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    assert torch.equal(ours, ref), f"max diff {(ours - ref).abs().max().item()}"
 
 
 def test_pgdl2_matches_torchattacks(digits_mlp):
     x, y = digits_mlp.x[:61], digits_mlp.y[:61]
     for kwargs in (dict(eps=1.0, alpha=0.2, random_start=False), dict(eps=0.5, alpha=0.1)):
         ref, ours = _pair("PGDL2", digits_mlp.model, kwargs, x, y)
+        # The fused l2_step computes in the same order; allow rounding in its norms.
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
 
 

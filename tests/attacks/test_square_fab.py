@@ -30,9 +30,9 @@ class Rounded(nn.Module):
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 0.6)])
 def test_square_at_least_as_strong_as_torchattacks(norm, eps, digits_mlp):
-    m, x, y = digits_mlp.model, digits_mlp.x[:150], digits_mlp.y[:150]
-    theirs = robust_acc(m, torchattacks.Square(m, norm=norm, eps=eps, n_queries=150)(x, y), y)
-    ours = robust_acc(m, ma.Square(m, norm=norm, eps=eps, n_queries=150)(x, y), y)
+    m, x, y = digits_mlp.model, digits_mlp.x[:120], digits_mlp.y[:120]
+    theirs = robust_acc(m, torchattacks.Square(m, norm=norm, eps=eps, n_queries=100)(x, y), y)
+    ours = robust_acc(m, ma.Square(m, norm=norm, eps=eps, n_queries=100)(x, y), y)
     assert_at_least_as_strong(ours, theirs, TOL, f"Square {norm}")
 
 

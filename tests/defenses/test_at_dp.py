@@ -157,3 +157,16 @@ def test_checkpoint_under_dp_needs_the_privacy_engine(digits, tmp_path):
                                  checkpoint_path=tmp_path / "ckpt.pt")
     with pytest.raises(ValueError, match="privacy_engine"):
         trainer.fit(loader, 1)
+
+
+@pytest.mark.parametrize("method", ["pgd", "trades"])
+def test_empty_poisson_batch_is_a_noise_only_step(digits, method):
+    seed = 4
+    print(f"seed={seed} method={method}")
+    base, _, engine, model, opt, _ = _private(digits, seed, noise=1.0)
+    trainer = AdversarialTrainer(model, opt, method, eps=0.1, steps=2, guard=False, progress=False)
+    before = [p.detach().clone() for p in base.parameters()]
+    out = trainer.train_step(digits.x_train[:0], digits.y_train[:0])
+    assert out.size == 0 and trainer.optimizer_steps == 1 and len(engine.accountant) == 1
+    moved = [not torch.equal(b, p) for b, p in zip(before, base.parameters())]
+    assert all(moved), "the noise of an empty Poisson batch must still be added"

@@ -303,6 +303,7 @@ def test_poisson_sampling_false_warns_that_epsilon_does_not_hold():
         private(poisson_sampling=False)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_matches_opacus_hooks_mode():
     opacus = pytest.importorskip("opacus")
     torch.manual_seed(5)
@@ -363,3 +364,23 @@ def test_wrap_model_false_trains_the_original_module():
     for p, t in zip(model.parameters(), truth):
         torch.testing.assert_close(p.grad, t, rtol=1e-4, atol=1e-7)
     assert hooks.cleanup() is model
+
+
+def test_batch_memory_manager_equals_one_logical_batch():
+    from modelsec_fast.privacy.sampling import BatchMemoryManager
+    engine, (m, o, dl), _ = private(clip=0.3, n=40, batch=20)  # E[B] = 20
+    xb, yb = next(iter(dl))  # the DPDataLoader's first logical batch, as a reference
+    truth = ground_truth(copy.deepcopy(m._module), xb, yb, nn.functional.cross_entropy,
+                         max_grad_norm=0.3, reduction="mean", expected_batch_size=20)
+    engine2, (m2, o2, dl2), _ = private(clip=0.3, n=40, batch=20)
+    assert len(yb) > 3  # non-trivial split (seeded: same first logical batch in dl2)
+    with BatchMemoryManager(data_loader=dl2, max_physical_batch_size=3, optimizer=o2) as mem:
+        for k, (x, y) in enumerate(mem):
+            o2.zero_grad()
+            nn.functional.cross_entropy(m2(x), y).backward()
+            o2.step()
+            if len(engine2.accountant) == 1:
+                break
+    assert k + 1 == max(1, math.ceil(len(yb) / 3))
+    for p, t in zip(m2.parameters(), truth):
+        torch.testing.assert_close(p.grad, t, rtol=1e-4, atol=1e-7)
