@@ -3,7 +3,7 @@
 // same way (ValueError / TypeError).
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>  // at::isfinite, Tensor::all/item for the finiteness checks
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -53,6 +53,48 @@ inline void check_noise_args(const char* op, double noise_std, double scale, int
   check_finite(op, "scale", scale);
   TORCH_CHECK_VALUE(source == 0 || source == 1, op, ": source must be 0 (philox) or 1 (secure), got ",
                     source);
+}
+
+// clip_and_noise's arguments: grads as check_grads, max_norm > 0, noise as check_noise_args.
+inline void check_clip_and_noise_args(const char* op, at::TensorList grads, double max_norm,
+                                      double noise_std, double scale, int64_t source) {
+  check_grads(op, grads);
+  check_finite(op, "max_norm", max_norm);
+  TORCH_CHECK_VALUE(max_norm > 0, op, ": max_norm must be > 0, got ", max_norm);
+  check_noise_args(op, noise_std, scale, source);
+}
+
+// accumulate_and_noise's arguments: grads as check_grads, factors (B,) on grads' device.
+inline void check_accumulate_args(const char* op, at::TensorList grads, const at::Tensor& factors,
+                                  double noise_std, double scale, int64_t source) {
+  check_grads(op, grads);
+  check_float_tensor(op, "factors", factors);
+  const int64_t B = grads[0].size(0);
+  TORCH_CHECK_VALUE(factors.dim() == 1 && factors.size(0) == B, op, ": factors must have shape (",
+                    B, ",), got ", factors.sizes());
+  TORCH_CHECK_VALUE(factors.device() == grads[0].device(), op, ": factors on ", factors.device(),
+                    ", grads on ", grads[0].device());
+  check_noise_args(op, noise_std, scale, source);
+}
+
+// A NaN/Inf per-sample gradient must raise, never yield a sum that looks valid.
+inline void check_norms_finite(const char* op, bool all_finite, int64_t first_bad_sample) {
+  TORCH_CHECK_VALUE(all_finite, op, ": the per-sample gradient of sample ", first_bad_sample,
+                    " has a non-finite norm (NaN/Inf in the gradient, or its squared norm ",
+                    "overflows float32); refusing to return a noised sum");
+}
+
+inline void check_weighted_sum_finite(const char* op, const at::Tensor& sum, size_t tensor_index) {
+  TORCH_CHECK_VALUE(at::isfinite(sum).all().item<bool>(), op, ": the weighted sum of tensor ",
+                    tensor_index, " is not finite (NaN/Inf in the per-sample gradients or factors)");
+}
+
+// _fill_normals_ (the test hook that exposes the raw normal stream).
+inline void check_fill_normals_args(const at::Tensor& out, int64_t source, c10::IntArrayRef key) {
+  TORCH_CHECK_TYPE(out.scalar_type() == c10::kFloat && out.dim() == 1 && out.is_contiguous(),
+                   "_fill_normals_: out must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK_VALUE(source == 0 || (source == 1 && key.size() == 8),
+                    "_fill_normals_: source 0, or source 1 with an 8-word key");
 }
 
 // x_adv, grad, x_orig alike; per-sample alpha/eps shaped (B,); scalars valid.

@@ -26,10 +26,12 @@ import os
 import sys
 import time
 
+from modelsec_fast.demo import (DEFAULT_ATTACKS, check_model_name, membership_split,
+                                robust_curve, shadow_trainer, whole_batches_rate)
+
 __all__ = ["main", "build_parser", "UsageError"]
 
 PROG = "modelsec-fast"
-DEFAULT_ATTACKS = ("fgsm", "pgd", "apgd")
 
 
 class UsageError(ValueError):
@@ -51,13 +53,6 @@ def _progress_enabled(args) -> bool:
 def _log(args, message: str) -> None:
     if not getattr(args, "quiet", False):
         print(message, file=sys.stderr, flush=True)
-
-
-def _check_model_name(name: str) -> None:
-    from modelsec_fast.models import model_names
-
-    if name not in model_names():
-        raise UsageError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
 
 
 def _positive_int(text: str) -> int:
@@ -91,19 +86,6 @@ def _attack_list(text: str) -> list[str]:
     return names
 
 
-def _membership_split(num: int, mode: str, seed: int):
-    """bool (num,) member mask: an independent fair coin per record, or everyone."""
-    import torch
-
-    if mode == "all":
-        return torch.ones(num, dtype=torch.bool)
-    gen = torch.Generator().manual_seed(10_007 + seed)
-    mask = torch.rand(num, generator=gen) < 0.5
-    if mask.all() or not mask.any():  # only possible for tiny pools
-        mask[0] = not mask[0]
-    return mask
-
-
 def _load_data(spec: dict):
     from modelsec_fast.data import load_dataset
 
@@ -124,65 +106,6 @@ def _write_json(obj, destination: str | None) -> None:
             f.write(text + "\n")
 
 
-# ----------------------------------------------------------------------------- robust evaluation
-def _make_attack(name: str, model, eps: float, steps: int, seed: int):
-    from modelsec_fast import attacks
-
-    if name == "fgsm":
-        return attacks.FGSM(model, eps=eps)
-    if name == "pgd":
-        return attacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps,
-                           random_start=True)
-    if name == "apgd":
-        return attacks.APGD(model, eps=eps, steps=steps, seed=seed)
-    raise UsageError(f"unknown attack {name!r}")
-
-
-def robust_curve(model, x, y, eps_grid, *, attacks=DEFAULT_ATTACKS, steps: int = 10,
-                 seed: int = 0, batch_size: int = 512, keep_adversarial: bool = False) -> dict:
-    """Accuracy under the per-example worst case of ``attacks`` at each L-inf eps.
-
-    Args:
-        x, y: float32 (N, C, H, W) in [0, 1], int64 (N,).
-        eps_grid: radii in pixel space; eps 0 is clean accuracy.
-    Returns:
-        ``{"clean_accuracy": a, "robust_accuracy": {eps: acc}, "per_attack": {eps:
-        {attack: acc}}, "warnings": [...], "adversarial": {eps: tensor}?}`` with
-        accuracies in [0, 1] (keys are ``str(eps)``).
-    """
-    import torch
-
-    from modelsec_fast.evaluate import robust_accuracy
-
-    torch.manual_seed(seed)
-    out = {"robust_accuracy": {}, "per_attack": {}, "warnings": [], "adversarial": {}}
-    clean = None
-    for eps in eps_grid:
-        if eps == 0:
-            continue
-        atks = [_make_attack(a, model, eps, steps, seed) for a in attacks]
-        result = robust_accuracy(model, (x, y), attacks=atks, batch_size=batch_size,
-                                 progress=False, seed=seed,
-                                 return_adversarial=keep_adversarial)
-        clean = result.clean_accuracy
-        out["robust_accuracy"][str(eps)] = float(result.robust_accuracy)
-        # Each attack's figure is the cumulative worst case after it ran.
-        out["per_attack"][str(eps)] = {k: float(v["robust_accuracy"])
-                                       for k, v in result.per_attack.items()}
-        out["warnings"] += [f"eps {eps:g}: {w}" for w in result.warnings]
-        if keep_adversarial and getattr(result, "adversarial", None) is not None:
-            out["adversarial"][str(eps)] = result.adversarial
-    if clean is None:
-        from modelsec_fast.audit.recipe import evaluate_accuracy
-        clean = evaluate_accuracy(model, x, y)
-    out["clean_accuracy"] = float(clean)
-    if 0 in eps_grid or 0.0 in eps_grid:
-        out["robust_accuracy"]["0.0"] = float(clean)
-    if not keep_adversarial:
-        out.pop("adversarial")
-    return out
-
-
 # ----------------------------------------------------------------------------- train
 def _recipe_from_args(args):
     from modelsec_fast.audit.recipe import TrainingRecipe
@@ -194,7 +117,7 @@ def _recipe_from_args(args):
         raise UsageError("--dp needs --epsilon TARGET or --noise-multiplier SIGMA")
     if args.eps is not None and args.adv is None:
         raise UsageError("--eps is the adversarial-training radius: it needs --adv")
-    _check_model_name(args.model)
+    check_model_name(args.model)
     recipe = TrainingRecipe(
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         optimizer=args.optimizer, dp=dp, noise_multiplier=args.noise_multiplier,
@@ -235,7 +158,7 @@ def cmd_train(args) -> int:
         resume_state, mask = None, None
     ds = _load_data(data_spec)
     if mask is None:
-        mask = _membership_split(len(ds.y_train), membership, seed)
+        mask = membership_split(len(ds.y_train), membership, seed)
     elif len(mask) != len(ds.y_train):
         raise UsageError(f"checkpoint's member mask covers {len(mask)} records but the data "
                          f"has {len(ds.y_train)}; was the dataset changed?")
@@ -361,20 +284,6 @@ def _audit_population(ckpt, ds):
     return x, y, mask, "split"
 
 
-def shadow_trainer(recipe, privacy: dict | None, num_classes: int, device="cpu"):
-    """``train_fn(x, y, seed) -> model`` replaying the target's recipe for LiRA's shadows
-    (a target-epsilon DP recipe is pinned to the target's noise multiplier)."""
-    from modelsec_fast.audit.recipe import replay_recipe, train_model
-
-    replay = replay_recipe(recipe, privacy)
-
-    def train_fn(x, y, seed):
-        return train_model(replay, x, y, num_classes=num_classes, seed=seed, device=device,
-                           track_privacy=False).model
-
-    return train_fn
-
-
 def cmd_audit(args) -> int:
     from modelsec_fast.audit.checkpoint import load_checkpoint
     from modelsec_fast.audit.membership import membership_audit
@@ -432,11 +341,10 @@ def _canary_for_recipe(recipe, privacy, ds, args) -> dict:
 
     if not recipe.dp or not privacy:
         raise UsageError("--canary audits a DP-SGD run: the checkpoint was not trained with --dp")
-    q = privacy["sample_rate"]
-    batches = max(1, round(1.0 / q))
     res = canary_audit_dp_sgd(x=ds.x_train, y=ds.y_train, num_classes=ds.num_classes,
                               noise_multiplier=privacy["noise_multiplier"],
-                              max_grad_norm=privacy["max_grad_norm"], sample_rate=1.0 / batches,
+                              max_grad_norm=privacy["max_grad_norm"],
+                              sample_rate=whole_batches_rate(privacy["sample_rate"]),
                               steps=privacy["steps"], delta=privacy["delta"],
                               accountant=privacy["accountant"], model=recipe.model,
                               model_options=recipe.model_options, seed=args.seed)
@@ -523,139 +431,16 @@ def cmd_bench(args) -> int:
 
 
 # ----------------------------------------------------------------------------- demo
-# Fixed sizes, printed in the report: (full, quick).
-_DEMO = {
-    "epochs": (30, 12),
-    "dp_epochs": (30, 12),
-    "adv_epochs": (15, 6),
-    "shadows": (16, 8),
-    "eps_grid": ((0.0, 0.05, 0.1, 0.15, 0.2, 0.3), (0.0, 0.1, 0.2)),
-    "attack_steps": (20, 10),
-    "canary_m": (1000, 400),
-    "canary_r": (200, 100),
-    "audited": (("baseline", "dp", "adv"), ("baseline", "dp")),
-    # Caps on (training pool, test set): a fixed seeded subset of larger data.
-    "max_sizes": ((4000, 1000), (1000, 300)),
-}
-
-
-def _demo_setting(name: str, quick: bool):
-    return _DEMO[name][1 if quick else 0]
-
-
 def cmd_demo(args) -> int:
     """Train baseline, DP-SGD and adversarial models, attack, audit, write the report."""
-    import datetime
+    from modelsec_fast.demo import run_demo
 
-    from modelsec_fast import __version__
-    from modelsec_fast.audit.canary import canary_audit_dp_sgd
-    from modelsec_fast.audit.membership import membership_audit
-    from modelsec_fast.audit.recipe import TrainingRecipe, train_model
-    from modelsec_fast.data import load_dataset
-    from modelsec_fast.report import (plot_accuracy_vs_eps, plot_epsilon_vs_steps, plot_mi_roc,
-                                      write_report)
-
-    _check_model_name(args.model)
-    if not args.target_epsilon > 0:
-        raise UsageError(f"--target-epsilon must be > 0, got {args.target_epsilon}")
-    quick = args.quick
-    setting = {k: _demo_setting(k, quick) for k in _DEMO}
-    shadows = args.shadows or setting["shadows"]
-    if shadows < 2:
-        raise UsageError("--shadows must be >= 2")
-    ds = load_dataset(args.data, seed=args.seed)
-    pool, test = setting["max_sizes"]
-    if len(ds.y_train) > pool or len(ds.y_test) > test:
-        ds = load_dataset(args.data, train_size=min(pool, len(ds.y_train)),
-                          test_size=min(test, len(ds.y_test)), seed=args.seed)
-    mask = _membership_split(len(ds.y_train), "coin", args.seed)
-    x, y = ds.x_train[mask], ds.y_train[mask]
-    x_test, y_test = ds.x_test.to(args.device), ds.y_test.to(args.device)
-    adv_eps = 0.1
-    recipes = {
-        "baseline": TrainingRecipe(model=args.model, epochs=setting["epochs"]),
-        "dp": TrainingRecipe(model=args.model, epochs=setting["dp_epochs"], lr=2e-3, dp=True,
-                             target_epsilon=args.target_epsilon, delta=args.delta,
-                             max_grad_norm=1.0),
-        "adv": TrainingRecipe(model=args.model, epochs=setting["adv_epochs"], adv=args.adv,
-                              adv_eps=adv_eps, adv_steps=5),
-    }
-    labels = {"baseline": "baseline", "dp": f"DP-SGD (target eps {args.target_epsilon:g})",
-              "adv": f"adversarial ({args.adv}, eps {adv_eps:g})"}
-    _log(args, f"demo: {ds.describe()}; {int(mask.sum())} of {len(mask)} training-pool records "
-               f"are members (fair coin); {shadows} shadow models per audited model"
-               f"{'; quick mode' if quick else ''}")
-    report = {
-        "tool": PROG, "version": __version__, "command": "modelsec-fast demo" +
-        (" --quick" if quick else ""),
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "settings": {
-            "data": ds.describe(), "pool_size": len(mask), "members": int(mask.sum()),
-            "test_size": len(ds.y_test), "attacks": list(DEFAULT_ATTACKS),
-            "attack_steps": setting["attack_steps"], "eps_grid": list(setting["eps_grid"]),
-            "headline_eps": adv_eps, "shadow_models": shadows, "seed": args.seed,
-            "quick": quick, "audited_models": [labels[k] for k in setting["audited"]],
-        },
-        "models": {}, "warnings": [],
-    }
-    roc_curves, eps_curves, acc_curves = {}, {}, {}
-    dp_privacy, started_all = None, time.perf_counter()
-    for key, recipe in recipes.items():
-        label = labels[key]
-        _log(args, f"[{label}] training: {recipe.describe()}")
-        started = time.perf_counter()
-        trained = train_model(recipe, x, y, num_classes=ds.num_classes, seed=args.seed,
-                              progress=_progress_enabled(args), device=args.device)
-        train_time = time.perf_counter() - started
-        _log(args, f"[{label}] attacking ({', '.join(DEFAULT_ATTACKS)}) at eps "
-                   f"{', '.join(f'{e:g}' for e in setting['eps_grid'])}")
-        curve = robust_curve(trained.model, x_test, y_test, setting["eps_grid"],
-                             steps=setting["attack_steps"], seed=args.seed)
-        entry = {"recipe": recipe.to_dict(), "recipe_text": recipe.describe(),
-                 "train_time_s": train_time, "history": trained.history,
-                 "privacy": trained.privacy, **curve}
-        acc_curves[label] = {float(e): a for e, a in curve["robust_accuracy"].items()}
-        report["warnings"] += [f"{label}: {w}" for w in curve["warnings"]]
-        if trained.privacy:
-            dp_privacy = trained.privacy
-            eps_curves[label] = trained.privacy["epsilon_curve"]
-        if key in setting["audited"]:
-            _log(args, f"[{label}] membership audit with {shadows} shadow models")
-            audit = membership_audit(
-                trained.model, ds.x_train, ds.y_train, mask,
-                train_fn=shadow_trainer(recipe, trained.privacy, ds.num_classes, args.device),
-                num_shadow=shadows, design="coin_flip", delta=args.delta, seed=args.seed,
-                progress=_progress_enabled(args))
-            entry["membership"] = audit.to_dict()
-            roc_curves[label] = {a.name: (a.fpr.tolist(), a.tpr.tolist())
-                                 for a in audit.attacks}
-        report["models"][label] = entry
-        _log(args, f"[{label}] clean {100 * curve['clean_accuracy']:.1f}%, robust at eps "
-                   f"{adv_eps:g}: {100 * curve['robust_accuracy'][str(adv_eps)]:.1f}%"
-                   + (f", DP eps {trained.privacy['epsilon']:.2f}" if trained.privacy else "")
-                   + f" ({time.perf_counter() - started:.0f} s)")
-    if dp_privacy is not None:
-        _log(args, f"[{labels['dp']}] one-run canary audit ({setting['canary_m']} canaries)")
-        batches = max(1, round(1.0 / dp_privacy["sample_rate"]))
-        canary = canary_audit_dp_sgd(
-            x=x, y=y, num_classes=ds.num_classes,
-            noise_multiplier=dp_privacy["noise_multiplier"],
-            max_grad_norm=dp_privacy["max_grad_norm"], sample_rate=1.0 / batches,
-            steps=dp_privacy["steps"], delta=args.delta, accountant=dp_privacy["accountant"],
-            m=setting["canary_m"], r=setting["canary_r"], model=args.model, seed=args.seed)
-        report["canary_audit"] = canary.to_dict() | {"summary": canary.summary()}
-        _log(args, canary.summary())
-    os.makedirs(args.out, exist_ok=True)
-    report["plots"] = {
-        "accuracy_vs_eps": plot_accuracy_vs_eps(acc_curves,
-                                                os.path.join(args.out, "accuracy_vs_eps.png")),
-        "epsilon_vs_steps": plot_epsilon_vs_steps(eps_curves,
-                                                  os.path.join(args.out, "epsilon_vs_steps.png")),
-        "mi_roc": plot_mi_roc(roc_curves, os.path.join(args.out, "mi_roc.png")),
-    }
-    report["total_time_s"] = time.perf_counter() - started_all
-    paths = write_report(args.out, report)
-    _log(args, f"report: {paths['markdown']} ({report['total_time_s']:.0f} s)")
+    _, paths = run_demo(data=args.data, out=args.out, quick=args.quick,
+                        target_epsilon=args.target_epsilon, delta=args.delta, adv=args.adv,
+                        shadows=args.shadows, model=args.model, seed=args.seed,
+                        device=args.device, progress=_progress_enabled(args),
+                        log=lambda message: _log(args, message),
+                        command=f"{PROG} demo" + (" --quick" if args.quick else ""))
     print(paths["markdown"])
     return 0
 

@@ -66,10 +66,7 @@ std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cpu(at::TensorList grads,
                                                            int64_t seed, int64_t offset,
                                                            int64_t source) {
   const char* op = "clip_and_noise";
-  check_grads(op, grads);
-  check_finite(op, "max_norm", max_norm);
-  TORCH_CHECK_VALUE(max_norm > 0, op, ": max_norm must be > 0, got ", max_norm);
-  check_noise_args(op, noise_std, scale, source);
+  check_clip_and_noise_args(op, grads, max_norm, noise_std, scale, source);
   const auto& ks = kernels();
   const DType dt = dtype_of(grads[0]);
   const int64_t B = grads[0].size(0);
@@ -130,9 +127,7 @@ std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cpu(at::TensorList grads,
       }
     }
   });
-  TORCH_CHECK_VALUE(bad_sample.load() == B, op, ": the per-sample gradient of sample ",
-                    bad_sample.load(), " has a non-finite norm (NaN/Inf in the gradient, or its ",
-                    "squared norm overflows float32); refusing to return a noised sum");
+  check_norms_finite(op, bad_sample.load() == B, bad_sample.load());
   auto out = empty_outputs(grads);
   const NoiseStream base_stream = make_stream(seed, offset, source);
   const auto items = noise_items(sizes);
@@ -157,14 +152,8 @@ std::vector<Tensor> accumulate_and_noise_cpu(at::TensorList grads, const Tensor&
                                              double noise_std, double scale, int64_t seed,
                                              int64_t offset, int64_t source) {
   const char* op = "accumulate_and_noise";
-  check_grads(op, grads);
-  check_float_tensor(op, "factors", factors);
+  check_accumulate_args(op, grads, factors, noise_std, scale, source);
   const int64_t B = grads[0].size(0);
-  TORCH_CHECK_VALUE(factors.dim() == 1 && factors.size(0) == B, op, ": factors must have shape (",
-                    B, ",), got ", factors.sizes());
-  TORCH_CHECK_VALUE(factors.device() == grads[0].device(), op, ": factors on ", factors.device(),
-                    ", grads on ", grads[0].device());
-  check_noise_args(op, noise_std, scale, source);
   const auto& ks = kernels();
   const DType dt = dtype_of(grads[0]);
   const int T = int(grads.size());
@@ -201,9 +190,7 @@ std::vector<Tensor> accumulate_and_noise_cpu(at::TensorList grads, const Tensor&
                    it.start, noise_std, scale, s);
     }
   });
-  for (int t = 0; t < T; ++t)
-    TORCH_CHECK_VALUE(at::isfinite(out[t]).all().item<bool>(), op, ": the weighted sum of tensor ",
-                      t, " is not finite (NaN/Inf in the per-sample gradients or factors)");
+  for (int t = 0; t < T; ++t) check_weighted_sum_finite(op, out[t], size_t(t));
   return out;
 }
 
@@ -346,10 +333,7 @@ Tensor l2_step_cpu(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig
 
 void fill_normals_cpu(Tensor& out, int64_t seed, int64_t offset, int64_t tensor_index,
                       int64_t source, c10::IntArrayRef key) {
-  TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.dim() == 1 && out.is_contiguous(),
-                   "_fill_normals_: out must be a contiguous 1-D float32 tensor");
-  TORCH_CHECK_VALUE(source == 0 || (source == 1 && key.size() == 8),
-                    "_fill_normals_: source 0, or source 1 with an 8-word key");
+  check_fill_normals_args(out, source, key);
   NoiseStream s{};
   s.source = int(source);
   s.seed = uint64_t(seed);

@@ -63,10 +63,7 @@ std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cuda(at::TensorList grads
                                                             int64_t seed, int64_t offset,
                                                             int64_t source) {
   const char* op = "clip_and_noise";
-  check_grads(op, grads);
-  check_finite(op, "max_norm", max_norm);
-  TORCH_CHECK_VALUE(max_norm > 0, op, ": max_norm must be > 0, got ", max_norm);
-  check_noise_args(op, noise_std, scale, source);
+  check_clip_and_noise_args(op, grads, max_norm, noise_std, scale, source);
   c10::DeviceGuard guard(grads[0].device());
   void* stream = current_stream(grads[0]);
   const int dt = dtype_code(grads[0]);
@@ -88,10 +85,7 @@ std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cuda(at::TensorList grads
   // One device sync: a NaN/Inf gradient must raise, never yield a noised sum.
   if (B > 0) {
     const Tensor bad = at::isfinite(norms).logical_not().nonzero();
-    TORCH_CHECK_VALUE(bad.numel() == 0, op, ": the per-sample gradient of sample ",
-                      bad.numel() ? bad[0][0].item<int64_t>() : -1,
-                      " has a non-finite norm (NaN/Inf in the gradient, or its squared norm ",
-                      "overflows float32); refusing to return a noised sum");
+    check_norms_finite(op, bad.numel() == 0, bad.numel() ? bad[0][0].item<int64_t>() : -1);
   }
   NoiseParams noise = make_noise(seed, offset, source);
   std::vector<Tensor> out;
@@ -109,14 +103,8 @@ std::vector<Tensor> accumulate_and_noise_cuda(at::TensorList grads, const Tensor
                                               double noise_std, double scale, int64_t seed,
                                               int64_t offset, int64_t source) {
   const char* op = "accumulate_and_noise";
-  check_grads(op, grads);
-  check_float_tensor(op, "factors", factors);
+  check_accumulate_args(op, grads, factors, noise_std, scale, source);
   const int64_t B = grads[0].size(0);
-  TORCH_CHECK_VALUE(factors.dim() == 1 && factors.size(0) == B, op, ": factors must have shape (",
-                    B, ",), got ", factors.sizes());
-  TORCH_CHECK_VALUE(factors.device() == grads[0].device(), op, ": factors on ", factors.device(),
-                    ", grads on ", grads[0].device());
-  check_noise_args(op, noise_std, scale, source);
   c10::DeviceGuard guard(grads[0].device());
   void* stream = current_stream(grads[0]);
   const int dt = dtype_code(grads[0]);
@@ -129,8 +117,7 @@ std::vector<Tensor> accumulate_and_noise_cuda(at::TensorList grads, const Tensor
     noise.tensor_index = uint32_t(t);
     check(op, launch_weighted_sum_noise(dt, o.data_ptr(), g.data_ptr(), f.data_ptr(), B, g.size(1),
                                         noise_std, scale, noise, stream));
-    TORCH_CHECK_VALUE(at::isfinite(o).all().item<bool>(), op, ": the weighted sum of tensor ", t,
-                      " is not finite (NaN/Inf in the per-sample gradients or factors)");
+    check_weighted_sum_finite(op, o, t);
     out.push_back(o);
   }
   return out;
@@ -160,6 +147,15 @@ c10::optional<Tensor> per_sample(const c10::optional<Tensor>& v, const Tensor& x
   return v->to(opmath_of(x)).contiguous();
 }
 
+// Per-sample alpha and eps (already in op-math) must be finite and >= 0.
+void check_per_sample_values(const char* op, const c10::optional<Tensor>& alpha,
+                             const c10::optional<Tensor>& eps) {
+  for (const auto* p : {&alpha, &eps})
+    if (p->has_value())
+      TORCH_CHECK_VALUE(((**p) >= 0).logical_and(at::isfinite(**p)).all().item<bool>(), op,
+                        ": per-sample alpha/eps must be finite and >= 0");
+}
+
 Tensor sign_step_into(const char* op, Tensor out, const Tensor& x_adv, const Tensor& grad,
                       const Tensor& x_orig, double alpha, double eps, double lo, double hi,
                       const c10::optional<Tensor>& alpha_t, const c10::optional<Tensor>& eps_t) {
@@ -167,10 +163,7 @@ Tensor sign_step_into(const char* op, Tensor out, const Tensor& x_adv, const Ten
   c10::DeviceGuard guard(x_adv.device());
   const Tensor x = x_adv.contiguous(), g = grad.contiguous(), xo = x_orig.contiguous();
   const auto a = per_sample(alpha_t, x), e = per_sample(eps_t, x);
-  for (const auto* p : {&a, &e})
-    if (p->has_value())
-      TORCH_CHECK_VALUE(((**p) >= 0).logical_and(at::isfinite(**p)).all().item<bool>(), op,
-                        ": per-sample alpha/eps must be finite and >= 0");
+  check_per_sample_values(op, a, e);
   const int64_t B = x.dim() ? x.size(0) : 1;
   const int64_t per = B ? x.numel() / B : 0;
   check(op, launch_sign_step(dtype_code(x), out.data_ptr(), x.data_ptr(), g.data_ptr(), xo.data_ptr(),
@@ -206,10 +199,7 @@ Tensor l2_step_cuda(const Tensor& x_adv, const Tensor& grad, const Tensor& x_ori
   c10::DeviceGuard guard(x_adv.device());
   const Tensor x = x_adv.contiguous(), g = grad.contiguous(), xo = x_orig.contiguous();
   const auto a = per_sample(alpha_t, x), e = per_sample(eps_t, x);
-  for (const auto* p : {&a, &e})
-    if (p->has_value())
-      TORCH_CHECK_VALUE(((**p) >= 0).logical_and(at::isfinite(**p)).all().item<bool>(), op,
-                        ": per-sample alpha/eps must be finite and >= 0");
+  check_per_sample_values(op, a, e);
   const int64_t B = x.size(0);
   Tensor out = at::empty(x.sizes(), x.options());
   Tensor scratch = at::empty({2 * std::max<int64_t>(B, 1)}, x.options().dtype(opmath_of(x)));
@@ -222,10 +212,7 @@ Tensor l2_step_cuda(const Tensor& x_adv, const Tensor& grad, const Tensor& x_ori
 
 void fill_normals_cuda(Tensor& out, int64_t seed, int64_t offset, int64_t tensor_index,
                        int64_t source, c10::IntArrayRef key) {
-  TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.dim() == 1 && out.is_contiguous(),
-                   "_fill_normals_: out must be a contiguous 1-D float32 tensor");
-  TORCH_CHECK_VALUE(source == 0 || (source == 1 && key.size() == 8),
-                    "_fill_normals_: source 0, or source 1 with an 8-word key");
+  check_fill_normals_args(out, source, key);
   c10::DeviceGuard guard(out.device());
   NoiseParams p{};
   p.source = int(source);

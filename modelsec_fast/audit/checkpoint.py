@@ -96,6 +96,15 @@ class ModelCheckpoint:
         }, path)
 
 
+def _numpy_uint32_array_globals() -> list:
+    """What unpickling a numpy uint32 array needs (numpy's RNG state in a resume state),
+    taken from numpy itself so it holds for numpy 1 and 2."""
+    import numpy as np
+
+    reconstruct = np.zeros(1, dtype=np.uint32).__reduce__()[0]
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def load_checkpoint(path: str) -> ModelCheckpoint:
     """Read a checkpoint written by the CLI.
 
@@ -105,7 +114,11 @@ def load_checkpoint(path: str) -> ModelCheckpoint:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint handed to `audit` or `evaluate` may come from anyone,
+        # and full unpickling would run whatever code it holds. Ours hold only tensors,
+        # numbers, strings, containers of them and numpy's RNG state (a uint32 array).
+        with torch.serialization.safe_globals(_numpy_uint32_array_globals()):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign file
         raise CheckpointError(f"{path}: not a readable torch checkpoint "
                               f"({type(e).__name__})") from None

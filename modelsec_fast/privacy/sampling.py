@@ -94,11 +94,8 @@ class PoissonBatchSampler(Sampler[List[int]]):
             steps = max(1, round(1.0 / sample_rate))
         if not isinstance(steps, int) or steps <= 0:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if secure_mode and (seed is not None or generator is not None):
-            raise ValueError(
-                "secure_mode draws Poisson masks from the OS CSPRNG; a seed or generator "
-                "would make them reproducible, so neither may be given"
-            )
+        if secure_mode:
+            _refuse_seed_in_secure_mode(seed, generator)
         rank, world = shard if shard is not None else (0, 1)
         if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
             raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
@@ -207,6 +204,30 @@ def _refuse_unsound_loader(data_loader: DataLoader) -> None:
         )
 
 
+def _worker_options(data_loader: DataLoader) -> dict:
+    """The DataLoader arguments that say how batches are loaded, not which: workers,
+    pinning, timeout, worker init and prefetching (kept when sampling is replaced)."""
+    options = dict(
+        num_workers=data_loader.num_workers,
+        pin_memory=data_loader.pin_memory,
+        timeout=data_loader.timeout,
+        worker_init_fn=data_loader.worker_init_fn,
+        multiprocessing_context=data_loader.multiprocessing_context,
+        persistent_workers=data_loader.persistent_workers,
+    )
+    if data_loader.num_workers > 0:  # DataLoader refuses prefetch_factor without workers
+        options["prefetch_factor"] = data_loader.prefetch_factor
+    return options
+
+
+def _refuse_seed_in_secure_mode(seed, generator) -> None:
+    if seed is not None or generator is not None:
+        raise ValueError(
+            "secure_mode draws Poisson masks from the OS CSPRNG; a seed or generator "
+            "would make them reproducible, so neither may be given"
+        )
+
+
 def _distributed_shard_and_seed(seed: Optional[int], secure_mode: bool):
     import torch.distributed as dist
 
@@ -268,11 +289,8 @@ class DPDataLoader(DataLoader):
         num_samples = len(dataset)
         if num_samples == 0:
             raise ValueError("cannot Poisson-sample from an empty dataset")
-        if secure_mode and (generator is not None or seed is not None):
-            raise ValueError(
-                "secure_mode draws Poisson masks from the OS CSPRNG; a seed or generator "
-                "would make them reproducible, so neither may be given"
-            )
+        if secure_mode:
+            _refuse_seed_in_secure_mode(seed, generator)
         shard = None
         if distributed:
             if seed is None and not secure_mode:
@@ -322,16 +340,7 @@ class DPDataLoader(DataLoader):
         steps = len(data_loader)
         if steps == 0:
             raise ValueError("data_loader has no batches")
-        kwargs = dict(
-            num_workers=data_loader.num_workers,
-            pin_memory=data_loader.pin_memory,
-            timeout=data_loader.timeout,
-            worker_init_fn=data_loader.worker_init_fn,
-            multiprocessing_context=data_loader.multiprocessing_context,
-            persistent_workers=data_loader.persistent_workers,
-        )
-        if data_loader.num_workers > 0:
-            kwargs["prefetch_factor"] = data_loader.prefetch_factor
+        kwargs = _worker_options(data_loader)
         collate = data_loader.collate_fn
         if isinstance(collate, EmptyBatchCollate):
             collate = collate.collate_fn
@@ -488,15 +497,9 @@ class _PhysicalBatchLoader:
         self.optimizer = optimizer
         self.flags: Deque[Tuple[bool, bool]] = collections.deque()
         self.sampler = _PhysicalBatchSampler(loader, max_batch_size, self.flags)
-        kwargs = dict(
-            num_workers=loader.num_workers, pin_memory=loader.pin_memory, timeout=loader.timeout,
-            worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
-            persistent_workers=loader.persistent_workers,
-        )
-        if loader.num_workers > 0:
-            kwargs["prefetch_factor"] = loader.prefetch_factor
         self._physical = DataLoader(
-            loader.dataset, batch_sampler=self.sampler, collate_fn=loader.collate_fn, **kwargs
+            loader.dataset, batch_sampler=self.sampler, collate_fn=loader.collate_fn,
+            **_worker_options(loader)
         )
 
     def __len__(self) -> int:

@@ -242,6 +242,27 @@ def test_not_a_checkpoint_and_wrong_input_shape(checkpoint, tmp_path, capsys):
     assert "is for inputs 1x8x8, the data has 1x5x5" in _one_line_error(status, err)
 
 
+class _OpensAFileWhenUnpickled:
+    """A pickle payload: full unpickling would call open(marker, "w")."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_checkpoint_that_runs_code_is_refused_unexecuted(tmp_path, capsys):
+    """audit/evaluate load checkpoints with weights_only: a pickled call never runs."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"format": "modelsec_fast.checkpoint/1", "recipe": _OpensAFileWhenUnpickled(
+        str(marker))}, path)
+    for command in ("audit", "evaluate"):
+        status, _, err = run([command, str(path)], capsys)
+        assert "not a readable torch checkpoint" in _one_line_error(status, err)
+    assert not marker.exists()
+
+
 def test_bad_flags_are_one_line(capsys):
     status, _, err = run(["train", "--dp"], capsys)
     assert "--epsilon" in _one_line_error(status, err)

@@ -11,7 +11,7 @@ from modelsec_fast.models import build_model
 
 from at_helpers import EPS, make_loader, pgd_accuracy, train_standard
 
-EPOCHS = 5
+EPOCHS = 4
 MIN_GAIN = 0.20
 
 
