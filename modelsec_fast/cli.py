@@ -4,7 +4,7 @@ Subcommands:
 
 * ``demo``: train a baseline, a DP-SGD model and an adversarially trained model
   on the embedded digits, attack them, audit their privacy and write a report
-  with plots into ``--out``.
+  with plots into ``--out`` (the pipeline lives in :mod:`modelsec_fast.demo`).
 * ``train``: train one model (``--dp``, ``--adv``), save a checkpoint that
   records its members so ``audit`` can run on it; ``--resume`` continues one.
 * ``evaluate``: clean and robust accuracy of a checkpoint (FGSM, PGD, APGD).
@@ -27,7 +27,7 @@ import sys
 import time
 
 from modelsec_fast.demo import (DEFAULT_ATTACKS, check_model_name, membership_split,
-                                robust_curve, shadow_trainer, whole_batches_rate)
+                                robust_curve, run_demo, shadow_trainer, whole_batches_rate)
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -432,9 +432,8 @@ def cmd_bench(args) -> int:
 
 # ----------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
-    """Train baseline, DP-SGD and adversarial models, attack, audit, write the report."""
-    from modelsec_fast.demo import run_demo
-
+    """Train baseline, DP-SGD and adversarial models, attack, audit, write the report
+    (the pipeline is :func:`modelsec_fast.demo.run_demo`)."""
     _, paths = run_demo(data=args.data, out=args.out, quick=args.quick,
                         target_epsilon=args.target_epsilon, delta=args.delta, adv=args.adv,
                         shadows=args.shadows, model=args.model, seed=args.seed,

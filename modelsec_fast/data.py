@@ -120,7 +120,11 @@ def load_dataset(
         train_size, test_size: if given, keep this many examples of each split,
             chosen by a permutation seeded with ``seed`` (the same call always
             returns the same subset). Must not exceed the split's size.
-        seed: seed of the subset permutation (and of the digits train/test split).
+        seed: seed of the subset permutations (the test subset uses ``seed + 1``).
+            The digits train/test split itself is fixed and does not depend on it.
+
+    Returns:
+        A :class:`Dataset`: images float32 (N, C, H, W) in [0, 1], labels int64 (N,).
 
     Raises:
         DataError: missing path or package, corrupt or inconsistent files,

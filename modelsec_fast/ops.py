@@ -225,8 +225,18 @@ def add_noise_(tensor_or_list, noise_std: float, *, scale: float = 1.0,
     """In place: t = (t + N(0, noise_std^2)) * scale for a Tensor or each of a list.
 
     Computed in fp32 (fp64 for float64 tensors) in one pass; tensors of one call
-    draw different noise. Returns its argument.
-    Raises TypeError/ValueError on bad arguments.
+    draw different noise.
+
+    Args:
+        tensor_or_list: a floating tensor (float32, float64, bfloat16, float16), or
+            a list of them on one device (dtypes may differ); any strides.
+        noise_std: absolute noise standard deviation (>= 0).
+        scale, generator, source: as in :func:`clip_and_noise`.
+    Returns:
+        its argument, modified in place.
+    Raises:
+        TypeError/ValueError: bad arguments (not a tensor, unsupported dtype,
+        mixed devices, negative or non-finite noise_std, unknown source).
     """
     op = "add_noise_"
     items = _check_noise_targets(op, tensor_or_list)

@@ -36,6 +36,15 @@ and log, which agree to a few ulp). Noise is generated in fp32 and converted to
 the tensor's compute type. ``u`` never reaches 0, so no infinities occur; the
 support is |z| <= 6.77 (torch's CPU sampler truncates at 5.77).
 
+Accounting assumption: the accountants treat this noise as exactly Gaussian.
+Near the truncation an output can be impossible without an example and
+possible with it; for d noised coordinates this adds to delta about
+q * sqrt(d) * phi(6.77) / sigma per step (phi(6.77) ~ 4.4e-11; a one-coordinate
+gradient gives q * P(N(0,1) > 6.77 - 1/sigma), ~4e-9 q at sigma = 1). That is
+small next to the usual delta for moderate d and step counts, not zero, and
+like any floating-point sampler it is open to Mironov's (2012) attacks. The
+secure source below (support |z| <= 13.5, phi(13.5) ~ 1e-40) removes the term.
+
 Secure source: ChaCha20 (RFC 8439 block function) keyed with 256 bits from the
 OS per call. Block ``j`` of tensor ``t`` uses state words 12..15 =
 (lo32(j), hi32(j), t, NOISE_DOMAIN). Its 16 words give four outputs; output k

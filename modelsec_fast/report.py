@@ -28,6 +28,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str) -> str:
+    """Write ``fig`` as a PNG at ``path``, free it, and return ``path``."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_vs_eps(curves: dict[str, dict[float, float]], path: str) -> str:
     """``curves[model][eps] = accuracy in [0, 1]``; writes a PNG and returns its path."""
     plt = _pyplot()
@@ -41,10 +49,7 @@ def plot_accuracy_vs_eps(curves: dict[str, dict[float, float]], path: str) -> st
     ax.set_title("Robust accuracy (worst case over attacks)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_epsilon_vs_steps(curves: dict[str, list[tuple[int, float]]], path: str) -> str:
@@ -60,10 +65,7 @@ def plot_epsilon_vs_steps(curves: dict[str, list[tuple[int, float]]], path: str)
     ax.grid(alpha=0.3)
     if curves:
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_mi_roc(curves: dict[str, dict[str, tuple[list[float], list[float]]]], path: str) -> str:
@@ -90,10 +92,7 @@ def plot_mi_roc(curves: dict[str, dict[str, tuple[list[float], list[float]]]], p
         ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("true positive rate")
     fig.suptitle("Membership inference ROC (log-log)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _pct(v) -> str:
@@ -199,10 +198,10 @@ def markdown_report(report: dict) -> str:
 
 
 def _json_default(o):
+    """Tensors and numpy values as (nested) lists or numbers; floats, NaN included,
+    never reach here (json writes them itself, and :func:`_clean` nulls NaN/inf)."""
     if hasattr(o, "tolist"):
         return o.tolist()
-    if isinstance(o, float) and math.isnan(o):
-        return None
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 

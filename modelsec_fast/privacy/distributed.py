@@ -1,5 +1,14 @@
 """Data-parallel DP-SGD across processes with ``torch.distributed``.
 
+Usage, on every rank after ``torch.distributed.init_process_group``::
+
+    model, optimizer, loader = PrivacyEngine().make_private(
+        module=DPDDP(model), optimizer=optimizer,
+        data_loader=DataLoader(whole_dataset, batch_size=global_expected_batch_size),
+        noise_multiplier=1.0, max_grad_norm=1.0)
+
+(:func:`make_private_distributed` does the same and wraps the model itself.)
+
 Plain ``DistributedDataParallel`` all-reduces autograd's own, unclipped
 gradients during backward: a single example's influence would then leave its
 rank before it is clipped. Here nothing is reduced during backward. Each rank
@@ -28,8 +37,6 @@ from typing import Callable, List, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-
-from .sampling import DPDataLoader
 
 __all__ = [
     "DifferentiallyPrivateDistributedDataParallel",
@@ -64,6 +71,8 @@ class DifferentiallyPrivateDistributedDataParallel(nn.Module):
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor.data, src=0, group=process_group)
         self.module = module
+        # The DP optimizer's all-reduce runs over this group (PrivacyEngine.make_private).
+        self.process_group = process_group
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -127,35 +136,34 @@ def make_private_distributed(
 ):
     """``engine.make_private`` for data-parallel training on every rank.
 
+    A thin alias: wraps ``module`` in :class:`DPDDP` (rank 0's weights
+    everywhere) unless it already is one, then calls
+    ``engine.make_private(module=DPDDP(module), ...)``, which samples this
+    rank's shard with the global sample rate q = 1/len(data_loader) and
+    attaches the all-reduce and rank-0 noise (see :func:`attach_distributed`).
     Call it on every rank with the same arguments, ``data_loader`` being a
     plain DataLoader over the *whole* dataset (batch_size = the global
-    expected batch size). Wraps ``module`` in :class:`DPDDP` (rank 0's
-    weights everywhere), makes it private, samples this rank's shard with the
-    global sample rate q = 1/len(data_loader), and attaches the all-reduce
-    and rank-0 noise.
+    expected batch size).
 
     Args:
         engine: a PrivacyEngine.
         generator: draws the Poisson sampler's base seed on rank 0 (then
-            broadcast); must be None in secure mode.
+            broadcast); must be None in secure mode. Passed to make_private
+            as ``sampler_generator``.
+        process_group: the group of a new DPDDP wrapper (default: the world).
         **make_private_kwargs: noise_multiplier, max_grad_norm, loss_reduction, ...
 
     Returns:
         (module, optimizer, data_loader), as ``make_private``.
 
     Raises:
-        ValueError: no process group, a DistributedSampler, or bad arguments.
+        ValueError: no process group, a DPDDP with another process group, a
+            DistributedSampler, or bad arguments.
     """
     _require_process_group()
     if not isinstance(module, DifferentiallyPrivateDistributedDataParallel):
         module = DifferentiallyPrivateDistributedDataParallel(module, process_group)
-    secure = bool(getattr(engine, "secure_mode", False))
-    shard_loader = DPDataLoader.from_data_loader(
-        data_loader, generator=generator, secure_mode=secure, distributed=True)
-    result = engine.make_private(module=module, optimizer=optimizer, data_loader=data_loader,
-                                 **make_private_kwargs)
-    private_module, dp_optimizer = result[0], result[1]
-    if hasattr(dp_optimizer, "logical_batch_source"):
-        dp_optimizer.logical_batch_source = shard_loader
-    attach_distributed(dp_optimizer, process_group=process_group)
-    return (*result[:-1], shard_loader)
+    elif process_group is not None and module.process_group is not process_group:
+        raise ValueError("module is a DPDDP over another process group than process_group")
+    return engine.make_private(module=module, optimizer=optimizer, data_loader=data_loader,
+                               sampler_generator=generator, **make_private_kwargs)

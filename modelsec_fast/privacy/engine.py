@@ -14,6 +14,13 @@ Passing ``expected_batch_size=`` is better practice: the divisor of the noisy
 sum must be a public constant, and N (the private dataset's size) is not one
 under add/remove-one adjacency; a value fixed in advance also survives a
 change of dataset size across runs.
+
+Distributed training: pass ``module=DPDDP(model)`` (from
+:mod:`modelsec_fast.privacy.distributed`) on every rank, with a plain
+DataLoader over the whole dataset. The engine then Poisson-samples this
+rank's shard with the global q, sums the clipped gradients across ranks in
+``step()`` and adds the noise on rank 0 only; E[B] and the accountant are
+those of a single-process run over the whole dataset.
 """
 
 from __future__ import annotations
@@ -21,13 +28,29 @@ from __future__ import annotations
 import warnings
 from typing import Optional
 
+import torch.distributed as dist
 from torch import nn, optim
+from torch.nn.parallel import DistributedDataParallel
 
+from .distributed import DifferentiallyPrivateDistributedDataParallel, attach_distributed
 from .optimizer import DPOptimizer, _check_positive
 from .per_sample.capture import PrivateModule
 from .validate import ModuleValidator
 
+# Opacus forwards these to its GradSampleModule; they tune machinery this engine
+# does not have, so they are accepted (for unchanged Opacus code) and ignored.
+_OPACUS_MODEL_KWARGS = frozenset({"strict", "force_functorch", "rand_on_empty"})
 _GRAD_SAMPLE_MODES = (None, "hooks", "ghost", "functorch", "ew", "bookkeeping")
+
+
+def _dataset_size(dataset) -> Optional[int]:
+    """N for the delta >= 1/N warning; None when unknown (no dataset, or no len())."""
+    if dataset is None:
+        return None
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
 
 
 class PrivacyEngine:
@@ -46,7 +69,13 @@ class PrivacyEngine:
         self.dataset = None
 
     # -------------------------------------------------------------- helpers
-    def _prepare_data_loader(self, data_loader, *, poisson_sampling: bool, generator=None):
+    def _prepare_data_loader(self, data_loader, *, poisson_sampling: bool,
+                             distributed: bool = False, generator=None):
+        if not poisson_sampling and (distributed or generator is not None):
+            what = "distributed training" if distributed else "sampler_generator"
+            raise ValueError(
+                f"{what} needs poisson_sampling=True: the engine shards the dataset across "
+                "ranks and seeds the sampler only through its Poisson DPDataLoader")
         if self.dataset is None:
             self.dataset = data_loader.dataset
         elif self.dataset is not data_loader.dataset:
@@ -55,12 +84,37 @@ class PrivacyEngine:
         if poisson_sampling:
             from .sampling import DPDataLoader
             return DPDataLoader.from_data_loader(data_loader, generator=generator,
-                                                 secure_mode=self.secure_mode)
+                                                 secure_mode=self.secure_mode,
+                                                 distributed=distributed)
         warnings.warn(
             "poisson_sampling=False: batches are not Poisson-sampled, so the epsilon this "
             "engine reports (which assumes Poisson sampling with q = 1/len(data_loader)) "
             "does NOT hold for this training run", UserWarning, stacklevel=3)
         return data_loader
+
+    @staticmethod
+    def _distributed_process_group(module):
+        """(is_distributed, process group) for ``module``; refuse unsound wrappers.
+
+        Raises:
+            ValueError: torch's own DistributedDataParallel (it all-reduces the
+                unclipped gradients during backward), or a DPDDP over a process
+                subgroup (the Poisson shards are cut by the default group's ranks).
+        """
+        if isinstance(module, DistributedDataParallel):
+            raise ValueError(
+                "torch.nn.parallel.DistributedDataParallel all-reduces the unclipped "
+                "gradients during backward, before per-sample clipping; wrap the model "
+                "with modelsec_fast.privacy.distributed.DPDDP instead")
+        if not isinstance(module, DifferentiallyPrivateDistributedDataParallel):
+            return False, None
+        group = getattr(module, "process_group", None)
+        if group is not None and (dist.get_world_size(group) != dist.get_world_size()
+                                  or dist.get_rank(group) != dist.get_rank()):
+            raise ValueError(
+                "DPDDP over a process subgroup is not supported: every rank of the default "
+                "process group Poisson-samples its shard, so all of them must train")
+        return True, group
 
     @staticmethod
     def _check_args(module, optimizer, noise_multiplier, max_grad_norm, loss_reduction,
@@ -91,7 +145,7 @@ class PrivacyEngine:
                      poisson_sampling: bool = True, clipping: str = "flat",
                      noise_generator=None, grad_sample_mode: Optional[str] = None,
                      expected_batch_size: Optional[int] = None, grad_scaler=None,
-                     wrap_model: bool = True, **kwargs):
+                     wrap_model: bool = True, sampler_generator=None, **kwargs):
         """Make ``module``, ``optimizer`` and ``data_loader`` private (Opacus signature).
 
         Returns ``(module, optimizer, data_loader)``, or Opacus's 4-tuple
@@ -99,7 +153,20 @@ class PrivacyEngine:
         (the criterion is returned unchanged: one ordinary backward suffices here).
 
         Extra options: ``expected_batch_size`` (public E[B]; default int(N/len(loader))),
-        ``grad_scaler`` (a ``torch.amp.GradScaler`` to unscale before clipping).
+        ``grad_scaler`` (a ``torch.amp.GradScaler`` to unscale before clipping),
+        ``sampler_generator`` (a ``torch.Generator`` that draws the Poisson
+        sampler's base seed; default torch's global generator; refused in
+        secure mode and with ``poisson_sampling=False``).
+
+        Distributed: when ``module`` is a
+        :class:`~modelsec_fast.privacy.distributed.DPDDP`, call this on every
+        rank with a plain DataLoader over the whole dataset. The returned loader
+        Poisson-samples this rank's shard with the global q = 1/len(data_loader)
+        (the sampler seed comes from rank 0), the optimizer sums the clipped
+        gradients of all ranks in ``step()`` and only rank 0 adds noise. E[B]
+        and the accountant's q are the global ones, as in a single process (a
+        given ``expected_batch_size`` must be the global one too).
+        ``poisson_sampling=False`` is refused there.
 
         The layers of ``module`` are routed through the engine in place, so with
         ``wrap_model=False`` (Opacus's non-wrapping mode) keep using ``module``
@@ -109,24 +176,33 @@ class PrivacyEngine:
 
         Raises:
             ValueError / TypeError: invalid hyperparameters; ``UnsupportedModuleError``
-            (a ValueError) for models the engine cannot train.
+            (a ValueError) for models the engine cannot train; torch's own
+            ``DistributedDataParallel`` (use DPDDP).
         """
+        unknown = set(kwargs) - _OPACUS_MODEL_KWARGS
+        if unknown:
+            raise TypeError(f"make_private() got unexpected keyword arguments {sorted(unknown)}")
         if noise_generator is not None and self.secure_mode:
             raise ValueError("Passing seed is prohibited in secure mode")
         self._check_args(module, optimizer, noise_multiplier, max_grad_norm, loss_reduction,
                          clipping, grad_sample_mode)
+        distributed, process_group = self._distributed_process_group(module)
         if isinstance(module, PrivateModule):
             raise ValueError("module is already private; pass the plain model "
                              "(PrivateModule.cleanup() returns it)")
         ModuleValidator.validate(module, strict=True)
         if isinstance(optimizer, DPOptimizer):
             optimizer = optimizer.original_optimizer
-        data_loader = self._prepare_data_loader(data_loader, poisson_sampling=poisson_sampling)
+        data_loader = self._prepare_data_loader(data_loader, poisson_sampling=poisson_sampling,
+                                                distributed=distributed,
+                                                generator=sampler_generator)
         n_batches = len(data_loader)
         if n_batches == 0:
             raise ValueError("data_loader has no batches")
         sample_rate = 1.0 / n_batches
         if expected_batch_size is None:
+            # The whole dataset's N also in distributed mode: each rank divides by the
+            # global E[B], and the all-reduce sums the ranks' shares.
             expected_batch_size = int(len(data_loader.dataset) * sample_rate)
             if expected_batch_size < 1:
                 raise ValueError("expected batch size int(N * q) is 0; pass expected_batch_size")
@@ -141,6 +217,8 @@ class PrivacyEngine:
             private_module.cleanup()
             raise
         dp_optimizer.logical_batch_source = data_loader
+        if distributed:
+            attach_distributed(dp_optimizer, process_group=process_group)
         if grad_scaler is not None:
             dp_optimizer.attach_grad_scaler(grad_scaler)
         accountant = self.accountant
@@ -163,10 +241,16 @@ class PrivacyEngine:
 
         The default accountant is PLD (Opacus defaults to PRV), so sigma may differ
         from Opacus's for the same target.
+
+        Raises:
+            ValueError: ``target_delta`` outside (0, 1), bad ``epochs`` or target
+                epsilon. Warns (UserWarning) when ``target_delta`` >= 1/N.
         """
-        from modelsec_fast.accountants import get_noise_multiplier
+        from modelsec_fast.accountants import check_delta, get_noise_multiplier
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        target_delta = check_delta(
+            target_delta, num_samples=_dataset_size(getattr(data_loader, "dataset", None)))
         sample_rate = 1.0 / len(data_loader)
         if len(self.accountant) > 0:
             warnings.warn("make_private_with_epsilon with privacy budget already spent: the "
@@ -180,7 +264,17 @@ class PrivacyEngine:
                                  max_grad_norm=max_grad_norm, **kwargs)
 
     def get_epsilon(self, delta: float) -> float:
-        """Epsilon spent so far at ``delta``, from the accountant."""
+        """Epsilon spent so far at ``delta``, from the accountant.
+
+        Raises:
+            ValueError: ``delta`` outside the open interval (0, 1);
+                ``InfiniteEpsilonError`` (a ValueError) after steps with sigma = 0.
+            TypeError: ``delta`` is not a real number.
+        Warns (UserWarning) when ``delta`` >= 1/N for the dataset given to
+        ``make_private`` (a guarantee that permits releasing a whole record).
+        """
+        from modelsec_fast.accountants import check_delta
+        delta = check_delta(delta, num_samples=_dataset_size(self.dataset))
         return self.accountant.get_epsilon(delta=delta)
 
     @staticmethod

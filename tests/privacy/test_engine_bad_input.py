@@ -194,3 +194,9 @@ def test_recurrent_layers_rejected_and_fixed(layer):
     assert len(errs) == 1 and "ModuleValidator.fix" in errs[0]
     fixed = ModuleValidator.fix(nn.Sequential(layer))
     assert type(fixed[0]).__name__.startswith("DP") and ModuleValidator.is_valid(fixed)
+
+
+def test_misspelled_keyword_is_refused_but_opacus_model_options_are_accepted():
+    with pytest.raises(TypeError, match="sampler_generater"):
+        make(nn.Linear(4, 3), sampler_generater=torch.Generator())
+    make(nn.Linear(4, 3), strict=True, force_functorch=False)

@@ -109,29 +109,6 @@ class ConvRule(LayerRule):
                                    tuple(module.stride), tuple(padding),
                                    tuple(module.dilation), module.groups)
 
-    def _materialise(self, module, x, g, conf):
-        """Per-sample weight gradients (B, *weight.shape).
-
-        Small output maps (T <= 64): im2col patches times G per sample (bmm).
-        Larger maps: one grouped convolution-weight gradient with B * groups
-        groups, which avoids the B x T x d patch tensor (measured faster there).
-        """
-        stride, padding, dilation, groups = conf
-        batch, c_in = x.shape[:2]
-        c_out = g.shape[1]
-        w_shape = (batch * c_out, c_in // groups) + tuple(module.weight.shape[2:])
-        if batch == 0:
-            return g.new_zeros((0,) + tuple(module.weight.shape))
-        steps = math.prod(g.shape[2:])
-        if steps <= 64 and g.dim() <= 4:
-            a = _patches(x, tuple(module.weight.shape[2:]), stride, padding, dilation, groups)
-            gg = g.reshape(batch * groups, c_out // groups, steps)
-            return torch.bmm(gg, a.transpose(1, 2)).reshape((batch,) + tuple(module.weight.shape))
-        gw = _conv_weight_grad(g.reshape((1, batch * c_out) + g.shape[2:]),
-                               x.reshape((1, batch * c_in) + x.shape[2:]),
-                               w_shape, stride, padding, dilation, batch * groups)
-        return gw.reshape((batch,) + tuple(module.weight.shape))
-
     def sq_norms(self, module, calls, mask, batch_dim):
         acc = opmath(calls[0].tensors[1].dtype)
         weight = module.weight
