@@ -52,7 +52,8 @@ def check_model_name(name: str) -> None:
 
 def membership_split(num: int, mode: str, seed: int):
     """bool ``(num,)`` member mask: an independent fair coin per record ("coin"), or
-    everyone ("all"). A coin split always has at least one member and one non-member."""
+    everyone ("all"). A coin split of ``num >= 2`` records always has at least one
+    member and one non-member."""
     import torch
 
     if mode == "all":

@@ -46,4 +46,16 @@ __device__ Acc block_sum(Acc v) {
   return shared[0];
 }
 
+// Sum of squares of row[0..n) in Acc, one block per row, in a fixed order
+// (deterministic); read the result in thread 0, as with block_sum.
+template <typename T, typename Acc>
+__device__ Acc block_row_sum_squares(const T* row, int64_t n) {
+  Acc s = 0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const Acc v = Acc(row[j]);
+    s += v * v;
+  }
+  return block_sum(s);
+}
+
 }  // namespace msf::cuda

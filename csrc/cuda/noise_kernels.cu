@@ -18,13 +18,7 @@ __device__ __forceinline__ void noise4(const NoiseParams& p, uint64_t block, flo
 
 template <typename T, typename Acc>
 __global__ void row_sum_squares_kernel(const T* x, int64_t P, Acc* out) {
-  const T* row = x + int64_t(blockIdx.x) * P;
-  Acc s = 0;
-  for (int64_t j = threadIdx.x; j < P; j += blockDim.x) {
-    const Acc v = Acc(row[j]);
-    s += v * v;
-  }
-  s = block_sum(s);
+  const Acc s = block_row_sum_squares<T, Acc>(x + int64_t(blockIdx.x) * P, P);
   if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
 

@@ -24,13 +24,7 @@ __global__ void sign_step_kernel(T* out, const T* x, const T* g, const T* xo, in
 // den[i] = ||g_i|| + 1e-10, one block per sample.
 template <typename T, typename Acc>
 __global__ void l2_grad_norm_kernel(const T* g, int64_t per, Acc* den) {
-  const T* row = g + int64_t(blockIdx.x) * per;
-  Acc s = 0;
-  for (int64_t j = threadIdx.x; j < per; j += blockDim.x) {
-    const Acc v = Acc(row[j]);
-    s += v * v;
-  }
-  s = block_sum(s);
+  const Acc s = block_row_sum_squares<T, Acc>(g + int64_t(blockIdx.x) * per, per);
   if (threadIdx.x == 0) den[blockIdx.x] = Acc(sqrt(s)) + Acc(kL2GradEps);
 }
 

@@ -1,17 +1,5 @@
-"""One torch thread for these tests: their models are tiny, and on a shared 2-core
-machine a second intra-op thread makes small ops far slower, not faster.
+"""One torch thread for the CLI tests, as for the audit tests (the same fixture: their
+models are tiny, and on a shared 2-core machine a second intra-op thread makes small
+ops far slower). Module-scoped and autouse; see tests/audit/conftest.py."""
 
-Module-scoped and autouse, so it is set before the module-scoped fixtures that
-train models, and restored when the module ends (other test folders keep theirs).
-"""
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.audit.conftest import _one_thread  # noqa: F401  (autouse fixture)

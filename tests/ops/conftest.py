@@ -16,8 +16,10 @@ TOL = {
     torch.float16: (2e-3, 2e-3),
 }
 
-requires_native = pytest.mark.skipif(not ops.native_available(),
-                                     reason="native library not built (pip install --no-build-isolation -e .)")
+requires_native = pytest.mark.skipif(
+    not ops.native_available(),
+    reason="native library not built (pip install --no-build-isolation -e .) "
+           "or disabled by MODELSEC_FAST_DISABLE_NATIVE")
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ import torch
 
 from modelsec_fast import ops
 
+from tests.ops.conftest import requires_native
+
 
 def _grads():
     return [torch.randn(4, 3), torch.randn(4, 2, 2)]
@@ -61,3 +63,45 @@ def test_mixed_devices_are_rejected(either_path):
     meta = torch.randn(4, 3, device="meta")
     with pytest.raises(ValueError, match="devices"):
         ops.clip_and_noise([torch.randn(4, 3), meta], 1.0, 1.0)
+
+
+def _native_op(name):
+    return getattr(torch.ops.modelsec_fast, name)
+
+
+# Calls straight into the C++ entry points, past ops.py's checks: the csrc/op_checks.h
+# border must raise the same clear errors on its own (schema: ..., scale, seed, offset, source).
+@requires_native
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: _native_op("clip_and_noise")([torch.randn(4, 3), torch.randn(5, 3)], 1.0, 1.0, 1.0, 0, 0, 0),
+     ValueError, "mismatched batch size"),
+    (lambda: _native_op("clip_and_noise")([torch.randn(4, 3), torch.randn(4, 3).double()], 1.0, 1.0, 1.0, 0, 0, 0),
+     TypeError, "mixed dtypes"),
+    (lambda: _native_op("clip_and_noise")(_grads(), 0.0, 1.0, 1.0, 0, 0, 0), ValueError, "max_norm must be > 0"),
+    (lambda: _native_op("clip_and_noise")(_grads(), float("nan"), 1.0, 1.0, 0, 0, 0), ValueError, "max_norm must be finite"),
+    (lambda: _native_op("clip_and_noise")(_grads(), 1.0, -1.0, 1.0, 0, 0, 0), ValueError, "noise_std must be >= 0"),
+    (lambda: _native_op("clip_and_noise")(_grads(), 1.0, 1.0, float("inf"), 0, 0, 0), ValueError, "scale must be finite"),
+    (lambda: _native_op("clip_and_noise")(_grads(), 1.0, 1.0, 1.0, 0, 0, 7), ValueError, "source must be 0"),
+    (lambda: _native_op("accumulate_and_noise")(_grads(), torch.ones(3), 1.0, 1.0, 0, 0, 0),
+     ValueError, r"factors must have shape \(4,\)"),
+    (lambda: _native_op("accumulate_and_noise")(_grads(), torch.ones(4, dtype=torch.int64), 1.0, 1.0, 0, 0, 0),
+     TypeError, "factors has dtype"),
+    (lambda: _native_op("accumulate_and_noise")(_grads(), torch.ones(4), -1.0, 1.0, 0, 0, 0),
+     ValueError, "noise_std must be >= 0"),
+    (lambda: _native_op("_fill_normals_")(torch.empty(8, dtype=torch.float64), 0, 0, 0, 0, []),
+     TypeError, "contiguous 1-D float32"),
+    (lambda: _native_op("_fill_normals_")(torch.empty(8), 0, 0, 0, 1, [1, 2, 3]), ValueError, "8-word key"),
+])
+def test_native_entry_points_validate_on_their_own(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@requires_native
+def test_native_entry_points_refuse_non_finite_sums_on_their_own():
+    grads = _grads()
+    grads[0][1, 2] = float("nan")
+    with pytest.raises(ValueError, match="sample 1 has a non-finite norm"):
+        _native_op("clip_and_noise")(grads, 1.0, 1.0, 1.0, 0, 0, 0)
+    with pytest.raises(ValueError, match="weighted sum of tensor 0 is not finite"):
+        _native_op("accumulate_and_noise")(grads, torch.ones(4), 1.0, 1.0, 0, 0, 0)
