@@ -17,10 +17,12 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "ops", "reference", "privacy", "accountants", "attacks", "evaluate",
-    "defenses", "audit", "data", "cli",
+    "defenses", "audit", "data", "models", "demo", "report", "cli",
 }
 _EXPORTS = {
     "PrivacyEngine": "modelsec_fast.privacy.engine",
+    "AdversarialTrainer": "modelsec_fast.defenses",
+    "robust_accuracy": "modelsec_fast.evaluate",
 }
 
 

@@ -76,7 +76,7 @@ class ModelCheckpoint:
         return model.to(device).eval()
 
     def save(self, path: str) -> None:
-        from modelsec_fast.defenses.training_state import save_atomically
+        from modelsec_fast.atomic_file import save_atomically
 
         save_atomically({
             "format": FORMAT,

@@ -57,7 +57,8 @@ from .overfitting_guard import (CatastrophicOverfittingWarning, OverfittingGuard
                                 accuracy_under_attack)
 from .privacy_rules import check_private_setup, is_private_optimizer
 from .trades import TradesAttackLoss, trades_loss_per_sample
-from .training_state import capture_rng_state, restore_rng_state, save_atomically
+from ..atomic_file import save_atomically
+from .training_state import capture_rng_state, restore_rng_state
 
 __all__ = ["AdversarialTrainer", "StepOutput", "METHODS"]
 

@@ -1,4 +1,4 @@
-"""Random-number state and atomic checkpoint files for exact resume.
+"""Random-number state for exact resume.
 
 A resumed run equals an uninterrupted one only if every source of randomness
 continues where it stopped: torch's global generators (random starts of the
@@ -9,15 +9,12 @@ a loader or sampler carries (Poisson sampling).
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
-__all__ = ["capture_rng_state", "restore_rng_state", "loader_generators",
-           "save_atomically"]
+__all__ = ["capture_rng_state", "restore_rng_state", "loader_generators"]
 
 
 def loader_generators(loader) -> list[torch.Generator]:
@@ -64,20 +61,3 @@ def restore_rng_state(state: dict, loader=None) -> None:
                 f"this train_loader has {len(gens)}; resume with the same kind of loader")
         for gen, gen_state in zip(gens, state["loader"]):
             gen.set_state(gen_state)
-
-
-def save_atomically(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``,
-    so an interruption never leaves a half-written checkpoint."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

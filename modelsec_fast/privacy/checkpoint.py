@@ -26,11 +26,11 @@ kill during the save leaves the previous checkpoint intact.
 
 import hashlib
 import io
-import os
-import tempfile
 from typing import Any, Dict, Optional
 
 import torch
+
+from modelsec_fast.atomic_file import write_atomically
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -72,33 +72,6 @@ def _engine_accountant(engine, accountant):
         return engine.accountant
     raise ValueError("pass the PrivacyEngine (engine=) or its accountant (accountant=)")
 
-
-def _atomic_write(path, data: bytes) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(
@@ -181,7 +154,7 @@ def save_checkpoint(
     if hasattr(path, "write"):
         path.write(out.getvalue())
     else:
-        _atomic_write(path, out.getvalue())
+        write_atomically(path, out.getvalue())
 
 
 def _read_state(path, weights_only: bool) -> Dict[str, Any]:
