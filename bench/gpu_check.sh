@@ -71,6 +71,8 @@ assert m.ops.native_available() and info['cuda'], 'native CUDA build not loaded'
 # 3. CUDA parity tests (and the stream tests they build on).
 stage tests_cuda 150 "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_cuda.py tests/ops/test_rng.py \
   tests/ops/test_opcheck.py
+stage tests_cuda_dp 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda \
+  tests/privacy/test_engine_parity.py tests/privacy/test_dp_rnn.py
 
 # 4. Benchmarks, each if present, with a quick-enough configuration.
 for b in bench_ops bench_dpsgd bench_attacks; do
@@ -78,6 +80,9 @@ for b in bench_ops bench_dpsgd bench_attacks; do
     stage "$b" 120 "$PY" "bench/$b.py" --device cuda --json "$LOG/$b.json"
   fi
 done
+# Last, and only its smoke size: it trains models, and whatever time is left goes to it.
+stage bench_adv_training 90 "$PY" bench/bench_adv_training.py --device cuda --quick \
+  --json "$LOG/bench_adv_training.json"
 
 echo "== summary"
 cat "$SUMMARY"
