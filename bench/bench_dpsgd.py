@@ -40,30 +40,9 @@ MODELS = ("mlp", "mnist_cnn", "cifar_gn", "transformer")
 BATCH = {"mlp": 256, "mnist_cnn": 256, "cifar_gn": 128, "transformer": 32}
 
 
-class BenchTransformer(nn.Module):
-    """Embedding + learned positions + 2 pre-LN encoder layers, seq 128, mean-pooled.
-
-    Positions are looked up per sample (``expand(B, T)``): a position table
-    broadcast over the batch has no per-sample gradient for any DP engine.
-    """
-
-    def __init__(self, vocab=10000, d_model=128, nhead=4, ff=256, layers=2, classes=2, seq=128):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
-        self.pos = nn.Embedding(seq, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, nhead, ff, 0.0, batch_first=True,
-                                           norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(d_model, classes)
-
-    def forward(self, tokens):
-        b, t = tokens.shape
-        pos = torch.arange(t, device=tokens.device).unsqueeze(0).expand(b, t)
-        return self.head(self.encoder(self.embed(tokens) + self.pos(pos)).mean(1))
-
-
 def build_model(name: str) -> nn.Module:
-    from modelsec_fast.models import MLP, CifarGroupNormCNN, OpacusMnistCNN
+    from modelsec_fast.models import (MLP, CifarGroupNormCNN, OpacusMnistCNN,
+                                      TransformerEncoderClassifier)
     if name == "mlp":
         return MLP((1, 28, 28), 10, hidden=(512, 256))
     if name == "mnist_cnn":
@@ -71,7 +50,7 @@ def build_model(name: str) -> nn.Module:
     if name == "cifar_gn":
         return CifarGroupNormCNN((3, 32, 32), 10)
     if name == "transformer":
-        return BenchTransformer()
+        return TransformerEncoderClassifier((128,), 2)  # embedding + 2 layers, seq 128
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 

@@ -231,7 +231,9 @@ class TransformerEncoderClassifier(nn.Module):
         t = tokens.shape[1]
         if t > self.max_len:
             raise ValueError(f"sequence length {t} exceeds the model's max_len {self.max_len}")
-        positions = torch.arange(t, device=tokens.device)
+        # One row of positions per sample, not one broadcast over the batch: a
+        # parameter broadcast over the batch has no per-sample gradient for DP-SGD.
+        positions = torch.arange(t, device=tokens.device).expand(tokens.shape[0], t)
         h = self.encoder(self.embed(tokens) + self.pos(positions))
         return self.head(h.mean(dim=1))
 

@@ -83,3 +83,29 @@ def test_transformer_rejects_float_input_and_long_sequences():
         model(torch.rand(2, 8))
     with pytest.raises(ValueError, match="exceeds"):
         model(torch.zeros(2, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name,in_shape,options", [
+    ("mlp", (1, 8, 8), {"hidden": (16,)}),
+    ("small_cnn", (1, 8, 8), {"width": 4}),
+    ("cifar_cnn", (3, 32, 32), {}),
+    ("transformer", (6,), {"vocab_size": 20, "d_model": 8, "nhead": 2, "dim_feedforward": 16}),
+])
+def test_registry_models_get_exact_private_gradients(name, in_shape, options):
+    # Every model the CLI and benchmarks offer for DP-SGD must have a per-sample
+    # gradient for each parameter (the transformer's positions are per sample).
+    from modelsec_fast.privacy.validate import ModuleValidator
+    from tests.privacy.parity import check_parity
+
+    torch.manual_seed(0)
+    if name == "transformer":
+        x = torch.randint(0, 20, (5, in_shape[0]))
+    else:
+        x = torch.rand(5, *in_shape, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+
+    def make_model():
+        torch.manual_seed(1)
+        return ModuleValidator.fix(build_model(name, in_shape, 3, **options)).double()
+
+    check_parity(make_model, x, y, rtol=1e-9, atol=1e-12)

@@ -3,11 +3,16 @@
 Per group, a convolution is a Linear layer over unfolded patches: A (B, T, d)
 with d = C_in/groups * prod(kernel), G (B, T, p) with p = C_out/groups. Norms
 come from the ghost norm per group (sum_groups <A_g A_g^T, G_g G_g^T>) when
-2T^2 <= p*d, otherwise from per-sample weight gradients materialised by one
-grouped convolution-weight gradient (groups = B * groups, no unfold). The
+``prefer_ghost`` says so (small T), otherwise from per-sample weight gradients
+materialised chunk by chunk of samples (cache-sized chunks, see
+``CHUNK_BYTES``), by one grouped convolution-weight gradient per chunk
+(groups = n * groups, no unfold) or, for the shapes where that kernel is slow,
+per-sample GEMMs over the chunk's patches (``_per_sample_method``). The
 clipped sum is the convolution's own weight gradient of the factor-scaled
-output gradient (book-keeping), or sum_i f_i * grad_i when materialised.
-A layer called more than once in a forward is materialised per call and summed.
+output gradient (book-keeping: one batched kernel, the non-private cost), or
+sum_i f_i * grad_i from the kept per-sample gradients when those are small or
+T is large (``_keep_per_sample``). A layer called more than once in a forward
+has its per-call per-sample gradients summed before the norm.
 """
 
 from __future__ import annotations
@@ -93,11 +98,12 @@ def _patches(x, kernel, stride, padding, dilation, groups):
     return a.reshape(batch * groups, a.shape[1] // groups, a.shape[2])
 
 
-#: bytes of one chunk's working set (its samples' inputs, output gradients,
-#: patches and per-sample gradients) in the materialised path: about one core's
-#: L2 keeps a chunk in cache and its temporaries out of fresh, page-faulting
-#: allocations (measured: 2-5x faster than whole-batch tensors on mid-size maps)
-CHUNK_BYTES = 2 << 20
+#: bytes of one chunk's working set per thread (its samples' inputs, output
+#: gradients, patches and per-sample gradients) in the materialised path: a few
+#: MiB keeps a chunk in cache and its temporaries out of fresh, page-faulting
+#: allocations (measured: 2-4x faster than whole-batch tensors on mid-size maps;
+#: 1-8 MiB all do well, 4 MiB best on the bench CNNs at 1 and 2 threads)
+CHUNK_BYTES = 4 << 20
 
 #: keep the materialised per-sample gradients for the clipped sum (a (B,) x
 #: (B, p d) product) when they take at most this many bytes...
@@ -116,11 +122,11 @@ def _per_sample_method(x, g, weight_shape, conf):
 
     Default: one grouped convolution-weight gradient (the samples folded into
     the groups), which runs oneDNN's kernel without an im2col copy. Two 2-D
-    CPU cases where oneDNN's grouped kernel is slow (measured, oneDNN 3.x,
-    AVX-512, 1-2 threads, 4-10 layer shapes each): at most 2 input and 16 output
-    channels per group, where its channels-last kernel is 2-3x faster; and
-    patches of at most 32 entries (e.g. RGB 3x3), where per-sample GEMMs over
-    cache-sized patch chunks are 1.3-2.5x faster.
+    CPU cases where oneDNN's grouped kernel is slow (measured on 12 layer
+    shapes, oneDNN 3.12, AVX-512, 1 thread; the bench CNNs' layers also at 2):
+    at most 2 input and 16 output channels per group, where its channels-last
+    kernel is 1.5-3x faster; and patches of at most 32 entries (e.g. RGB 3x3),
+    where per-sample GEMMs over cache-sized patch chunks are 1.2-2.5x faster.
     """
     if x.device.type != "cpu" or x.dim() != 4:
         return GROUPED
@@ -191,15 +197,23 @@ def _per_sample_weight_grads(x, g, weight_shape, conf, method):
 
 
 def _chunk_size(calls, weight_shape, acc, method):
-    """Samples per chunk so that one chunk's working set is about CHUNK_BYTES."""
+    """Samples per chunk so that one chunk's working set is about CHUNK_BYTES.
+
+    CPU only: on accelerators one whole-batch kernel beats many small launches.
+    """
     x, g = calls[0].tensors
+    if x.device.type != "cpu":
+        return max(1, x.shape[0])
     per_sample = (math.prod(x.shape[1:]) + math.prod(g.shape[1:])) * len(calls)
+    if method == GROUPED_NHWC:  # their channels-last copies
+        per_sample *= 2
     per_sample += 2 * math.prod(weight_shape)
     if method == PATCHES:  # the patch tensor, d * T per sample
         per_sample += (math.prod(weight_shape[1:]) * math.prod(g.shape[2:])
                        * calls[0].meta["conf"][3])
     item = torch.empty((), dtype=acc).element_size()
-    return max(1, CHUNK_BYTES // (per_sample * item))
+    # the kernels split a chunk over the threads: the budget is per thread
+    return max(1, CHUNK_BYTES * torch.get_num_threads() // (per_sample * item))
 
 
 def _keep_per_sample(batch, weight, steps, acc):
