@@ -92,6 +92,7 @@ def _worker(rank, store_dir, out_dir):
         torch.save({"grads": [p.grad.detach().clone() for p in model.parameters()],
                     "expected_batch_size": opt.expected_batch_size},
                    os.path.join(out_dir, f"noise{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down under a live peer
     finally:
         dist.destroy_process_group()
 

@@ -96,11 +96,7 @@ def _worker(rank, store_dir, out_dir):
         result["eps_loader_is_sharded"] = loader.distributed
 
         # refusals, raised before any collective so no rank is left waiting
-        ddp = nn.parallel.DistributedDataParallel(_model(seed=1))
-        result["ddp_error"] = _error(lambda: PrivacyEngine(accountant="rdp").make_private(
-            module=ddp, optimizer=torch.optim.SGD(ddp.parameters(), lr=0.1),
-            data_loader=DataLoader(_data(), batch_size=BATCH),
-            noise_multiplier=1.0, max_grad_norm=CLIP))
+        result["ddp_error"] = _torch_ddp_error()
         base = _model(seed=2)
         wrapped = DPDDP(base)
         result["shuffled_error"] = _error(lambda: PrivacyEngine(accountant="rdp").make_private(
@@ -116,8 +112,21 @@ def _worker(rank, store_dir, out_dir):
                 data_loader=DataLoader(_data(), batch_size=BATCH),
                 noise_multiplier=1.0, max_grad_norm=CLIP))
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        # No rank tears gloo down while the other still talks to it: a process group
+        # destroyed under a live peer (or under a live DDP reducer) aborts the process.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _torch_ddp_error():
+    # A function of its own so that the DDP object, whose reducer holds the process
+    # group, is freed before the group is destroyed.
+    ddp = nn.parallel.DistributedDataParallel(_model(seed=1))
+    return _error(lambda: PrivacyEngine(accountant="rdp").make_private(
+        module=ddp, optimizer=torch.optim.SGD(ddp.parameters(), lr=0.1),
+        data_loader=DataLoader(_data(), batch_size=BATCH),
+        noise_multiplier=1.0, max_grad_norm=CLIP))
 
 
 @pytest.fixture(scope="module")
