@@ -1,6 +1,29 @@
-"""Helpers of the strength comparisons (robust accuracy with fixed seeds)."""
+"""Helpers of the attack tests: robust accuracy, strength comparisons, test models."""
 
 import torch
+from torch import nn
+
+
+class Rounded(nn.Module):
+    """Quantises its input with torch.round: gradients are zero almost everywhere."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 4) / 4)
+
+
+class Unnormalising(nn.Module):
+    """Takes inputs normalised with mean 0.5, std 0.25 and feeds ``inner`` pixels."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z):
+        return self.inner(z * 0.25 + 0.5)
 
 
 def robust_acc(model, adv, y) -> float:

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import modelsec_fast.attacks as ma
+from tests.attacks.strength import Unnormalising
 
 SEED = 7
 
@@ -222,15 +223,7 @@ def test_batch_of_one_and_non_contiguous_input(digits_mlp):
 def test_normalization_returns_normalised_images(digits_mlp):
     mean, std = [0.5], [0.25]
 
-    class Normed(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, z):
-            return self.inner(z * 0.25 + 0.5)
-
-    model = Normed(digits_mlp.model).eval()
+    model = Unnormalising(digits_mlp.model).eval()
     x, y = digits_mlp.x[:30], digits_mlp.y[:30]
     atk = ma.PGD(model, eps=0.1, alpha=0.02, random_start=False)
     atk.set_normalization_used(mean, std)

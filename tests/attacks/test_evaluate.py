@@ -9,18 +9,9 @@ from torch import nn
 
 import modelsec_fast.attacks as ma
 from modelsec_fast.evaluate import RobustAccuracyResult, robust_accuracy
-from tests.attacks.strength import robust_acc
+from tests.attacks.strength import Rounded, Unnormalising, robust_acc
 
 SEED = 31
-
-
-class Rounded(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(torch.round(x * 4) / 4)
 
 
 class Softmaxed(nn.Module):
@@ -203,15 +194,7 @@ def test_model_mode_restored(digits_mlp):
 
 
 def test_normalised_data_and_attacks(digits_mlp):
-    class Normed(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, z):
-            return self.inner(z * 0.25 + 0.5)
-
-    m = Normed(digits_mlp.model).eval()
+    m = Unnormalising(digits_mlp.model).eval()
     x, y = digits_mlp.x[:60], digits_mlp.y[:60]
     atk = ma.PGD(m, eps=0.1, alpha=0.02, steps=5, random_start=False)
     atk.set_normalization_used([0.5], [0.25])

@@ -9,23 +9,12 @@ from torch import nn
 
 import modelsec_fast.attacks as ma
 from modelsec_fast.attacks.fab import project_onto_hyperplane_in_box
-from tests.attacks.strength import assert_at_least_as_strong, robust_acc
+from tests.attacks.strength import Rounded, assert_at_least_as_strong, robust_acc
 
 torchattacks = pytest.importorskip("torchattacks", reason="torchattacks is a test-only anchor")
 
 SEED = 99
 TOL = 0.02
-
-
-class Rounded(nn.Module):
-    """Quantises its input with torch.round: gradients are zero almost everywhere."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(torch.round(x * 4) / 4)
 
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 0.6)])
