@@ -172,7 +172,11 @@ class PrivacyEngine:
         ``wrap_model=False`` (Opacus's non-wrapping mode) keep using ``module``
         itself; the returned object then only serves ``cleanup()``.
         ``batch_first`` must match the model's layout (sample index on dim 0,
-        or on dim 1 of sequence layers when False), as in Opacus.
+        or on dim 1 of sequence layers when False), as in Opacus. Unlike
+        Opacus, each step checks that it clipped exactly as many samples as
+        the returned loader's batch holds, which catches a mismatch (or samples
+        duplicated into the batch) at the first step whose batch size differs
+        from the sequence length; steps where the two coincide warn until then.
 
         Raises:
             ValueError / TypeError: invalid hyperparameters; ``UnsupportedModuleError``

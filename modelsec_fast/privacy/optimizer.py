@@ -23,6 +23,11 @@ Differences from Opacus, on purpose:
   valid Poisson step when the k batches were sampled independently). When the
   data loader exposes ``batches_yielded``, folding two logical batches into one
   step raises.
+* When the data loader also exposes ``logical_batch_samples`` (our
+  DPDataLoader does), a step must clip exactly that many samples. More or
+  fewer means a ``batch_first`` that does not match the model, or samples
+  duplicated or reshaped into the batch dimension; either breaks the
+  sensitivity bound, so the step raises. Opacus has no such check.
 * GradScaler: attach it (``attach_grad_scaler`` or ``make_private(grad_scaler=)``)
   so that norms are taken on unscaled gradients; call ``scaler.step(optimizer)``.
   A pass with a non-finite per-sample gradient leaves NaN in ``p.grad``, the
@@ -33,6 +38,8 @@ Differences from Opacus, on purpose:
 from __future__ import annotations
 
 from typing import Callable, Optional
+
+import warnings
 
 import torch
 from torch.optim import Optimizer
@@ -119,6 +126,7 @@ class DPOptimizer(Optimizer):
         self._step_skip_queue: list[bool] = []
         self._is_last_step_skipped = False
         self._grad_scaler = None
+        self._layout_verified = False
         self._reset_window()
         self._fresh_passes = 0
         self._needs_zero_grad = False
@@ -146,7 +154,9 @@ class DPOptimizer(Optimizer):
     def _reset_window(self):
         self._passes = 0
         self._seen: set[int] = set()
-        self._batch_ids: set = set()
+        self._batches: dict = {}  # logical batch id -> its sample count (None: unknown)
+        self._samples = 0
+        self._layouts: set = set()
         self._nonfinite = False
 
     def attach_step_hook(self, fn: Callable[["DPOptimizer"], None]) -> None:
@@ -232,7 +242,7 @@ class DPOptimizer(Optimizer):
         scale = 1.0
         if self._grad_scaler is not None and self._grad_scaler.is_enabled():
             scale = float(self._grad_scaler.get_scale())
-        sums, norms = clip_pass(pending, max_grad_norm=self.max_grad_norm,
+        sums, norms, layout = clip_pass(pending, max_grad_norm=self.max_grad_norm,
                                 loss_reduction=self.loss_reduction, grad_scale=scale,
                                 batch_dim=state.batch_dim)
         if norms.numel() and not bool(torch.isfinite(norms).all()):
@@ -253,9 +263,12 @@ class DPOptimizer(Optimizer):
                 self._seen.add(id(p))
         self._passes += 1
         self._fresh_passes += 1
+        self._samples += norms.numel()
+        self._layouts.add(layout)
         src = self.logical_batch_source
         if src is not None:
-            self._batch_ids.add(getattr(src, "batches_yielded", None))
+            self._batches[getattr(src, "batches_yielded", None)] = getattr(
+                src, "logical_batch_samples", None)
 
     # ----------------------------------------------------------- the step
     def _check_before_step(self):
@@ -287,12 +300,35 @@ class DPOptimizer(Optimizer):
                 f"trainable parameters {names} got no per-sample gradient in this step "
                 "(not used in the forward, or used outside their layer). Freeze them "
                 "with requires_grad_(False) or remove them from the optimizer")
-        if len(self._batch_ids - {None}) > 1:
+        batch_ids = [b for b in self._batches if b is not None]
+        if len(batch_ids) > 1:
             raise ValueError(
                 "this step folds backward passes from several logical Poisson batches; "
                 "several backward calls before one step must be splits of ONE logical "
                 "batch (use BatchMemoryManager), otherwise the step is not a valid "
                 "Poisson-sampled step and the reported epsilon would be wrong")
+        self._check_sample_count(self._batches[batch_ids[0]] if batch_ids else None)
+
+    def _check_sample_count(self, expected: Optional[int]) -> None:
+        """The step clipped as many samples as the data loader's batch holds."""
+        batch_first = all(state.batch_dim == 0 for state in self._states)
+        if expected is not None and expected != self._samples:
+            raise ValueError(
+                f"this step clipped {self._samples} per-sample gradients, but the data "
+                f"loader's batch holds {expected} samples. Either batch_first={batch_first} "
+                "does not match the model's sequence layout (the engine would clip time "
+                "steps instead of samples), or samples were duplicated, reshaped into the "
+                "batch dimension or dropped. Refusing the step: its sensitivity would not "
+                "be max_grad_norm")
+        if expected is not None and "distinct" in self._layouts:
+            self._layout_verified = True
+        elif "ambiguous" in self._layouts and not self._layout_verified:
+            warnings.warn(
+                f"batch_first={batch_first} cannot be verified on this step: the sequence "
+                f"layers' sample and time dimensions both have size {self._samples}. A "
+                "wrong batch_first would clip time steps instead of samples. The check "
+                "needs the DPDataLoader of make_private and runs at the first step where "
+                "the two sizes differ (Poisson batch sizes vary)", UserWarning, stacklevel=5)
 
     def pre_step(self, closure=None) -> bool:
         """Clip, noise and scale; False when the step is skipped (no inner step)."""

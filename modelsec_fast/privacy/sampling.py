@@ -111,6 +111,8 @@ class PoissonBatchSampler(Sampler[List[int]]):
         else:
             self.seed = int(torch.randint(0, _SEED_MASK, (1,), generator=generator).item())
         self._window = (0, steps)
+        #: batch index -> sample count, for batches iterated but not yet handed out
+        self.batch_sizes: dict[int, int] = {}
 
     def __len__(self) -> int:
         return self.steps
@@ -143,8 +145,11 @@ class PoissonBatchSampler(Sampler[List[int]]):
 
     def __iter__(self) -> Iterator[List[int]]:
         first, count = self._window
+        self.batch_sizes.clear()
         for t in range(first, first + count):
-            yield self.batch(t)
+            indices = self.batch(t)
+            self.batch_sizes[t] = len(indices)
+            yield indices
 
 
 class EmptyBatchCollate:
@@ -264,6 +269,8 @@ class DPDataLoader(DataLoader):
         sample_rate: q, the per-example inclusion probability per step.
         batches_yielded: logical batches handed to the training loop so far
             (across epochs); incremented before each batch is yielded.
+        logical_batch_samples: number of samples in the batch last handed out
+            (the DP optimizer checks that each step clips exactly that many).
         expected_batch_size: q * N, N the whole dataset (also in distributed mode).
     """
 
@@ -313,6 +320,7 @@ class DPDataLoader(DataLoader):
         self.secure_mode = sampler.secure_mode
         self.distributed = bool(distributed)
         self.batches_yielded = 0
+        self.logical_batch_samples: Optional[int] = None
         self._epoch_start = 0
         self._resume_offset = 0
 
@@ -371,6 +379,7 @@ class DPDataLoader(DataLoader):
         first, count = self._next_window()
         self.batch_sampler.set_window(first, count)
         for batch in super().__iter__():
+            self.logical_batch_samples = self.batch_sampler.batch_sizes.pop(self.batches_yielded)
             self.batches_yielded += 1
             yield batch
 
@@ -422,7 +431,8 @@ class DPDataLoader(DataLoader):
 class _PhysicalBatchSampler(Sampler[List[int]]):
     """Splits the logical batches of a DPDataLoader into chunks; records their positions."""
 
-    def __init__(self, loader: DPDataLoader, max_batch_size: int, flags: Deque[Tuple[bool, bool]]):
+    def __init__(self, loader: DPDataLoader, max_batch_size: int,
+                 flags: Deque[Tuple[bool, bool, int]]):
         self.loader = loader
         self.max_batch_size = max_batch_size
         self.flags = flags
@@ -435,7 +445,7 @@ class _PhysicalBatchSampler(Sampler[List[int]]):
             chunks = max(1, math.ceil(len(indices) / self.max_batch_size))
             bounds = [round(i * len(indices) / chunks) for i in range(chunks + 1)]
             for c in range(chunks):
-                self.flags.append((c == 0, c == chunks - 1))
+                self.flags.append((c == 0, c == chunks - 1, len(indices)))
                 yield indices[bounds[c]:bounds[c + 1]]
 
     def __len__(self) -> int:
@@ -495,7 +505,7 @@ class _PhysicalBatchLoader:
     def __init__(self, loader: DPDataLoader, max_batch_size: int, optimizer):
         self.loader = loader
         self.optimizer = optimizer
-        self.flags: Deque[Tuple[bool, bool]] = collections.deque()
+        self.flags: Deque[Tuple[bool, bool, int]] = collections.deque()
         self.sampler = _PhysicalBatchSampler(loader, max_batch_size, self.flags)
         self._physical = DataLoader(
             loader.dataset, batch_sampler=self.sampler, collate_fn=loader.collate_fn,
@@ -508,8 +518,9 @@ class _PhysicalBatchLoader:
     def __iter__(self):
         self.flags.clear()
         for batch in self._physical:
-            is_first, is_last = self.flags.popleft()
+            is_first, is_last, logical_samples = self.flags.popleft()
             if is_first:
+                self.loader.logical_batch_samples = logical_samples
                 self.loader.batches_yielded += 1
             self.optimizer.signal_skip_step(do_skip=not is_last)
             yield batch

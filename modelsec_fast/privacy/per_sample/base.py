@@ -115,6 +115,16 @@ def batch_first(t: torch.Tensor, batch_dim: int) -> torch.Tensor:
     return t if batch_dim == 0 or t.dim() < 2 else t.movedim(batch_dim, 0)
 
 
+def layout_meta(t: torch.Tensor, batch_dim: int, *, sequence: bool) -> dict:
+    """Call meta for a layer whose sample dimension depends on ``batch_first``.
+
+    ``alt_batch`` is the size the sample dimension would have under the other
+    layout; the optimizer compares both with the data loader's batch to catch
+    a ``batch_first`` that does not match the model.
+    """
+    return {"alt_batch": t.shape[1 - batch_dim]} if sequence else {}
+
+
 def scale_rows(t: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """t[i] * factors[i] for t of shape (B, ...)."""
     return t * factors.reshape((-1,) + (1,) * (t.dim() - 1)).to(t.dtype)

@@ -49,13 +49,30 @@ def _batch_size(groups) -> int:
     return next(iter(sizes))
 
 
+def layout_evidence(groups, batch: int):
+    """What this pass says about ``batch_first``, for the optimizer's check.
+
+    None: no layer's sample dimension depends on the layout. "distinct": some
+    sequence layer's other leading dimension differs from ``batch``, so a
+    wrong ``batch_first`` shows up as a sample count that differs from the data
+    loader's batch. "ambiguous": every such dimension equals ``batch`` > 1
+    (B == T), so this pass cannot tell the two layouts apart. (With B == T == 1
+    both layouts group the same elements: nothing to check.)
+    """
+    alts = [c.meta["alt_batch"] for _, calls, _ in groups for c in calls if "alt_batch" in c.meta]
+    if any(a != batch for a in alts):
+        return "distinct"
+    return "ambiguous" if alts and batch > 1 else None
+
+
 def clip_pass(pending, *, max_grad_norm: float, loss_reduction: str,
               grad_scale: float, batch_dim: int):
     """Clip one backward pass.
 
-    Returns (sums, norms): sums is a list of (parameter, clipped sum in the
-    parameter's dtype and shape, still multiplied by ``grad_scale``); norms is
-    (B,) in fp32 (fp64 for fp64 models), the unclipped per-sample norms.
+    Returns (sums, norms, layout): sums is a list of (parameter, clipped sum in
+    the parameter's dtype and shape, still multiplied by ``grad_scale``); norms
+    is (B,) in fp32 (fp64 for fp64 models), the unclipped per-sample norms;
+    layout is :func:`layout_evidence`.
     """
     groups = group_calls(pending)
     batch = _batch_size(groups)
@@ -76,4 +93,4 @@ def clip_pass(pending, *, max_grad_norm: float, loss_reduction: str,
         for pname, p in rec.params:
             if mask.get(pname):
                 sums.append((p, out[pname].to(p.dtype).reshape(p.shape)))
-    return sums, norms
+    return sums, norms, layout_evidence(groups, batch)

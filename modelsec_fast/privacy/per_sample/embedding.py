@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerRule, batch_first, flat_rows, opmath, row_sq_norms
+from .base import LayerRule, batch_first, flat_rows, layout_meta, opmath, row_sq_norms
 from .registry import register_rule
 
 
@@ -31,7 +31,7 @@ class _EmbeddingFunction(torch.autograd.Function):
         rec = ctx.recorder
         bdim = rec.state.batch_dim if idx.dim() > 1 else 0
         rec.capture(ctx, (idx, grad_out), idx.shape[bdim] if idx.dim() else 1,
-                    ctx.needs_input_grad[1:2])
+                    ctx.needs_input_grad[1:2], layout_meta(idx, bdim, sequence=idx.dim() > 1))
         return None, None, None, None, None, None
 
 

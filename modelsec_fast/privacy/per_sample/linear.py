@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
-    LayerRule, batch_first, flat_rows, ghost_sq_norm, opmath, prefer_ghost, row_sq_norms, scale_rows)
+    LayerRule, batch_first, flat_rows, ghost_sq_norm, layout_meta, opmath, prefer_ghost, row_sq_norms,
+    scale_rows)
 from .registry import register_rule
 
 
@@ -33,8 +34,8 @@ class _LinearFunction(torch.autograd.Function):
             grad_in = grad_out.matmul(weight.to(grad_out.dtype)).to(x.dtype)
         rec = ctx.recorder
         bdim = rec.state.batch_dim if x.dim() > 2 else 0
-        ctx.recorder.capture(ctx, (x, grad_out), x.shape[bdim] if x.dim() > 1 else 1,
-                             ctx.needs_input_grad[1:3])
+        rec.capture(ctx, (x, grad_out), x.shape[bdim] if x.dim() > 1 else 1,
+                    ctx.needs_input_grad[1:3], layout_meta(x, bdim, sequence=x.dim() > 2))
         return grad_in, None, None, None
 
 

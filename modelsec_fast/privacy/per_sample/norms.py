@@ -16,16 +16,17 @@ from torch import nn
 
 import math
 
-from .base import LayerRule, batch_first, flat_rows, opmath, row_sq_norms
+from .base import LayerRule, batch_first, flat_rows, layout_meta, opmath, row_sq_norms
 from .registry import register_rule
 
 
 class _AffineFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_hat, weight, bias, recorder, view_shape, bdim):
+    def forward(ctx, x_hat, weight, bias, recorder, view_shape, bdim, sequence):
         ctx.recorder = recorder
         ctx.view_shape = view_shape
         ctx.bdim = bdim
+        ctx.sequence = sequence
         w = weight.reshape(view_shape) if weight is not None else None
         ctx.save_for_backward(x_hat, w)
         y = x_hat * w if w is not None else x_hat
@@ -44,9 +45,10 @@ class _AffineFunction(torch.autograd.Function):
         if w is not None:
             needs.append(ctx.needs_input_grad[1])
         needs.append(ctx.needs_input_grad[2])
-        ctx.recorder.capture(ctx, (x_hat, grad_out), x_hat.shape[ctx.bdim], needs,
-                             {"bdim": ctx.bdim})
-        return grad_in, None, None, None, None, None
+        meta = layout_meta(x_hat, ctx.bdim, sequence=ctx.sequence)
+        meta["bdim"] = ctx.bdim
+        ctx.recorder.capture(ctx, (x_hat, grad_out), x_hat.shape[ctx.bdim], needs, meta)
+        return grad_in, None, None, None, None, None, None
 
 
 class _AffineNormRule(LayerRule):
@@ -63,14 +65,15 @@ class _AffineNormRule(LayerRule):
         x_hat = self.normalise(module, input)
         ref = module.weight if getattr(module, "weight", None) is not None else module.bias
         nd = self.param_ndim(module)
+        sequence = bool(nd) and input.dim() > nd + 1
         if nd:
             view_shape = tuple(ref.shape)
-            bdim = recorder.state.batch_dim if input.dim() > nd + 1 else 0
         else:
             view_shape = (ref.shape[0],) + (1,) * (input.dim() - 2)
-            bdim = 0
+        bdim = recorder.state.batch_dim if sequence else 0
         return _AffineFunction.apply(x_hat, getattr(module, "weight", None),
-                                     getattr(module, "bias", None), recorder, view_shape, bdim)
+                                     getattr(module, "bias", None), recorder, view_shape, bdim,
+                                     sequence)
 
     def _per_sample(self, module, calls, mask):
         acc = opmath(calls[0].tensors[1].dtype)
