@@ -51,7 +51,8 @@ def _sync(device):
 
 
 class Timer:
-    """Interleaved rounds: each round times the canary, then every contender once.
+    """Interleaved rounds: each round times the canary, then every contender once,
+    in an order rotated from round to round.
 
     Records wall time and, on the CPU, the process's CPU time (all threads):
     other programs' load inflates wall time but hardly CPU time, so on a
@@ -76,10 +77,14 @@ class Timer:
             for _ in range(self.warmup):
                 fn()
         canary, wall, cpu = [], {k: [] for k in contenders}, {k: [] for k in contenders}
-        for _ in range(self.rounds):
+        names = list(contenders)
+        for r in range(self.rounds):
             canary.append(self._once(self._canary)[0])
-            for name, fn in contenders.items():
-                w, c = self._once(fn)
+            # Rotate the order each round: a contender's place in the round (after
+            # which other work, with what left in the caches and the allocator)
+            # otherwise biases it by a few percent.
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                w, c = self._once(contenders[name])
                 wall[name].append(w)
                 cpu[name].append(c)
         fastest = min(canary)
@@ -136,6 +141,8 @@ def bench_single(args, device, ta, timer) -> list[dict]:
     steps_apgd = 5 if args.quick else args.apgd_steps
     nets = [("MNIST CNN", OpacusMnistCNN((1, 28, 28)), (1, 28, 28), args.mnist_batch),
             ("ResNet-18", ResNet18((3, 32, 32)), (3, 32, 32), args.resnet_batch)]
+    wanted = {"mnist": "MNIST CNN", "resnet": "ResNet-18"}
+    nets = [n for n in nets if n[0] in {wanted[k] for k in args.nets.split(",")}]
     for net_name, model, shape, batch in nets:
         model = model.to(device).eval()
         torch.manual_seed(0)
@@ -303,6 +310,7 @@ def main(argv=None):
     p.add_argument("--mnist-batch", type=int, default=None)
     p.add_argument("--resnet-batch", type=int, default=None)
     p.add_argument("--apgd-steps", type=int, default=100)
+    p.add_argument("--nets", default="mnist,resnet", help="single section: mnist, resnet or both")
     p.add_argument("--eval-n", type=int, default=None)
     p.add_argument("--eval-restarts", type=int, default=5)
     p.add_argument("--eval-rounds", type=int, default=2)

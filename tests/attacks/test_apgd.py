@@ -109,3 +109,38 @@ def test_apgd_custom_loss_must_be_per_sample(digits_mlp):
 def test_apgd_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ma.APGD(nn.Linear(2, 4), **kwargs)
+
+
+class _NoisyInput(nn.Module):
+    """A randomised defence: Gaussian noise on the input (torch's global RNG)."""
+
+    def __init__(self, model, sigma=0.2):
+        super().__init__()
+        self.model, self.sigma = model, sigma
+
+    def forward(self, x):
+        return self.model(x + self.sigma * torch.randn_like(x))
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_eot_averages_the_gradients_and_losses_of_its_draws(loss, digits_mlp):
+    noisy = _NoisyInput(digits_mlp.model)
+    x, y, k = digits_mlp.x[:32], digits_mlp.y[:32], 4
+    one, eot = ma.APGD(noisy, loss=loss), ma.APGD(noisy, loss=loss, eot_iter=k)
+    objective = one._objective_for(None)
+    torch.manual_seed(SEED)
+    draws = [one._evaluate(x.clone(), y, None, objective) for _ in range(k)]
+    torch.manual_seed(SEED)
+    grad, value, _ = eot._evaluate(x.clone(), y, None, objective)
+    mean_grad = torch.stack([g for g, _, _ in draws]).mean(0)
+    mean_value = torch.stack([v for _, v, _ in draws]).mean(0)
+    assert not torch.allclose(draws[0][0], draws[1][0])  # the draws really differ
+    torch.testing.assert_close(grad, mean_grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(value, mean_value, rtol=1e-5, atol=1e-7)
+
+
+def test_eot_is_a_no_op_on_a_deterministic_model(digits_mlp):
+    m, x, y = digits_mlp.model, digits_mlp.x[:64], digits_mlp.y[:64]
+    plain = ma.APGD(m, eps=0.1, steps=5)(x, y)
+    torch.testing.assert_close(ma.APGD(m, eps=0.1, steps=5, eot_iter=3)(x, y), plain,
+                               rtol=0, atol=1e-6)
