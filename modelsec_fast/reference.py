@@ -25,25 +25,32 @@ from torch's own Philox counters when a CUDA generator's seed is shared.
 The four 32-bit words (w0, w1, w2, w3) of a block become four standard normals
 by two Box-Muller transforms, each on a pair (wu, wf):
 
-    u = fp32(fp32(wu) + 0.5) * 2**-32          in (0, 1]
-    r = sqrt(-2 * log(u))                      in fp32, r <= 6.77
+    below = ((wf & 0xFF) + 0.5) * 2**-8        exact, in (0, 1)
+    u = fp32(fp32(wu) + below) * 2**-32        in [2**-41, 1]
+    r = sqrt(-2 * log(u))                      in fp32, r <= 7.54
     f = (wf >> 8) * 2**-24                     exact, in [0, 1)
     (z_a, z_b) = (r * cos(2*pi*f), r * sin(2*pi*f))
 
-with (z0, z1) from (w0, w1) and (z2, z3) from (w2, w3). The reference rounds
-cos/sin from float64 to fp32 (the native kernels use their own fp32 sincospi
-and log, which agree to a few ulp). Noise is generated in fp32 and converted to
-the tensor's compute type. ``u`` never reaches 0, so no infinities occur; the
-support is |z| <= 6.77 (torch's CPU sampler truncates at 5.77).
+with (z0, z1) from (w0, w1) and (z2, z3) from (w2, w3). The angle uses the top
+24 bits of wf and its low 8 bits extend wu, so u is the 40-bit uniform
+(wu * 2**8 + (wf & 0xFF) + 0.5) * 2**-40, correctly rounded to fp32 for
+wu < 2**24 (u < 2**-8, the tail) and within one fp32 ulp of it above (where
+r <= 3.33). The reference rounds cos/sin from float64 to fp32 (the native
+kernels use their own fp32 sincospi and log, which agree to a few ulp). Noise
+is generated in fp32 and converted to the tensor's compute type. ``u`` never
+reaches 0, so no infinities occur; the support is |z| <= sqrt(82 * ln 2) =
+7.539 (torch's CPU sampler truncates at 5.77).
 
 Accounting assumption: the accountants treat this noise as exactly Gaussian.
 Near the truncation an output can be impossible without an example and
 possible with it; for d noised coordinates this adds to delta about
-q * sqrt(d) * phi(6.77) / sigma per step (phi(6.77) ~ 4.4e-11; a one-coordinate
-gradient gives q * P(N(0,1) > 6.77 - 1/sigma), ~4e-9 q at sigma = 1). That is
+q * sqrt(d) * phi(7.54) / sigma per step (phi(7.54) ~ 1.8e-13; a one-coordinate
+gradient gives q * P(N(0,1) > 7.54 - 1/sigma), ~3.1e-11 q at sigma = 1). That is
 small next to the usual delta for moderate d and step counts, not zero, and
 like any floating-point sampler it is open to Mironov's (2012) attacks. The
-secure source below (support |z| <= 13.5, phi(13.5) ~ 1e-40) removes the term.
+secure source below makes the term negligible: its outputs reach at most
+sqrt(2) * 7.54 = 10.66 (the two normals of a pair share one radius), and
+phi(10.66) ~ 8e-26.
 
 Secure source: ChaCha20 (RFC 8439 block function) keyed with 256 bits from the
 OS per call. Block ``j`` of tensor ``t`` uses state words 12..15 =
@@ -160,7 +167,9 @@ def chacha20_block(key: list[int], state_words_12_15: torch.Tensor) -> torch.Ten
 
 def box_muller(wu: torch.Tensor, wf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two fp32 standard normals from two 32-bit words (int64 tensors)."""
-    u = (wu.to(torch.float32) + 0.5) * (2.0 ** -32)
+    # The low byte of wf extends wu below its last bit; ``below`` is exact.
+    below = ((wf & 0xFF).to(torch.float32) + 0.5) * (2.0 ** -8)
+    u = (wu.to(torch.float32) + below) * (2.0 ** -32)
     r = torch.sqrt(-2.0 * torch.log(u))
     angle = (wf >> 8).to(torch.float64) * (2.0 * math.pi * 2.0 ** -24)
     return (r * torch.cos(angle).to(torch.float32),

@@ -119,11 +119,15 @@ MSF_HD void sincos_turns24(uint32_t k, float& s, float& c) {
   c = bits_to_float(c1 ^ (((q + 1u) & 2u) << 30));   // negative for q = 1, 2
 }
 
-// Box-Muller on two words: u = fp32(fp32(wu) + 0.5) * 2**-32, f = (wf >> 8) / 2**24.
+// Box-Muller on two words: u = (wu * 2**8 + (wf & 0xFF) + 0.5) * 2**-40 (40 bits,
+// so |z| <= 7.54), f = (wf >> 8) / 2**24.
 MSF_HD void box_muller(uint32_t wu, uint32_t wf, float& z0, float& z1) {
   // fp32(wu) rounded once, from two exact halves (no unsigned convert on AVX2).
   const float wu_f = float(int32_t(wu >> 16)) * 65536.0f + float(int32_t(wu & 0xFFFFu));
-  const float u = (wu_f + 0.5f) * 2.3283064365386963e-10f;
+  // The low byte of wf (unused by the angle) extends wu: ((wf & 0xFF) + 0.5) / 2**8, exact.
+  const float below = float(int32_t(wf & 0xFFu)) * 0.00390625f + 0.001953125f;
+  // One rounding, so u is correctly rounded for wu < 2**24 (u < 2**-8), where the tail lives.
+  const float u = (wu_f + below) * 2.3283064365386963e-10f;
   const float r = sqrtf(-2.0f * log_unit(u));
   float s, c;
   sincos_turns24(wf >> 8, s, c);
