@@ -11,6 +11,15 @@ A rule knows three things about one layer family:
   (the layer's own weight-gradient formula applied to f-scaled output
   gradients) or from a per-sample gradient materialised in ``sq_norms``.
 
+Memory: a pass holds every layer's records until all norms are known, so
+rules drop records as early as the math allows. ``compact`` runs at capture
+(in backward): a rule whose norm phase would reduce a call's tensors to
+per-sample gradients no larger than them does it there, and the input
+activation and output gradient are freed as the backward pass goes on. In
+``sq_norms`` a rule whose cache holds everything ``clipped_sums`` needs calls
+:func:`release` on its calls; ``clip_pass`` releases each layer's calls and
+cache once its clipped sum is formed.
+
 Per-sample convention: dimension 0 of every recorded tensor is the sample
 index (``batch_dim`` moves it there for sequence layers used batch-second).
 """
@@ -29,11 +38,20 @@ class Call:
 
     ``tensors`` are rule-specific (typically the input activation and the
     output gradient); ``batch_size`` is the number of samples of the call.
+    ``parts``: set by :meth:`LayerRule.compact` (which then empties
+    ``tensors``), the call's per-sample gradients, name -> (B, ...).
     """
 
     tensors: tuple
     batch_size: int
     meta: dict = field(default_factory=dict)
+    parts: dict | None = None
+
+
+def release(calls: list[Call]) -> None:
+    """Drop the calls' recorded tensors (they are freed once nothing else holds them)."""
+    for c in calls:
+        c.tensors = ()
 
 
 class LayerRule:
@@ -58,9 +76,15 @@ class LayerRule:
     def forward(self, module, recorder, *args, **kwargs):
         raise RuntimeError(f"{type(self).__name__} defines no forward")
 
+    def compact(self, module, call: Call, mask: dict[str, bool], batch_dim: int) -> None:
+        """At capture: optionally replace ``call.tensors`` by ``call.parts`` (default: keep)."""
+
     def sq_norms(self, module, calls: list[Call], mask: dict[str, bool],
                  batch_dim: int) -> tuple[torch.Tensor, Any]:
-        """(B,) squared per-sample norms over the masked-in parameters, and a cache."""
+        """(B,) squared per-sample norms over the masked-in parameters, and a cache.
+
+        Calls :func:`release` on ``calls`` when ``clipped_sums`` needs only the cache.
+        """
         raise RuntimeError(f"{type(self).__name__} defines no sq_norms")
 
     def clipped_sums(self, module, calls: list[Call], mask: dict[str, bool],

@@ -89,7 +89,10 @@ class LayerRecorder:
                 "sensitivity doubled; sum the losses and call backward once."))
             return
         ctx._modelsec_window = window
-        self.state.add(self, Call(tensors, batch_size, meta or {}), mask)
+        call = Call(tensors, batch_size, meta or {})
+        with torch.no_grad():  # backward under create_graph runs with grad mode on
+            self.rule.compact(self.module, call, mask, self.state.batch_dim)
+        self.state.add(self, call, mask)
 
 
 class CaptureState:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import opmath
+from .base import opmath, release
 
 CLIP_EPS = 1e-6
 
@@ -88,8 +88,10 @@ def clip_pass(pending, *, max_grad_norm: float, loss_reduction: str,
     norms = sq.sqrt() * (loss_factor / grad_scale)
     factors = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0) * loss_factor
     sums = []
-    for (rec, calls, mask), cache in zip(groups, caches):
-        out = rec.rule.clipped_sums(rec.module, calls, mask, batch_dim, cache, factors)
+    caches.reverse()  # popped in group order: a layer's cache and records are freed
+    for rec, calls, mask in groups:  # as soon as its clipped sum is formed
+        out = rec.rule.clipped_sums(rec.module, calls, mask, batch_dim, caches.pop(), factors)
+        release(calls)
         for pname, p in rec.params:
             if mask.get(pname):
                 sums.append((p, out[pname].to(p.dtype).reshape(p.shape)))

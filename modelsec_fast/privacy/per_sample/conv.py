@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (MATERIALISE_BUDGET, LayerRule, flat_rows, opmath, prefer_ghost,
+from .base import (MATERIALISE_BUDGET, LayerRule, flat_rows, opmath, prefer_ghost, release,
                    row_sq_norms, scale_rows)
 from .registry import register_rule
 
@@ -300,6 +300,8 @@ class ConvRule(LayerRule):
                 g_sum = s if g_sum is None else g_sum + s
             sq += row_sq_norms(g_sum)
             cache["bias"] = g_sum
+        if "weight" in cache or not mask.get("weight"):
+            release(calls)  # the clipped sums need only the cache
         return sq, cache
 
     def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):

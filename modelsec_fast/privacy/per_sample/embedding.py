@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerRule, batch_first, flat_rows, layout_meta, opmath, row_sq_norms
+from .base import LayerRule, batch_first, flat_rows, layout_meta, opmath, release, row_sq_norms
 from .registry import register_rule
 
 
@@ -79,6 +79,7 @@ class EmbeddingRule(LayerRule):
 
     def sq_norms(self, module, calls, mask, batch_dim):
         batch, idx, rows, owner = self._flat(module, calls, batch_dim)
+        release(calls)  # the cache holds the flattened indices and rows
         vocab = module.weight.shape[0]
         keys, inverse = torch.unique(owner * vocab + idx, return_inverse=True)
         summed = rows.new_zeros(keys.shape[0], rows.shape[1]).index_add_(0, inverse, rows)

@@ -4,7 +4,9 @@ Per-sample weight gradient of sample i: G_i^T A_i with A_i (T, d), G_i (T, p).
 Norms by ghost norm ||a||^2 ||g||^2 (T = 1) or <A A^T, G G^T>, or by the
 materialised G_i^T A_i when 2T^2 > p*d (mixed ghost clipping). Bias: ||sum_t g_t||^2.
 A layer called k times in one forward has per-sample gradient sum_k G_ik^T A_ik:
-the calls are concatenated along T, which keeps the cross terms exact.
+the calls are concatenated along T, which keeps the cross terms exact. A call
+whose G_i^T A_i will be materialised is reduced to it (and sum_t g_t) when it
+is recorded (``compact``); such per-call parts add up.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
-    LayerRule, batch_first, flat_rows, ghost_sq_norm, layout_meta, opmath, prefer_ghost, row_sq_norms,
-    scale_rows)
+    LayerRule, batch_first, flat_rows, ghost_sq_norm, layout_meta, opmath, prefer_ghost, release,
+    row_sq_norms, scale_rows)
 from .registry import register_rule
 
 
@@ -50,6 +52,19 @@ def _as_sequence(t: torch.Tensor, batch_dim: int, acc) -> torch.Tensor:
     return t.reshape(t.shape[0], steps, t.shape[-1]).to(acc)
 
 
+def _add_part(parts: dict, name: str, value: torch.Tensor) -> None:
+    parts[name] = value if name not in parts else parts[name] + value
+
+
+def _summed_parts(calls) -> dict:
+    """name -> sum of the compacted calls' per-sample gradients (a layer's calls add up)."""
+    parts = {}
+    for c in calls:
+        for name, v in (c.parts or {}).items():
+            _add_part(parts, name, v)
+    return parts
+
+
 @register_rule(nn.Linear)
 class LinearRule(LayerRule):
     def forward(self, module, recorder, input):
@@ -67,38 +82,64 @@ class LinearRule(LayerRule):
             return a[0], g[0]
         return torch.cat(a, dim=1), torch.cat(g, dim=1)
 
-    def sq_norms(self, module, calls, mask, batch_dim):
-        a, g = self._tensors(calls, batch_dim)
-        batch, steps, d = a.shape
-        p = g.shape[2]
-        sq = torch.zeros(batch, dtype=a.dtype, device=a.device)
-        cache = {"a": a, "g": g}
+    def compact(self, module, call, mask, batch_dim):
+        # Materialise now what sq_norms would materialise anyway (prefer_ghost is
+        # monotone in T: a call that materialises alone does in any concatenation
+        # of calls), unless the per-sample gradient is larger than A and G.
+        x, grad = call.tensors
+        steps = 1 if x.dim() == 2 else x.numel() // max(x.shape[-1] * call.batch_size, 1)
+        d, p = x.shape[-1], grad.shape[-1]
+        if mask.get("weight") and (steps == 1 or p * d > steps * (p + d)
+                                   or prefer_ghost(steps, p, d, batch=call.batch_size)):
+            return
+        a, g = self._tensors([call], batch_dim)
+        call.parts = {}
         if mask.get("weight"):
-            if steps == 1:
-                sq += row_sq_norms(a[:, 0]) * row_sq_norms(g[:, 0])
-            elif prefer_ghost(steps, p, d, batch=batch):
-                sq += ghost_sq_norm(a, g)
-            else:
-                per_sample = torch.bmm(g.transpose(1, 2), a)
-                sq += row_sq_norms(per_sample)
-                cache["weight"] = per_sample
+            call.parts["weight"] = torch.bmm(g.transpose(1, 2), a)
         if mask.get("bias"):
-            g_sum = g[:, 0] if steps == 1 else g.sum(1)
-            sq += row_sq_norms(g_sum)
-            cache["bias"] = g_sum
+            call.parts["bias"] = g.sum(1)
+        call.tensors = ()
+
+    def sq_norms(self, module, calls, mask, batch_dim):
+        cache = _summed_parts(calls)
+        raw = [c for c in calls if c.parts is None]
+        if raw:
+            a, g = self._tensors(raw, batch_dim)
+            batch, steps, d = a.shape
+            p = g.shape[2]
+            sq = torch.zeros(batch, dtype=a.dtype, device=a.device)
+            if mask.get("weight"):
+                if "weight" in cache or (steps > 1 and not prefer_ghost(steps, p, d,
+                                                                        batch=batch)):
+                    _add_part(cache, "weight", torch.bmm(g.transpose(1, 2), a))
+                elif steps == 1:
+                    sq += row_sq_norms(a[:, 0]) * row_sq_norms(g[:, 0])
+                    cache["a"], cache["g"] = a, g  # for book-keeping
+                else:
+                    sq += ghost_sq_norm(a, g)
+                    cache["a"], cache["g"] = a, g
+            if mask.get("bias"):
+                _add_part(cache, "bias", g[:, 0] if steps == 1 else g.sum(1))
+        else:
+            ref = next(iter(cache.values()))
+            sq = torch.zeros(ref.shape[0], dtype=ref.dtype, device=ref.device)
+        for name in ("weight", "bias"):
+            if name in cache:
+                sq += row_sq_norms(cache[name])
+        if "g" not in cache:
+            release(calls)
         return sq, cache
 
     def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
-        a, g = cache["a"], cache["g"]
-        f = factors.to(a.dtype)
         out = {}
         if mask.get("weight"):
             if "weight" in cache:
                 ps = cache["weight"]
-                out["weight"] = (f @ flat_rows(ps)).reshape(ps.shape[1:])
+                out["weight"] = (factors.to(ps.dtype) @ flat_rows(ps)).reshape(ps.shape[1:])
             else:
-                gs = scale_rows(g, f)
+                a, g = cache["a"], cache["g"]
+                gs = scale_rows(g, factors)
                 out["weight"] = gs.reshape(-1, g.shape[2]).t() @ a.reshape(-1, a.shape[2])
         if mask.get("bias"):
-            out["bias"] = f @ cache["bias"]
+            out["bias"] = factors.to(cache["bias"].dtype) @ cache["bias"]
         return out

@@ -1,11 +1,14 @@
 """LayerNorm, GroupNorm, InstanceNorm and RMSNorm (their affine parameters).
 
-The normalisation itself (no affine) runs through autograd as usual, so its
-input gradient is PyTorch's. The affine map y = x_hat * w + b runs through a
-custom Function that returns only the x_hat gradient and records (x_hat, g).
+LayerNorm and GroupNorm run PyTorch's fused kernels through a custom Function
+whose backward computes only the input gradient and records (x, g, mean, rstd).
+For RMSNorm and InstanceNorm the normalisation itself (no affine) runs through
+autograd as usual, and the affine map y = x_hat * w + b runs through a custom
+Function that returns only the x_hat gradient and records (x_hat, g).
 Per-sample gradients are small (one value per channel/feature), so they are
-always materialised: dw_i = sum over the non-parameter dims of x_hat * g,
-db_i = sum of g. Calls of one forward are summed.
+always materialised, when a call is recorded (``compact``), which frees its
+tensors during the backward pass: dw_i = sum over the non-parameter dims of
+x_hat * g, db_i = sum of g. Calls of one forward are summed.
 """
 
 from __future__ import annotations
@@ -75,40 +78,44 @@ class _AffineNormRule(LayerRule):
                                      getattr(module, "bias", None), recorder, view_shape, bdim,
                                      sequence)
 
-    def _per_sample(self, module, calls, mask):
-        acc = opmath(calls[0].tensors[1].dtype)
+    def _call_parts(self, module, call, mask):
+        """The call's per-sample gradients, name -> (B, *param.shape)."""
+        x_hat, g = call.tensors
+        acc = opmath(g.dtype)
+        bdim = call.meta["bdim"]
+        x_hat, g = batch_first(x_hat, bdim).to(acc), batch_first(g, bdim).to(acc)
+        b = g.shape[0]
         nd = self.param_ndim(module)
-        out = {}
-        for c in calls:
-            x_hat, g = c.tensors
-            bdim = c.meta["bdim"]
-            x_hat, g = batch_first(x_hat, bdim).to(acc), batch_first(g, bdim).to(acc)
-            b = g.shape[0]
-            if nd:
-                shape = g.shape[-nd:]
-                steps = math.prod(g.shape[1:g.dim() - nd])
-                g3 = g.reshape(b, steps, *shape)
-                x3 = x_hat.reshape(b, steps, *shape)
-                dims = (1,)
-            else:
-                steps = math.prod(g.shape[2:])
-                g3 = g.reshape(b, g.shape[1], steps)
-                x3 = x_hat.reshape(b, g.shape[1], steps)
-                dims = (2,)
-            parts = {}
-            if mask.get("weight"):
-                parts["weight"] = torch.linalg.vecdot(x3, g3, dim=dims[0])
-            if mask.get("bias"):
-                parts["bias"] = g3.sum(dims)
-            for k, v in parts.items():
-                out[k] = v if k not in out else out[k] + v
-        return out
+        if nd:
+            shape = g.shape[-nd:]
+            steps = math.prod(g.shape[1:g.dim() - nd])
+            g3 = g.reshape(b, steps, *shape)
+            x3 = x_hat.reshape(b, steps, *shape)
+            dim = 1
+        else:
+            steps = math.prod(g.shape[2:])
+            g3 = g.reshape(b, g.shape[1], steps)
+            x3 = x_hat.reshape(b, g.shape[1], steps)
+            dim = 2
+        parts = {}
+        if mask.get("weight"):
+            parts["weight"] = torch.linalg.vecdot(x3, g3, dim=dim)
+        if mask.get("bias"):
+            parts["bias"] = g3.sum(dim)
+        return parts
+
+    def compact(self, module, call, mask, batch_dim):
+        # per-sample gradients are a few values per channel: reduce the call now
+        call.parts = self._call_parts(module, call, mask)
+        call.tensors = ()
 
     def sq_norms(self, module, calls, mask, batch_dim):
-        per = self._per_sample(module, calls, mask)
-        batch = calls[0].batch_size
-        acc = opmath(calls[0].tensors[1].dtype)
-        sq = torch.zeros(batch, dtype=acc, device=calls[0].tensors[1].device)
+        per = {}
+        for c in calls:  # all compacted at capture
+            for k, v in c.parts.items():
+                per[k] = v if k not in per else per[k] + v
+        ref = next(iter(per.values()))
+        sq = torch.zeros(ref.shape[0], dtype=ref.dtype, device=ref.device)
         for v in per.values():
             sq += row_sq_norms(v)
         return sq, per
@@ -117,13 +124,70 @@ class _AffineNormRule(LayerRule):
         return {k: factors.to(v.dtype) @ flat_rows(v) for k, v in cache.items()}
 
 
+class _LayerNormFunction(torch.autograd.Function):
+    """Fused LayerNorm whose backward computes only the input gradient.
+
+    Saves what PyTorch's LayerNorm saves (input, mean, rstd), not a normalised
+    copy: x_hat is recomputed per call when its per-sample gradients are formed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, recorder, normalized_shape, eps, bdim, sequence):
+        y, mean, rstd = torch.ops.aten.native_layer_norm(x, normalized_shape, weight, bias, eps)
+        ctx.recorder = recorder
+        ctx.conf = (normalized_shape, bdim, sequence)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        shape, bdim, sequence = ctx.conf
+        grad_in = None
+        if ctx.needs_input_grad[0]:
+            grad_in = torch.ops.aten.native_layer_norm_backward(
+                grad_out.to(x.dtype), x, shape, mean, rstd, weight, bias,
+                [True, False, False])[0]
+        needs = [n for n, t in zip(ctx.needs_input_grad[1:3], (weight, bias)) if t is not None]
+        meta = layout_meta(x, bdim, sequence=sequence)
+        meta["bdim"] = bdim
+        ctx.recorder.capture(ctx, (x, grad_out, mean, rstd), x.shape[bdim], needs, meta)
+        return grad_in, None, None, None, None, None, None, None
+
+
 @register_rule(nn.LayerNorm)
 class LayerNormRule(_AffineNormRule):
+    """dw_i = sum over steps of x_hat * g, x_hat = (x - mean) * rstd from the saved statistics."""
+
     def param_ndim(self, module):
         return len(module.normalized_shape)
 
-    def normalise(self, module, x):
-        return F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+    def forward(self, module, recorder, input):
+        nd = len(module.normalized_shape)
+        sequence = input.dim() > nd + 1
+        bdim = recorder.state.batch_dim if sequence else 0
+        return _LayerNormFunction.apply(input, module.weight, module.bias, recorder,
+                                        list(module.normalized_shape), module.eps, bdim,
+                                        sequence)
+
+    def _call_parts(self, module, call, mask):
+        x, g, mean, rstd = call.tensors
+        acc = opmath(g.dtype)
+        g = g.to(acc)
+        parts = {}
+        if mask.get("weight"):
+            x_hat_g = (x.to(acc) - mean.to(acc)).mul_(rstd.to(acc)).mul_(g)
+            parts["weight"] = self._sum_steps(module, x_hat_g, call.meta["bdim"])
+        if mask.get("bias"):
+            parts["bias"] = self._sum_steps(module, g, call.meta["bdim"])
+        return parts
+
+    def _sum_steps(self, module, t, bdim):
+        """(..., *normalized_shape), sample dim at bdim -> (B, *normalized_shape)."""
+        nd = len(module.normalized_shape)
+        t = batch_first(t, bdim)
+        steps = math.prod(t.shape[1:t.dim() - nd])
+        return t.reshape(t.shape[0], steps, *t.shape[t.dim() - nd:]).sum(1)
 
 
 @register_rule(nn.RMSNorm)
@@ -176,26 +240,22 @@ class GroupNormRule(_AffineNormRule):
         return _GroupNormFunction.apply(input, module.weight, module.bias, recorder,
                                         module.num_groups, module.eps)
 
-    def _per_sample(self, module, calls, mask):
-        out = {}
-        for c in calls:
-            x, g, mean, rstd = c.tensors
-            batch, channels, hw, groups = c.meta["conf"]
-            acc = opmath(g.dtype)
-            g3 = g.to(acc).reshape(batch, channels, hw)
-            g_sum = g3.sum(2)
-            parts = {}
-            if mask.get("weight"):
-                xg = torch.linalg.vecdot(x.to(acc).reshape(batch, channels, hw), g3, dim=2)
-                per = channels // groups
-                m = mean.to(acc).reshape(batch, groups).repeat_interleave(per, dim=1)
-                r = rstd.to(acc).reshape(batch, groups).repeat_interleave(per, dim=1)
-                parts["weight"] = r * (xg - m * g_sum)
-            if mask.get("bias"):
-                parts["bias"] = g_sum
-            for k, v in parts.items():
-                out[k] = v if k not in out else out[k] + v
-        return out
+    def _call_parts(self, module, call, mask):
+        x, g, mean, rstd = call.tensors
+        batch, channels, hw, groups = call.meta["conf"]
+        acc = opmath(g.dtype)
+        g3 = g.to(acc).reshape(batch, channels, hw)
+        g_sum = g3.sum(2)
+        parts = {}
+        if mask.get("weight"):
+            xg = torch.linalg.vecdot(x.to(acc).reshape(batch, channels, hw), g3, dim=2)
+            per = channels // groups
+            m = mean.to(acc).reshape(batch, groups).repeat_interleave(per, dim=1)
+            r = rstd.to(acc).reshape(batch, groups).repeat_interleave(per, dim=1)
+            parts["weight"] = r * (xg - m * g_sum)
+        if mask.get("bias"):
+            parts["bias"] = g_sum
+        return parts
 
 
 @register_rule(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
