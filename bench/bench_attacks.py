@@ -158,6 +158,8 @@ def bench_single(args, device, ta, timer) -> list[dict]:
              lambda: ma.APGD(model, eps=8 / 255, steps=steps_apgd),
              lambda: ta.APGD(model, eps=8 / 255, steps=steps_apgd)),
         ]
+        keys = {"PGD-10": "pgd", "PGDL2-10": "pgdl2", f"APGD-{steps_apgd}": "apgd"}
+        cases = [c for c in cases if keys[c[0]] in args.attacks.split(",")]
         for name, passes, ours_atk, theirs_atk in cases:
             ours, theirs = ours_atk(), theirs_atk()
             res = timer.run({"floor": _floor(model, x, y, passes),
@@ -311,6 +313,7 @@ def main(argv=None):
     p.add_argument("--resnet-batch", type=int, default=None)
     p.add_argument("--apgd-steps", type=int, default=100)
     p.add_argument("--nets", default="mnist,resnet", help="single section: mnist, resnet or both")
+    p.add_argument("--attacks", default="pgd,pgdl2,apgd", help="single section: which attacks")
     p.add_argument("--eval-n", type=int, default=None)
     p.add_argument("--eval-restarts", type=int, default=5)
     p.add_argument("--eval-rounds", type=int, default=2)

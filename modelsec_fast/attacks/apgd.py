@@ -76,8 +76,9 @@ def project_(v: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.T
 class _RunState:
     """Per-sample tensors of one APGD run, compacted together when samples stop."""
 
-    FIELDS = ("index", "x", "y", "t", "sx", "zero", "adv", "prev", "grad", "best", "grad_best", "loss_best",
-              "loss_prev", "step", "n_increase", "loss_at_check", "reduced_at_check")
+    FIELDS = ("index", "x", "y", "t", "sx", "zero", "spare", "adv", "prev", "grad", "best",
+              "grad_best", "loss_best", "loss_prev", "step", "n_increase", "loss_at_check",
+              "reduced_at_check")
 
     def __init__(self, **tensors):
         for name in self.FIELDS:
@@ -129,25 +130,33 @@ class _APGDBase(GradientAttack):
             loss_sum = loss_sum / self.eot_iter
         return grad, loss_sum, logits.detach()
 
-    def _ascent_point(self, s: _RunState, momentum: float) -> torch.Tensor:
-        """The next iterate: projected step, then momentum, projected again."""
+    def _advance(self, s: _RunState, momentum: float) -> None:
+        """Move to the next iterate: projected step, then momentum, projected again.
+
+        L-inf works in place over three buffers (the new point is written over
+        ``s.spare``, then adv becomes prev and the old prev the spare): a fresh
+        multi-megabyte tensor per step costs page faults comparable to the
+        arithmetic itself.
+        """
         if self.norm == "Linf":
-            z = ops.sign_step(s.adv, s.grad, s.x, s.step, self.eps, 0.0, 1.0)
+            if s.spare is None or s.spare.shape != s.adv.shape:
+                s.spare = torch.empty_like(s.adv)
+            z = ops.sign_step_(s.spare.copy_(s.adv), s.grad, s.x, s.step, self.eps, 0.0, 1.0)
         else:
             z = ops.l2_step(s.adv, s.grad, s.x, s.step, self.eps, 0.0, 1.0)
-        if s.adv.dtype != z.dtype:
-            z = z.to(s.adv.dtype)
-        if momentum == 1.0:
-            return z
-        # adv + m (z - adv) + (1 - m)(adv - prev) = m z + 2(1 - m) adv - (1 - m) prev
-        v = z.mul_(momentum).add_(s.adv, alpha=2.0 * (1.0 - momentum))
-        v.sub_(s.prev, alpha=1.0 - momentum)
-        if self.norm == "Linf":
-            # sign(0) = 0: the fused step with a zero gradient is the L-inf projection.
-            if s.zero is None or s.zero.shape != v.shape:
-                s.zero = torch.zeros_like(v)
-            return ops.sign_step_(v, s.zero, s.x, 1.0, self.eps, 0.0, 1.0)
-        return project_(v, s.x, self.eps, self.norm)
+        if momentum != 1.0:
+            # adv + m (z - adv) + (1 - m)(adv - prev) = m z + 2(1 - m) adv - (1 - m) prev
+            z.mul_(momentum).add_(s.adv, alpha=2.0 * (1.0 - momentum))
+            z.sub_(s.prev, alpha=1.0 - momentum)
+            if self.norm == "Linf":
+                # sign(0) = 0: the fused step with a zero gradient is the L-inf projection.
+                if s.zero is None or s.zero.shape != z.shape:
+                    s.zero = torch.zeros_like(z)
+                ops.sign_step_(z, s.zero, s.x, 1.0, self.eps, 0.0, 1.0)
+            else:
+                project_(z, s.x, self.eps, self.norm)
+        s.spare = s.prev if self.norm == "Linf" else None
+        s.prev, s.adv = s.adv, z
 
     # ------------------------------------------------------------- one run
     def _single_run(self, x, y, t, objective: Objective, success_targets, gen,
@@ -174,15 +183,15 @@ class _APGDBase(GradientAttack):
         for i in range(self.steps):
             if st.index.numel() == 0:
                 break
-            new = self._ascent_point(st, 1.0 if i == 0 else 0.75)
-            st.prev, st.adv = st.adv, new
+            self._advance(st, 1.0 if i == 0 else 0.75)
             st.grad, loss, logits = self._evaluate(st.adv, st.y, st.t, objective)
             st.n_increase += (loss > st.loss_prev).float()
             st.loss_prev = loss
             improved = loss > st.loss_best
-            mask = _view(improved, st.adv)
-            st.best = torch.where(mask, st.adv, st.best)
-            st.grad_best = torch.where(mask, st.grad, st.grad_best)
+            rows = improved.nonzero().squeeze(1)
+            if rows.numel():  # copy only the improved samples' rows, in place
+                st.best.index_copy_(0, rows, st.adv.index_select(0, rows))
+                st.grad_best.index_copy_(0, rows, st.grad.index_select(0, rows))
             st.loss_best = torch.where(improved, loss, st.loss_best)
             self._record_success(st, logits, out_adv, out_fooled, early_stop)
             counter += 1
