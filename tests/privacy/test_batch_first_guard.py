@@ -128,10 +128,13 @@ def test_a_step_where_batch_and_sequence_sizes_coincide_warns_until_verified():
         _steps(model, optimizer, loader, 1)
 
 
-def test_the_loader_reports_each_batch_size_including_empty_ones():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_reports_each_batch_size_including_empty_ones(workers):
+    # With workers the sampler runs ahead of the batches handed out (prefetch).
     data = TensorDataset(torch.arange(30.0).reshape(30, 1))
-    loader = DPDataLoader.from_data_loader(DataLoader(data, batch_size=2),
+    loader = DPDataLoader.from_data_loader(DataLoader(data, batch_size=2, num_workers=workers),
                                            generator=torch.Generator().manual_seed(3))
+    assert loader.num_workers == workers
     sizes = []
     for _ in range(3):  # E[B] = 2: about one batch in eight is empty
         for (x,) in loader:
