@@ -133,10 +133,9 @@ class _APGDBase(GradientAttack):
     def _advance(self, s: _RunState, momentum: float) -> None:
         """Move to the next iterate: projected step, then momentum, projected again.
 
-        L-inf works in place over three buffers (the new point is written over
-        ``s.spare``, then adv becomes prev and the old prev the spare): a fresh
-        multi-megabyte tensor per step costs page faults comparable to the
-        arithmetic itself.
+        L-inf works in place over three buffers, so no step allocates a new
+        image-sized tensor: the new point is written over ``s.spare``, then adv
+        becomes prev and the old prev the spare.
         """
         if self.norm == "Linf":
             if s.spare is None or s.spare.shape != s.adv.shape:

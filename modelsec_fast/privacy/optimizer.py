@@ -37,9 +37,8 @@ Differences from Opacus, on purpose:
 
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import warnings
+from typing import Callable, Optional
 
 import torch
 from torch.optim import Optimizer
@@ -243,8 +242,8 @@ class DPOptimizer(Optimizer):
         if self._grad_scaler is not None and self._grad_scaler.is_enabled():
             scale = float(self._grad_scaler.get_scale())
         sums, norms, layout = clip_pass(pending, max_grad_norm=self.max_grad_norm,
-                                loss_reduction=self.loss_reduction, grad_scale=scale,
-                                batch_dim=state.batch_dim)
+                                        loss_reduction=self.loss_reduction, grad_scale=scale,
+                                        batch_dim=state.batch_dim)
         if norms.numel() and not bool(torch.isfinite(norms).all()):
             self._nonfinite = True
             if self._grad_scaler is None:
