@@ -24,6 +24,7 @@ from modelsec_fast.privacy.distributed import (
     make_private_distributed,
 )
 from modelsec_fast.privacy.sampling import DPDataLoader
+from tests.privacy.tiny import tiny_dataset, tiny_mlp, train_steps
 
 WORLD = 2
 STEPS = 6
@@ -34,28 +35,15 @@ ALPHA = 1e-6
 
 
 def _data():
-    g = torch.Generator().manual_seed(3)
-    return TensorDataset(torch.randn(N, 5, generator=g), torch.randint(0, 3, (N,), generator=g))
+    return tiny_dataset(N, 5, seed=3)
 
 
 def _model(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    return tiny_mlp(5, 7, seed)
 
 
 def _train(model, optimizer, loader):
-    seen = []
-    done = 0
-    while done < STEPS:
-        for x, y in loader:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
-            optimizer.step()
-            seen.append(len(y))
-            done += 1
-            if done == STEPS:
-                break
-    return seen
+    return train_steps(model, optimizer, loader, STEPS, reduction="sum")
 
 
 def _worker(rank, store_dir, out_dir):

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from modelsec_fast import PrivacyEngine
 from modelsec_fast.privacy.distributed import DPDDP
 from modelsec_fast.privacy.sampling import DPDataLoader
+from tests.privacy.tiny import tiny_dataset, tiny_mlp, train_steps
 
 WORLD = 2
 STEPS = 5
@@ -29,26 +30,15 @@ SAMPLER_SEED = 11
 
 
 def _data():
-    g = torch.Generator().manual_seed(5)
-    return TensorDataset(torch.randn(N, 4, generator=g), torch.randint(0, 3, (N,), generator=g))
+    return tiny_dataset(N, 4, seed=5)
 
 
 def _model(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    return tiny_mlp(4, 6, seed)
 
 
 def _train(model, optimizer, loader):
-    sizes = []
-    while len(sizes) < STEPS:
-        for x, y in loader:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()  # loss_reduction="mean"
-            optimizer.step()
-            sizes.append(len(y))
-            if len(sizes) == STEPS:
-                break
-    return sizes
+    return train_steps(model, optimizer, loader, STEPS)
 
 
 def _error(fn):

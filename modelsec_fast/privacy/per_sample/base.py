@@ -48,6 +48,20 @@ class Call:
     parts: dict | None = None
 
 
+def add_part(parts: dict, name: str, value: torch.Tensor) -> None:
+    """parts[name] += value (a layer's per-call per-sample gradients add up)."""
+    parts[name] = value if name not in parts else parts[name] + value
+
+
+def summed_parts(calls: list[Call]) -> dict:
+    """name -> sum over the compacted calls of their per-sample gradients."""
+    parts = {}
+    for c in calls:
+        for name, v in (c.parts or {}).items():
+            add_part(parts, name, v)
+    return parts
+
+
 def release(calls: list[Call]) -> None:
     """Drop the calls' recorded tensors (they are freed once nothing else holds them)."""
     for c in calls:

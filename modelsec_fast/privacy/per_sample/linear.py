@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
-    LayerRule, batch_first, flat_rows, ghost_sq_norm, layout_meta, opmath, prefer_ghost, release,
-    row_sq_norms, scale_rows)
+    LayerRule, add_part, batch_first, flat_rows, ghost_sq_norm, layout_meta, opmath, prefer_ghost,
+    release, row_sq_norms, scale_rows, summed_parts)
 from .registry import register_rule
 
 
@@ -50,19 +50,6 @@ def _as_sequence(t: torch.Tensor, batch_dim: int, acc) -> torch.Tensor:
     for s in t.shape[1:-1]:
         steps *= s
     return t.reshape(t.shape[0], steps, t.shape[-1]).to(acc)
-
-
-def _add_part(parts: dict, name: str, value: torch.Tensor) -> None:
-    parts[name] = value if name not in parts else parts[name] + value
-
-
-def _summed_parts(calls) -> dict:
-    """name -> sum of the compacted calls' per-sample gradients (a layer's calls add up)."""
-    parts = {}
-    for c in calls:
-        for name, v in (c.parts or {}).items():
-            _add_part(parts, name, v)
-    return parts
 
 
 @register_rule(nn.Linear)
@@ -101,7 +88,7 @@ class LinearRule(LayerRule):
         call.tensors = ()
 
     def sq_norms(self, module, calls, mask, batch_dim):
-        cache = _summed_parts(calls)
+        cache = summed_parts(calls)
         raw = [c for c in calls if c.parts is None]
         if raw:
             a, g = self._tensors(raw, batch_dim)
@@ -111,7 +98,7 @@ class LinearRule(LayerRule):
             if mask.get("weight"):
                 if "weight" in cache or (steps > 1 and not prefer_ghost(steps, p, d,
                                                                         batch=batch)):
-                    _add_part(cache, "weight", torch.bmm(g.transpose(1, 2), a))
+                    add_part(cache, "weight", torch.bmm(g.transpose(1, 2), a))
                 elif steps == 1:
                     sq += row_sq_norms(a[:, 0]) * row_sq_norms(g[:, 0])
                     cache["a"], cache["g"] = a, g  # for book-keeping
@@ -119,7 +106,7 @@ class LinearRule(LayerRule):
                     sq += ghost_sq_norm(a, g)
                     cache["a"], cache["g"] = a, g
             if mask.get("bias"):
-                _add_part(cache, "bias", g[:, 0] if steps == 1 else g.sum(1))
+                add_part(cache, "bias", g[:, 0] if steps == 1 else g.sum(1))
         else:
             ref = next(iter(cache.values()))
             sq = torch.zeros(ref.shape[0], dtype=ref.dtype, device=ref.device)

@@ -19,7 +19,8 @@ from torch import nn
 
 import math
 
-from .base import LayerRule, batch_first, flat_rows, layout_meta, opmath, row_sq_norms
+from .base import (LayerRule, batch_first, flat_rows, layout_meta, opmath, row_sq_norms,
+                   summed_parts)
 from .registry import register_rule
 
 
@@ -110,10 +111,7 @@ class _AffineNormRule(LayerRule):
         call.tensors = ()
 
     def sq_norms(self, module, calls, mask, batch_dim):
-        per = {}
-        for c in calls:  # all compacted at capture
-            for k, v in c.parts.items():
-                per[k] = v if k not in per else per[k] + v
+        per = summed_parts(calls)  # every call was compacted at capture
         ref = next(iter(per.values()))
         sq = torch.zeros(ref.shape[0], dtype=ref.dtype, device=ref.device)
         for v in per.values():
