@@ -8,6 +8,10 @@ Three sections, all in one process:
    The floor is the same number of forward + input-gradient passes with the
    parameters frozen (what any attack must pay); overhead = time / floor - 1. A second
    floor replays the iterates our attack actually visits (see _replayed_floor).
+   The section ``paired`` times the same attacks with the floor interleaved
+   pass by pass (``PairedFloor``), so that the host's drift cannot favour
+   either side; it is the measure to use where one call takes minutes
+   (ResNet-18 APGD-100 at b=128).
 2. update -- the L-inf PGD update alone at 256x3x224x224: torchattacks' eager
    three lines against ``ops.sign_step_``.
 3. evaluation -- robust accuracy (clean, then PGD-20 with 5 restarts, eps
@@ -19,6 +23,7 @@ Times are medians over rounds whose canary (a 512x512 matmul timed every
 round) was within 1.5x of its fastest, contenders interleaved in each round.
 
     python bench/bench_attacks.py [--device cpu|cuda] [--quick] [--json out.json]
+        [--sections single,paired,update,eval]
 """
 
 from __future__ import annotations
@@ -136,8 +141,92 @@ def _replayed_floor(model, attack, x, y):
     return run
 
 
-def bench_single(args, device, ta, timer) -> list[dict]:
+class PairedFloor:
+    """Interleave one floor pass before each of an attack's gradient passes.
+
+    A forward pre-hook catches every grad-enabled forward whose input requires
+    grad (the attack's gradient passes) and first runs one floor pass, frozen
+    parameters, on a copy of that very iterate. Floor and attack then alternate
+    pass by pass, so the host's drift (about 10% from minute to minute here)
+    hits both alike, which timing the two one after the other cannot promise
+    when each takes minutes. The attack's own time is its wall time minus the
+    inserted passes; everything it does besides its passes (the clean forward,
+    the random start, the updates, the bookkeeping) counts as overhead.
+    """
+
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+        self.loss_fn = nn.CrossEntropyLoss()
+        self._inside = False
+
+    def _floor_pass(self, _module, args):
+        inp = args[0]
+        if self._inside or not (torch.is_grad_enabled() and inp.requires_grad):
+            return
+        self._inside = True
+        try:
+            _sync(self.device)
+            t0 = time.perf_counter()
+            with frozen_parameters(self.model):
+                xg = inp.detach().clone().requires_grad_(True)
+                labels = torch.zeros(xg.shape[0], dtype=torch.long, device=xg.device)
+                torch.autograd.grad(self.loss_fn(self.model(xg), labels), xg)
+            _sync(self.device)
+            self.passes.append(time.perf_counter() - t0)
+        finally:
+            self._inside = False
+
+    def run(self, attack_call) -> dict:
+        """Times one ``attack_call()``; returns the attack's and the floor's seconds."""
+        self.passes = []
+        handle = self.model.register_forward_pre_hook(self._floor_pass)
+        try:
+            _sync(self.device)
+            t0 = time.perf_counter()
+            attack_call()
+            _sync(self.device)
+            total = time.perf_counter() - t0
+        finally:
+            handle.remove()
+        floor = sum(self.passes)
+        return {"attack_s": total - floor, "floor_s": floor, "passes": len(self.passes)}
+
+
+def bench_paired(args, device, ta) -> list[dict]:
+    """Single attacks with the floor interleaved pass by pass (see PairedFloor)."""
     rows = []
+    for net_name, model, batch, x, y, cases in _single_cases(args, device, ta):
+        paired = PairedFloor(model, device)
+        _floor(model, x, y, 1)()  # warm-up; each attack pass follows a floor pass anyway
+        for name, _passes, ours_atk, theirs_atk in cases:
+            ours, theirs = ours_atk(), theirs_atk()
+            row = {"model": net_name, "batch": batch, "attack": name}
+            # Calls repeat until the attack's own time reaches --paired-seconds; the
+            # overhead is over all of them (sum of attack time / sum of floor time).
+            for label, atk in (("ours", ours), ("torchattacks", theirs)):
+                runs = [paired.run(lambda: atk(x, y))]
+                while sum(r["attack_s"] for r in runs) < args.paired_seconds:
+                    runs.append(paired.run(lambda: atk(x, y)))
+                attack_s = sum(r["attack_s"] for r in runs)
+                floor_s = sum(r["floor_s"] for r in runs)
+                row[f"{label}_s"] = attack_s / len(runs)
+                row[f"{label}_floor_s"] = floor_s / len(runs)
+                row[f"{label}_passes"] = runs[0]["passes"]
+                row[f"{label}_calls"] = len(runs)
+                row[f"{label}_overhead_pct"] = 100 * (attack_s / floor_s - 1)
+            rows.append(row)
+            print(f"  paired {net_name:<10} b={batch:<5} {name:<9} ours {row['ours_s'] * 1e3:.0f} ms "
+                  f"vs its interleaved floor {row['ours_floor_s'] * 1e3:.0f} ms "
+                  f"({row['ours_overhead_pct']:+.1f}%, {row['ours_calls']} calls of "
+                  f"{row['ours_passes']} passes); "
+                  f"torchattacks {row['torchattacks_s'] * 1e3:.0f} ms vs "
+                  f"{row['torchattacks_floor_s'] * 1e3:.0f} ms "
+                  f"({row['torchattacks_overhead_pct']:+.1f}%)", flush=True)
+    return rows
+
+
+def _single_cases(args, device, ta):
+    """(net name, model, batch, x, y, cases) for the single-attack sections."""
     steps_apgd = 5 if args.quick else args.apgd_steps
     nets = [("MNIST CNN", OpacusMnistCNN((1, 28, 28)), (1, 28, 28), args.mnist_batch),
             ("ResNet-18", ResNet18((3, 32, 32)), (3, 32, 32), args.resnet_batch)]
@@ -159,7 +248,13 @@ def bench_single(args, device, ta, timer) -> list[dict]:
              lambda: ta.APGD(model, eps=8 / 255, steps=steps_apgd)),
         ]
         keys = {"PGD-10": "pgd", "PGDL2-10": "pgdl2", f"APGD-{steps_apgd}": "apgd"}
-        cases = [c for c in cases if keys[c[0]] in args.attacks.split(",")]
+        yield net_name, model, batch, x, y, [c for c in cases
+                                             if keys[c[0]] in args.attacks.split(",")]
+
+
+def bench_single(args, device, ta, timer) -> list[dict]:
+    rows = []
+    for net_name, model, batch, x, y, cases in _single_cases(args, device, ta):
         for name, passes, ours_atk, theirs_atk in cases:
             ours, theirs = ours_atk(), theirs_atk()
             res = timer.run({"floor": _floor(model, x, y, passes),
@@ -314,6 +409,8 @@ def main(argv=None):
     p.add_argument("--apgd-steps", type=int, default=100)
     p.add_argument("--nets", default="mnist,resnet", help="single section: mnist, resnet or both")
     p.add_argument("--attacks", default="pgd,pgdl2,apgd", help="single section: which attacks")
+    p.add_argument("--paired-seconds", type=float, default=20.0,
+                   help="paired section: repeat each attack until its own time reaches this")
     p.add_argument("--eval-n", type=int, default=None)
     p.add_argument("--eval-restarts", type=int, default=5)
     p.add_argument("--eval-rounds", type=int, default=2)
@@ -341,6 +438,8 @@ def main(argv=None):
           f"threads={torch.get_num_threads()} quick={args.quick}", flush=True)
     if "single" in sections:
         out["single"] = bench_single(args, device, ta, timer)
+    if "paired" in sections:
+        out["paired"] = bench_paired(args, device, ta)
     if "update" in sections:
         out["update"] = bench_update(args, device, timer)
     if "eval" in sections:

@@ -34,6 +34,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
+from . import saving
+
 __all__ = ["Attack", "check_positive", "check_non_negative", "check_steps", "frozen_parameters"]
 
 # Pixel-space bounds of every attack (torchattacks works in [0, 1] only).
@@ -195,6 +197,33 @@ class Attack(abc.ABC):
         finally:
             for module, flag in modes:
                 module.training = flag
+
+    @torch.no_grad()
+    def get_output_with_eval_nograd(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's logits for ``inputs`` (in the caller's space), in eval mode, no grad."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            return self.get_logits(inputs)
+        finally:
+            for module, flag in modes:
+                module.training = flag
+
+    # --------------------------------------------------------------- saving
+    def save(self, data_loader, save_path=None, verbose=True, return_verbose=False,
+             save_predictions=False, save_clean_inputs=False, save_type="float"):
+        """Attack every batch of ``data_loader``; optionally write the results to a file.
+
+        torchattacks' method and file format (see :mod:`.saving`). Prints the
+        running robust accuracy and the mean L2 size of the successful
+        perturbations if ``verbose``; returns ``(robust accuracy in %, mean L2,
+        seconds of the last batch)`` if ``return_verbose``.
+        """
+        return saving.save_adversarial(self, data_loader, save_path, verbose, return_verbose,
+                                       save_predictions, save_clean_inputs, save_type)
+
+    load = staticmethod(saving.load_adversarial)
+    to_type = staticmethod(saving.to_type)
 
     # --------------------------------------------------------- normalisation
     def set_normalization_used(self, mean, std) -> None:

@@ -1,11 +1,11 @@
 """MultiAttack: the per-sample worst case over several attacks (torchattacks API).
 
 Each attack runs only on the samples that the previous ones failed to break;
-a sample keeps the first adversarial example found.  Attacks run through
-their early-stopping path (a sample stops once broken), which returns
-adversarial examples at least as often as a full run and costs fewer passes.
-For a robustness *number* with validity checks and masking warnings use
-:func:`modelsec_fast.evaluate.robust_accuracy`.
+a sample keeps the first adversarial example found.  Each attack is a plain
+call, every step on every sample it gets, as in torchattacks: early stopping
+within an attack lives only in :func:`modelsec_fast.evaluate.robust_accuracy`,
+which is also the place for a robustness *number* with validity checks and
+masking warnings.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class MultiAttack(Attack):
         todo = torch.arange(images.shape[0], device=images.device)
         rates = []
         for atk in self.attacks:
-            adv = atk._run(atk._forward_eval, images[todo], labels[todo])
+            adv = atk(images[todo], labels[todo])
             with self._attack_context(), torch.no_grad():
                 broken = self.model(adv).argmax(1) != labels[todo]
             result[todo[broken]] = adv[broken]
