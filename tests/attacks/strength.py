@@ -31,7 +31,14 @@ def robust_acc(model, adv, y) -> float:
         return float((model(adv).argmax(1) == y).float().mean())
 
 
-def assert_at_least_as_strong(ours: float, theirs: float, tolerance: float, what: str):
-    """Our robust accuracy may exceed the reference's by at most ``tolerance``."""
-    print(f"{what}: ours {ours:.4f} reference {theirs:.4f} (tolerance {tolerance})")
-    assert ours <= theirs + tolerance, f"{what}: ours {ours:.4f} > reference {theirs:.4f} + {tolerance}"
+def assert_at_least_as_strong(ours: float, theirs: float, tolerance: float, what: str, *,
+                              seed: int):
+    """Our robust accuracy may exceed the reference's by at most ``tolerance``.
+
+    ``seed`` (the seed both attacks ran under) goes into the printed line and
+    the failure message, so a failure can be rerun.
+    """
+    label = f"{what} (seed {seed})"
+    print(f"{label}: ours {ours:.4f} reference {theirs:.4f} (tolerance {tolerance})")
+    assert ours <= theirs + tolerance, \
+        f"{label}: ours {ours:.4f} > reference {theirs:.4f} + {tolerance}"

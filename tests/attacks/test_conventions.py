@@ -69,15 +69,81 @@ def test_model_mode_and_requires_grad_restored_and_no_param_grads():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_requires_grad_and_mode_restored_when_the_attack_raises():
-    model = _DropoutNet().train()
+class _FreezeRecorder(nn.Module):
+    """Records at every forward whether all its parameters were frozen; can fail mid-attack."""
 
-    def bad_loss(logits, labels):
-        raise RuntimeError("boom")
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+        self.fail_at_call = None        # raise at this forward (1-based), if set
+        self.frozen_at_call = []        # one bool per forward
+        self.input_grad_calls = 0       # forwards whose input required grad
 
-    with pytest.raises(RuntimeError, match="boom"):
-        ma.PGD(model, loss=bad_loss)(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
-    assert model.training and all(p.requires_grad for p in model.parameters())
+    def forward(self, x):
+        self.frozen_at_call.append(all(not p.requires_grad for p in self.parameters()))
+        self.input_grad_calls += int(x.requires_grad)
+        if self.fail_at_call is not None and len(self.frozen_at_call) >= self.fail_at_call:
+            raise RuntimeError("model failed mid-attack")
+        return self.net(x)
+
+
+_FREEZE_ATTACKS = {
+    "PGD": lambda m: ma.PGD(m, eps=0.1, alpha=0.02, steps=3),
+    "APGD": lambda m: ma.APGD(m, eps=0.1, steps=3),
+    "FAB": lambda m: ma.FAB(m, eps=0.1, steps=3),
+    "Square": lambda m: ma.Square(m, eps=0.1, n_queries=5),
+}
+
+
+def _recorder_and_batch():
+    """A recorder with one parameter frozen by the user, 8 images (seed SEED) and the
+    model's own predictions as labels, so that every sample gets attacked."""
+    torch.manual_seed(SEED)
+    model = _FreezeRecorder()
+    model.net[1].bias.requires_grad_(False)
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    model.frozen_at_call.clear()
+    return model, x, y
+
+
+def _assert_requires_grad_restored(model):
+    assert not model.net[1].bias.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "net.1.bias")
+
+
+@pytest.mark.parametrize("name", sorted(_FREEZE_ATTACKS))
+def test_parameters_are_frozen_during_the_attack_and_restored_after(name):
+    model, x, y = _recorder_and_batch()
+    _FREEZE_ATTACKS[name](model)(x, y)
+    assert model.frozen_at_call and all(model.frozen_at_call), \
+        f"{name} (seed {SEED}): parameters not frozen at forwards {model.frozen_at_call}"
+    if name != "Square":  # a gradient attack must have differentiated w.r.t. the input
+        assert model.input_grad_calls > 0, f"{name} (seed {SEED}): no input required grad"
+    _assert_requires_grad_restored(model)
+
+
+def _raising_loss(logits, labels):
+    raise RuntimeError("loss failed")
+
+
+_RAISING = {"PGD, raising loss": (None, lambda m: ma.PGD(m, loss=_raising_loss)),
+            **{f"{name}, model raising at its 2nd forward": (2, make)
+               for name, make in _FREEZE_ATTACKS.items()}}
+
+
+@pytest.mark.parametrize("case", sorted(_RAISING))
+def test_requires_grad_and_mode_restored_when_the_attack_raises(case):
+    fail_at_call, make = _RAISING[case]
+    model, x, y = _recorder_and_batch()
+    model.fail_at_call = fail_at_call
+    model.train()
+    with pytest.raises(RuntimeError, match="failed"):
+        make(model)(x, y)
+    assert model.frozen_at_call and all(model.frozen_at_call), f"{case} (seed {SEED})"
+    assert all(m.training for m in model.modules())
+    _assert_requires_grad_restored(model)
 
 
 def test_set_model_training_mode_keeps_batchnorm_in_eval():
@@ -251,6 +317,21 @@ def test_multiattack_takes_the_per_sample_worst_case(digits_mlp):
     assert float((adv - x).abs().max()) <= 0.1 + 1e-6
     with pytest.raises(ValueError, match="two attacks"):
         ma.MultiAttack([first])
+
+
+def test_multiattack_runs_each_attack_as_a_plain_call(digits_mlp):
+    # Early stopping lives only in robust_accuracy: on the samples the first attack
+    # left, MultiAttack must return exactly what a plain call of the second returns.
+    m, x, y = digits_mlp.model, digits_mlp.x[:120], digits_mlp.y[:120]
+    first = ma.FGSM(m, eps=0.02)
+    second = ma.PGD(m, eps=0.1, alpha=0.02, steps=8, random_start=False)
+    adv = ma.MultiAttack([first, second])(x, y)
+    with torch.no_grad():
+        left = (m(first(x, y)).argmax(1) == y).nonzero().flatten()
+        plain = second(x[left], y[left])
+        fooled = m(plain).argmax(1) != y[left]
+    assert int(fooled.sum()) > 0
+    torch.testing.assert_close(adv[left[fooled]], plain[fooled], rtol=0, atol=0)
 
 
 def test_autocast_runs_the_model_in_low_precision(digits_mlp):

@@ -43,6 +43,83 @@ class OutOfBall(ma.Attack):
         return (1 - images).clamp(0, 1)
 
 
+class _CorruptedPGD(ma.PGD):
+    """A broken attack: PGD's examples with one pixel per image corrupted by ``_corrupt``."""
+
+    def __init__(self, model):
+        super().__init__(model, eps=0.1, alpha=0.02, steps=10, random_start=False)
+
+    def _corrupt(self, images, adv):
+        raise NotImplementedError
+
+    def forward(self, images, labels):
+        return self._corrupt(images, super().forward(images, labels))
+
+    def _forward_eval(self, images, labels):
+        return self._corrupt(images, super()._forward_eval(images, labels))
+
+
+class BelowZero(_CorruptedPGD):
+    """Sets the first black pixel of each image to -eps/2: inside the eps ball, below 0."""
+
+    def _corrupt(self, images, adv):
+        flat = adv.flatten(1).clone()
+        black = (images.flatten(1) == 0).float().argmax(1)
+        flat[torch.arange(flat.shape[0]), black] = -self.eps / 2
+        return flat.view_as(adv)
+
+
+class NaNPixel(_CorruptedPGD):
+    """Sets the first pixel of each image to NaN."""
+
+    def _corrupt(self, images, adv):
+        adv = adv.clone()
+        adv.flatten(1)[:, 0] = float("nan")
+        return adv
+
+
+class FewSquare(ma.PGD):
+    """A stand-in for Square: gradient-free, breaks at most ``budget`` samples in all."""
+
+    gradient_free = True
+
+    def __init__(self, model, budget):
+        super().__init__(model, eps=0.3, alpha=0.05, steps=20, random_start=False)
+        self.attack = "FewSquare"
+        self.budget = budget
+
+    def _forward_eval(self, images, labels):
+        adv = images.clone()
+        n = min(self.budget, images.shape[0])
+        if n:
+            adv[:n] = super()._forward_eval(images[:n], labels[:n])
+            with torch.no_grad():
+                self.budget -= int((self.get_logits(adv[:n]).argmax(1) != labels[:n]).sum())
+        return adv
+
+
+class Unattacked(ma.Attack):
+    """A gradient attack that returns its input: breaks nothing."""
+
+    def __init__(self, model):
+        super().__init__("Unattacked", model)
+        self.eps = 0.3
+
+    def forward(self, images, labels):
+        return images.clone()
+
+
+class CountingPGD(ma.PGD):
+    """PGD that records the batch size of every robust_accuracy call."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(model, **kwargs)
+        self.batch_sizes = []
+
+    def _forward_eval(self, images, labels):
+        self.batch_sizes.append(images.shape[0])
+        return super()._forward_eval(images, labels)
+
 def _deterministic_attacks(m):
     return [ma.FGSM(m, eps=0.1), ma.PGD(m, eps=0.1, alpha=0.02, steps=10, random_start=False),
             ma.APGD(m, eps=0.1, steps=10, loss="dlr")]
@@ -95,6 +172,83 @@ def test_invalid_adversarial_examples_are_rejected(digits_mlp):
     assert any("outside the eps ball" in w for w in result.warnings)
 
 
+@pytest.mark.parametrize("broken_attack", [BelowZero, NaNPixel])
+def test_out_of_range_and_nan_examples_are_rejected_not_broken(broken_attack, digits_mlp):
+    m, x, y = digits_mlp.model, digits_mlp.x[:64], digits_mlp.y[:64]
+    assert bool((x.flatten(1) == 0).any(1).all())  # BelowZero needs a black pixel per image
+    atk = broken_attack(m)
+    adv = atk(x, y)
+    with torch.no_grad():
+        fooled = int((m(adv).argmax(1) != y).sum())
+    assert fooled >= 20, f"unchecked, {fooled} examples would count as broken"
+    if broken_attack is BelowZero:  # inside the ball, only the range is wrong
+        assert float((adv - x).abs().max()) <= atk.eps + 1e-6 and float(adv.min()) < 0
+    result = robust_accuracy(m, (x, y), [atk], progress=False)
+    rec = result.per_attack["PGD"]
+    attacked = round(result.clean_accuracy * 64)
+    assert rec["broken"] == 0 and rec["rejected"] == attacked
+    assert result.robust_accuracy == result.clean_accuracy
+    assert any(f"PGD returned {attacked} examples outside" in w for w in result.warnings)
+
+
+def test_restarts_rerun_a_random_start_attack_on_the_samples_left(digits_mlp):
+    m, x, y = digits_mlp.model, digits_mlp.x[:200], digits_mlp.y[:200]
+    results, sizes = {}, {}
+    for restarts in (1, 3):
+        torch.manual_seed(SEED)  # same seed: the first run is the same in both
+        atk = CountingPGD(m, eps=0.1, alpha=0.01, steps=1)  # weak, so restarts matter
+        results[restarts] = robust_accuracy(m, (x, y), [atk], restarts=restarts,
+                                            progress=False, check_masking=False)
+        sizes[restarts] = atk.batch_sizes
+    one, three = results[1], results[3]
+    print(f"seed {SEED}: batch sizes {sizes}, robust {one.robust_accuracy} -> "
+          f"{three.robust_accuracy}")
+    attacked = round(one.clean_accuracy * 200)
+    assert sizes[1] == [attacked]
+    assert len(sizes[3]) == 3 and sizes[3][0] == attacked, f"seed {SEED}: {sizes}"
+    assert sizes[3][1] == round(one.robust_accuracy * 200)  # run 2 gets what run 1 left
+    assert sizes[3][2] <= sizes[3][1]
+    assert three.robust_accuracy < one.robust_accuracy, f"seed {SEED}"  # 0.94 -> 0.92
+    assert three.per_attack["PGD"]["broken"] == attacked - round(three.robust_accuracy * 200)
+    fixed = CountingPGD(m, eps=0.1, alpha=0.01, steps=1, random_start=False)
+    robust_accuracy(m, (x, y), [fixed], restarts=3, progress=False, check_masking=False)
+    assert fixed.batch_sizes == [attacked]  # a deterministic attack runs once
+
+
+@pytest.mark.parametrize("budget,flagged", [(2, False), (3, True)])
+def test_gradient_free_warning_needs_more_than_0_2_percent(budget, flagged, digits_mlp):
+    m = digits_mlp.model
+    reps = -(-1000 // digits_mlp.y.shape[0])
+    x = digits_mlp.x.repeat(reps, 1, 1, 1)[:1000]
+    y = digits_mlp.y.repeat(reps)[:1000]
+    result = robust_accuracy(m, (x, y), [Unattacked(m), FewSquare(m, budget)], progress=False)
+    assert result.per_attack["FewSquare"]["broken"] == budget
+    warned = [w for w in result.warnings if "FewSquare (gradient-free) broke" in w]
+    assert bool(warned) == flagged, f"{budget} of 1000 points: {result.warnings}"
+
+
+def test_images_outside_the_range_raise_before_any_attack(digits_mlp):
+    m = digits_mlp.model
+    x = digits_mlp.x[:8].clone()
+    with torch.no_grad():
+        wrong = (m(x).argmax(1) + 1) % 10  # every sample misclassified: nothing gets attacked
+    x[6, 0, 0, 0] = 1.5  # in the second chunk of 4
+    atk = CountingPGD(m)
+    with pytest.raises(ValueError, match=r"\[0, 1\], found values in \[0, 1\.5\]"):
+        robust_accuracy(m, (x, wrong), [atk], batch_size=4, progress=False)
+    x[6, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        robust_accuracy(m, (x, wrong), [atk], batch_size=4, progress=False)
+    assert atk.batch_sizes == []
+    unnorm = Unnormalising(m).eval()
+    atk = ma.FGSM(unnorm)
+    atk.set_normalization_used([0.5], [0.25])
+    z = (digits_mlp.x[:8] - 0.5) / 0.25
+    z[6, 0, 0, 0] = -3.0  # pixel -0.25
+    with pytest.raises(ValueError, match=r"un-normalising.*\[-0\.25, 1\]"):
+        robust_accuracy(unnorm, (z, wrong), [atk], batch_size=4, progress=False)
+
+
 def test_masked_gradients_are_flagged_and_square_still_breaks(digits_mlp):
     m = Rounded(digits_mlp.model).eval()
     x, y = digits_mlp.x[:80], digits_mlp.y[:80]
@@ -111,10 +265,12 @@ def test_masked_gradients_are_flagged_and_square_still_breaks(digits_mlp):
 
 def test_clean_model_raises_no_masking_warning(digits_mlp):
     m, x, y = digits_mlp.model, digits_mlp.x[:80], digits_mlp.y[:80]
-    result = robust_accuracy(m, (x, y), [ma.PGD(m, eps=0.1, alpha=0.02, steps=5,
-                                                random_start=False)],
-                             progress=False, eps_sweep=True)
-    assert result.warnings == []
+    # PGD alone leaves 1 of these 80 points (1.25%) to Square; with APGD-DLR Square finds none.
+    attacks = [ma.PGD(m, eps=0.1, alpha=0.02, steps=5, random_start=False),
+               ma.APGD(m, eps=0.1, steps=20, loss="dlr"),
+               ma.Square(m, eps=0.1, n_queries=200, seed=SEED)]
+    result = robust_accuracy(m, (x, y), attacks, progress=False, eps_sweep=True)
+    assert result.warnings == [], f"seed {SEED}"
     values = list(result.eps_sweep.values())
     assert values[-1] <= 0.05
 
@@ -143,9 +299,17 @@ def test_standard_preset_mirrors_autoattack():
     apgd, apgdt, fab, square = standard_attacks(nn.Linear(2, 10), eps=0.03, norm="L2",
                                                 n_classes=10)
     assert (apgd.steps, apgd.loss_name, apgd.n_restarts, apgd.norm) == (100, "ce", 1, "L2")
-    assert (apgdt.steps, apgdt.n_target_classes) == (100, 9)
-    assert (fab.steps, fab.multi_targeted, fab.n_target_classes) == (100, True, 9)
-    assert square.n_queries == 5000 and {a.eps for a in (apgd, apgdt, fab, square)} == {0.03}
+    # APGD-T on the targeted DLR loss (no custom loss), as AutoAttack's standard version
+    assert (apgdt.steps, apgdt.n_target_classes, apgdt.n_restarts, apgdt.custom_loss) == \
+        (100, 9, 1, False)
+    assert (fab.steps, fab.multi_targeted, fab.n_target_classes, fab.n_restarts) == \
+        (100, True, 9, 1)
+    assert (square.n_queries, square.p_init, square.n_restarts, square.loss) == \
+        (5000, 0.8, 1, "margin")
+    assert {a.eps for a in (apgd, apgdt, fab, square)} == {0.03}
+    assert {a.norm for a in (apgd, apgdt, fab, square)} == {"L2"}
+    # seeded, hence run once: robust_accuracy's `restarts` does not repeat the preset
+    assert not any(a.stochastic for a in (apgd, apgdt, fab, square))
     assert standard_attacks(nn.Linear(2, 5), eps=0.1, n_classes=5)[1].n_target_classes == 4
     with pytest.raises(ValueError, match="4 classes"):
         standard_attacks(nn.Linear(2, 3), eps=0.1, n_classes=3)
