@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -166,19 +167,23 @@ class PairedFloor:
         self._inside = True
         try:
             _sync(self.device)
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             with frozen_parameters(self.model):
                 xg = inp.detach().clone().requires_grad_(True)
                 labels = torch.zeros(xg.shape[0], dtype=torch.long, device=xg.device)
                 torch.autograd.grad(self.loss_fn(self.model(xg), labels), xg)
             _sync(self.device)
-            self.passes.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            self.passes.append(t1 - t0)
+            self.marks.append((t0, t1, f0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
         finally:
             self._inside = False
 
     def run(self, attack_call) -> dict:
         """Times one ``attack_call()``; returns the attack's and the floor's seconds."""
-        self.passes = []
+        # Seconds of each floor pass, and its (start, end, minor faults at start, at end).
+        self.passes, self.marks = [], []
         handle = self.model.register_forward_pre_hook(self._floor_pass)
         try:
             _sync(self.device)

@@ -13,6 +13,10 @@ Differences from torchattacks 3.5.1, none of which weakens the attack:
   the batch), every position including the last row/column can be drawn, and
   a proposal that would leave the window unchanged flips its signs instead of
   wasting the query (as in the paper's reference code);
+* the L2 start tiles the whole image with s = h // 5 squares, centred
+  (the paper's code starts at (h - 5s) // 2: the same whenever h // s == 5,
+  as at 28, 32 and 224 pixels, while on small images such as 8x8 it leaves
+  a border empty);
 * randomness comes from a private ``torch.Generator`` seeded with ``seed``:
   reproducible per call, torch's global RNG untouched;
 * samples that stay robust get the lowest-loss point found, not the clean image.
