@@ -432,6 +432,7 @@ def main(argv=None):
     args.eval_n = args.eval_n or (100 if args.quick else 2000)
     if args.quick:
         args.eval_restarts = min(args.eval_restarts, 2)
+        args.paired_seconds = 0.0  # one call per contender
     import torchattacks as ta
     timer = Timer(device, args.rounds)
     sections = set(args.sections.split(","))
