@@ -215,22 +215,25 @@ def _assert_agrees(ours, ref, fooled, exact, tag):
         f"{tag}: samples {bad} differ from the slow loop (max {float(dist.max()):.2e})"
 
 
-@pytest.mark.parametrize("norm, loss, eps, n", [
-    ("Linf", "ce", 0.1, 20), ("L2", "ce", 0.75, 40),
-    ("Linf", "dlr", 0.1, 40), ("L2", "dlr", 0.75, 40)])
-def test_apgd_matches_the_slow_loop(norm, loss, eps, n, digits_mlp):
+@pytest.mark.parametrize("norm, loss, eps, n, steps", [
+    ("Linf", "ce", 0.1, 20, 10), ("L2", "ce", 0.75, 40, 10),
+    ("Linf", "dlr", 0.1, 40, 10), ("L2", "dlr", 0.75, 40, 10),
+    # 20 steps: the first checkpoint comes after 4, where rho * 4 = 3 is an integer,
+    # so "at most rho of the steps increased" is told apart from "fewer than".
+    ("L2", "ce", 0.75, 40, 20)])
+def test_apgd_matches_the_slow_loop(norm, loss, eps, n, steps, digits_mlp):
     from modelsec_fast.attacks.apgd import random_start
     m = digits_mlp.model
     x, y = _correctly_classified(m, digits_mlp.x[:n], digits_mlp.y[:n])
     seed = 3
-    ours = ma.APGD(m, norm=norm, eps=eps, steps=10, seed=seed, loss=loss)(x, y)
+    ours = ma.APGD(m, norm=norm, eps=eps, steps=steps, seed=seed, loss=loss)(x, y)
     starts = random_start(x, eps, norm, torch.Generator().manual_seed(seed))
     objective = _ce if loss == "ce" else _dlr
-    ref, fooled = zip(*[_ref_apgd_one(m, x[i:i + 1], y[i:i + 1], eps, 10, starts[i:i + 1],
+    ref, fooled = zip(*[_ref_apgd_one(m, x[i:i + 1], y[i:i + 1], eps, steps, starts[i:i + 1],
                                       norm=norm, objective=objective)
                         for i in range(x.shape[0])])
     _assert_agrees(ours, torch.cat(ref), fooled, norm == "L2",
-                   f"APGD {norm} {loss} eps={eps} seed={seed}")
+                   f"APGD {norm} {loss} eps={eps} steps={steps} seed={seed}")
 
 
 @pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 0.75)])
