@@ -305,33 +305,25 @@ def test_repr_names_the_attack():
     assert text.startswith("PGD(") and "eps=0.1" in text and "attack_mode=default" in text
 
 
-def test_multiattack_takes_the_per_sample_worst_case(digits_mlp):
-    m, x, y = digits_mlp.model, digits_mlp.x[:120], digits_mlp.y[:120]
-    first = ma.FGSM(m, eps=0.05)
-    second = ma.PGD(m, eps=0.1, alpha=0.02, steps=5, random_start=False)
-    adv = ma.MultiAttack([first, second])(x, y)
-    with torch.no_grad():
-        wrong = m(adv).argmax(1) != y
-        wrong_each = [m(a(x, y)).argmax(1) != y for a in (first, second)]
-    assert bool((wrong >= (wrong_each[0] | wrong_each[1])).all())
-    assert float((adv - x).abs().max()) <= 0.1 + 1e-6
-    with pytest.raises(ValueError, match="two attacks"):
-        ma.MultiAttack([first])
-
-
-def test_multiattack_runs_each_attack_as_a_plain_call(digits_mlp):
-    # Early stopping lives only in robust_accuracy: on the samples the first attack
-    # left, MultiAttack must return exactly what a plain call of the second returns.
+def test_multiattack_takes_the_per_sample_worst_case_with_plain_calls(digits_mlp):
     m, x, y = digits_mlp.model, digits_mlp.x[:120], digits_mlp.y[:120]
     first = ma.FGSM(m, eps=0.02)
     second = ma.PGD(m, eps=0.1, alpha=0.02, steps=8, random_start=False)
     adv = ma.MultiAttack([first, second])(x, y)
     with torch.no_grad():
-        left = (m(first(x, y)).argmax(1) == y).nonzero().flatten()
+        wrong = m(adv).argmax(1) != y
+        wrong_each = [m(a(x, y)).argmax(1) != y for a in (first, second)]
+        # Early stopping lives only in robust_accuracy: on the samples the first
+        # attack left, the result is exactly a plain call of the second.
+        left = (~wrong_each[0]).nonzero().flatten()
         plain = second(x[left], y[left])
         fooled = m(plain).argmax(1) != y[left]
+    assert bool((wrong >= (wrong_each[0] | wrong_each[1])).all())
+    assert float((adv - x).abs().max()) <= 0.1 + 1e-6
     assert int(fooled.sum()) > 0
     torch.testing.assert_close(adv[left[fooled]], plain[fooled], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="two attacks"):
+        ma.MultiAttack([first])
 
 
 def test_autocast_runs_the_model_in_low_precision(digits_mlp):
