@@ -120,6 +120,7 @@ class CountingPGD(ma.PGD):
         self.batch_sizes.append(images.shape[0])
         return super()._forward_eval(images, labels)
 
+
 def _deterministic_attacks(m):
     return [ma.FGSM(m, eps=0.1), ma.PGD(m, eps=0.1, alpha=0.02, steps=10, random_start=False),
             ma.APGD(m, eps=0.1, steps=10, loss="dlr")]
