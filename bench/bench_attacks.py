@@ -38,6 +38,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -102,15 +103,22 @@ class Timer:
         return out
 
 
+def _gradient_pass(model, x, y):
+    """One floor pass: forward and input gradient at ``x`` (a leaf that requires grad)."""
+    torch.autograd.grad(F.cross_entropy(model(x), y), x)
+
+
+def _is_attack_pass(inp) -> bool:
+    """Whether a model input is one of an attack's gradient passes (seen from a pre-hook)."""
+    return torch.is_grad_enabled() and inp.requires_grad
+
+
 def _floor(model, x, y, passes):
     """``passes`` forward + input-gradient passes, parameters frozen."""
-    loss_fn = nn.CrossEntropyLoss()
-
     def run():
         with frozen_parameters(model):
             for _ in range(passes):
-                xg = x.detach().requires_grad_(True)
-                torch.autograd.grad(loss_fn(model(xg), y), xg)
+                _gradient_pass(model, x.detach().requires_grad_(True), y)
     return run
 
 
@@ -124,7 +132,7 @@ def _replayed_floor(model, attack, x, y):
     iterates = []
 
     def record(_module, args):
-        if torch.is_grad_enabled() and args[0].requires_grad:
+        if _is_attack_pass(args[0]):
             iterates.append(args[0].detach().clone())
 
     handle = model.register_forward_pre_hook(record)
@@ -132,13 +140,11 @@ def _replayed_floor(model, attack, x, y):
         attack(x, y)
     finally:
         handle.remove()
-    loss_fn = nn.CrossEntropyLoss()
 
     def run():
         with frozen_parameters(model):
             for xi in iterates:
-                xg = xi.clone().requires_grad_(True)
-                torch.autograd.grad(loss_fn(model(xg), y), xg)
+                _gradient_pass(model, xi.clone().requires_grad_(True), y)
     return run
 
 
@@ -157,12 +163,11 @@ class PairedFloor:
 
     def __init__(self, model, device):
         self.model, self.device = model, device
-        self.loss_fn = nn.CrossEntropyLoss()
         self._inside = False
 
     def _floor_pass(self, _module, args):
         inp = args[0]
-        if self._inside or not (torch.is_grad_enabled() and inp.requires_grad):
+        if self._inside or not _is_attack_pass(inp):
             return
         self._inside = True
         try:
@@ -170,9 +175,8 @@ class PairedFloor:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             with frozen_parameters(self.model):
-                xg = inp.detach().clone().requires_grad_(True)
-                labels = torch.zeros(xg.shape[0], dtype=torch.long, device=xg.device)
-                torch.autograd.grad(self.loss_fn(self.model(xg), labels), xg)
+                labels = torch.zeros(inp.shape[0], dtype=torch.long, device=inp.device)
+                _gradient_pass(self.model, inp.detach().clone().requires_grad_(True), labels)
             _sync(self.device)
             t1 = time.perf_counter()
             self.passes.append(t1 - t0)

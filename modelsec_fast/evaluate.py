@@ -37,7 +37,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .attacks.base import Attack, frozen_parameters
+from .attacks.base import Attack, check_pixel_range, frozen_parameters
 from .attacks.losses import dlr_loss
 
 __all__ = ["robust_accuracy", "RobustAccuracyResult", "standard_attacks"]
@@ -211,21 +211,15 @@ def _pixels(atk: Attack, t: torch.Tensor) -> torch.Tensor:
 
 def _check_image_range(x: torch.Tensor, normalization: Sequence | None) -> None:
     """ValueError unless ``x`` (B, C, ...) lies in [0, 1] pixel space (after un-normalising)."""
-    pixels, slack, where = x, 0.0, ""
-    if normalization is not None:
-        shape = (1, -1) + (1,) * max(x.dim() - 2, 0)
-        mean = torch.as_tensor(normalization[0], dtype=x.dtype, device=x.device).reshape(shape)
-        std = torch.as_tensor(normalization[1], dtype=x.dtype, device=x.device).reshape(shape)
-        pixels, slack = x * std + mean, _RANGE_SLACK
-        where = " after un-normalising with the given mean/std"
-    lo, hi = float(pixels.min()), float(pixels.max())
-    if math.isnan(lo) or math.isnan(hi):
-        raise ValueError("images contain NaN")
-    if lo < -slack or hi > 1 + slack:
-        hint = "" if normalization is not None else \
-            "; for normalised images pass normalization=(mean, std) or use set_normalization_used"
-        raise ValueError(f"images must lie in [0, 1]{where}, found values in "
-                         f"[{lo:.4g}, {hi:.4g}]{hint}")
+    if normalization is None:
+        check_pixel_range(x, hint="; for normalised images pass normalization=(mean, std) or "
+                                  "use set_normalization_used")
+        return
+    shape = (1, -1) + (1,) * max(x.dim() - 2, 0)
+    mean = torch.as_tensor(normalization[0], dtype=x.dtype, device=x.device).reshape(shape)
+    std = torch.as_tensor(normalization[1], dtype=x.dtype, device=x.device).reshape(shape)
+    check_pixel_range(x * std + mean, _RANGE_SLACK,
+                      where=" after un-normalising with the given mean/std")
 
 
 def _valid_examples(atk: Attack, adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

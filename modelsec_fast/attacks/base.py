@@ -36,13 +36,29 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from . import saving
 
-__all__ = ["Attack", "check_positive", "check_non_negative", "check_steps", "frozen_parameters"]
+__all__ = ["Attack", "check_pixel_range", "check_positive", "check_non_negative", "check_steps",
+           "frozen_parameters"]
 
 # Pixel-space bounds of every attack (torchattacks works in [0, 1] only).
 PIXEL_LO = 0.0
 PIXEL_HI = 1.0
 # Slack for images that went through normalise -> un-normalise rounding.
 _NORMALIZED_RANGE_SLACK = 1e-5
+
+
+def check_pixel_range(pixels: torch.Tensor, slack: float = 0.0, where: str = "",
+                      hint: str = "") -> None:
+    """ValueError, naming the range found, unless ``pixels`` lie in [0, 1] (+- slack) without NaN.
+
+    ``where`` follows the range in the message (how the pixels were obtained),
+    ``hint`` ends it (what to do about normalised inputs).
+    """
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo != lo or hi != hi:
+        raise ValueError("images contain NaN")
+    if lo < PIXEL_LO - slack or hi > PIXEL_HI + slack:
+        raise ValueError(f"images must lie in [{PIXEL_LO:g}, {PIXEL_HI:g}]{where}, found values "
+                         f"in [{lo:.4g}, {hi:.4g}]{hint}")
 
 
 def check_non_negative(name: str, value) -> float:
@@ -398,17 +414,12 @@ class Attack(abc.ABC):
             raise ValueError(f"labels must be >= 0, found {int(labels.min())}")
 
     def _check_range(self, images: torch.Tensor, slack: float) -> None:
-        lo, hi = float(images.min()), float(images.max())
-        if lo != lo or hi != hi:
-            raise ValueError("images contain NaN")
-        if lo < PIXEL_LO - slack or hi > PIXEL_HI + slack:
-            where = "after un-normalising with the declared mean/std" \
-                if self.normalization_used is not None else ""
-            hint = ("" if self.normalization_used is not None else
-                    "; if the images are normalised, call set_normalization_used(mean, std)")
-            raise ValueError(
-                f"images must lie in [{PIXEL_LO:g}, {PIXEL_HI:g}] {where}, found values in "
-                f"[{lo:.4g}, {hi:.4g}]{hint}".replace("  ", " "))
+        declared = self.normalization_used is not None
+        check_pixel_range(
+            images, slack,
+            where=" after un-normalising with the declared mean/std" if declared else "",
+            hint="" if declared else
+            "; if the images are normalised, call set_normalization_used(mean, std)")
 
     def check_labels_against_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """ValueError if ``logits`` is not (B, K) or a label is >= K."""

@@ -43,39 +43,33 @@ class OutOfBall(ma.Attack):
         return (1 - images).clamp(0, 1)
 
 
-class _CorruptedPGD(ma.PGD):
-    """A broken attack: PGD's examples with one pixel per image corrupted by ``_corrupt``."""
+def below_zero(images, adv, eps):
+    """Sets the first black pixel of each image to -eps/2: inside the eps ball, below 0."""
+    flat = adv.flatten(1).clone()
+    black = (images.flatten(1) == 0).float().argmax(1)
+    flat[torch.arange(flat.shape[0]), black] = -eps / 2
+    return flat.view_as(adv)
 
-    def __init__(self, model):
+
+def nan_pixel(images, adv, eps):
+    """Sets the first pixel of each image to NaN."""
+    adv = adv.clone()
+    adv.flatten(1)[:, 0] = float("nan")
+    return adv
+
+
+class CorruptedPGD(ma.PGD):
+    """A broken attack: PGD's examples passed through ``corrupt(images, adv, eps)``."""
+
+    def __init__(self, model, corrupt):
         super().__init__(model, eps=0.1, alpha=0.02, steps=10, random_start=False)
-
-    def _corrupt(self, images, adv):
-        raise NotImplementedError
+        self.corrupt = corrupt
 
     def forward(self, images, labels):
-        return self._corrupt(images, super().forward(images, labels))
+        return self.corrupt(images, super().forward(images, labels), self.eps)
 
     def _forward_eval(self, images, labels):
-        return self._corrupt(images, super()._forward_eval(images, labels))
-
-
-class BelowZero(_CorruptedPGD):
-    """Sets the first black pixel of each image to -eps/2: inside the eps ball, below 0."""
-
-    def _corrupt(self, images, adv):
-        flat = adv.flatten(1).clone()
-        black = (images.flatten(1) == 0).float().argmax(1)
-        flat[torch.arange(flat.shape[0]), black] = -self.eps / 2
-        return flat.view_as(adv)
-
-
-class NaNPixel(_CorruptedPGD):
-    """Sets the first pixel of each image to NaN."""
-
-    def _corrupt(self, images, adv):
-        adv = adv.clone()
-        adv.flatten(1)[:, 0] = float("nan")
-        return adv
+        return self.corrupt(images, super()._forward_eval(images, labels), self.eps)
 
 
 class FewSquare(ma.PGD):
@@ -173,16 +167,16 @@ def test_invalid_adversarial_examples_are_rejected(digits_mlp):
     assert any("outside the eps ball" in w for w in result.warnings)
 
 
-@pytest.mark.parametrize("broken_attack", [BelowZero, NaNPixel])
-def test_out_of_range_and_nan_examples_are_rejected_not_broken(broken_attack, digits_mlp):
+@pytest.mark.parametrize("corrupt", [below_zero, nan_pixel])
+def test_out_of_range_and_nan_examples_are_rejected_not_broken(corrupt, digits_mlp):
     m, x, y = digits_mlp.model, digits_mlp.x[:64], digits_mlp.y[:64]
-    assert bool((x.flatten(1) == 0).any(1).all())  # BelowZero needs a black pixel per image
-    atk = broken_attack(m)
+    assert bool((x.flatten(1) == 0).any(1).all())  # below_zero needs a black pixel per image
+    atk = CorruptedPGD(m, corrupt)
     adv = atk(x, y)
     with torch.no_grad():
         fooled = int((m(adv).argmax(1) != y).sum())
     assert fooled >= 20, f"unchecked, {fooled} examples would count as broken"
-    if broken_attack is BelowZero:  # inside the ball, only the range is wrong
+    if corrupt is below_zero:  # inside the ball, only the range is wrong
         assert float((adv - x).abs().max()) <= atk.eps + 1e-6 and float(adv.min()) < 0
     result = robust_accuracy(m, (x, y), [atk], progress=False)
     rec = result.per_attack["PGD"]
