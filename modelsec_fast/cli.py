@@ -558,8 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``modelsec-fast`` console script; returns the exit status."""
-    from modelsec_fast.audit.checkpoint import CheckpointError
     from modelsec_fast.data import DataError
+    from modelsec_fast.state import CheckpointError
 
     parser = build_parser()
     debug = os.environ.get("MODELSEC_FAST_DEBUG") == "1"

@@ -20,6 +20,8 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from modelsec_fast.state import read_tensor_file
+
 __all__ = ["save_adversarial", "load_adversarial", "to_type"]
 
 _SAVE_TYPES = ("float", "int")
@@ -89,8 +91,16 @@ def _write(attack, parts, save_path, save_predictions, save_clean_inputs, save_t
 
 def load_adversarial(load_path, batch_size=128, shuffle=False, normalize=None,
                      load_predictions=False, load_clean_inputs=False) -> DataLoader:
-    """A DataLoader over a file written by ``save`` (ours or torchattacks')."""
-    saved = torch.load(load_path, weights_only=True)
+    """A DataLoader over a file written by ``save`` (ours or torchattacks').
+
+    The file is read with ``weights_only=True`` (:func:`modelsec_fast.state.read_tensor_file`):
+    a file holding a pickled object that could run code raises ``CheckpointError``
+    (a ValueError) and nothing in it is executed.
+    """
+    saved = read_tensor_file(load_path, "adversarial dataset")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{load_path} is not an adversarial dataset (a dict of tensors); "
+                         f"it holds a {type(saved).__name__}")
     keys = ["adv_inputs", "labels"] + ["preds"] * load_predictions + ["clean_inputs"] * load_clean_inputs
     missing = [k for k in keys if k not in saved]
     if missing:

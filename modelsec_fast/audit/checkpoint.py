@@ -12,7 +12,10 @@ stores, next to the weights:
   independent fair coin per record, "all": the whole pool, test split as the
   non-members);
 * the training history, the DP facts, and (plain and DP-SGD recipes) the
-  resumable training state.
+  resumable training state of :mod:`modelsec_fast.state`.
+
+The file is the state module's envelope (kind :data:`FORMAT`): atomic write,
+sha256, read with ``weights_only=True`` only, one :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -23,17 +26,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from modelsec_fast.state import CheckpointError, check_same_model, read_checkpoint, write_checkpoint
+
 from .recipe import TrainingRecipe, build
 
 __all__ = ["FORMAT", "CheckpointError", "ModelCheckpoint", "load_checkpoint",
            "MEMBERSHIP_MODES"]
 
-FORMAT = "modelsec_fast.checkpoint/1"
+# The kind of modelsec_fast.state checkpoint the CLI writes and reads.
+FORMAT = "model_checkpoint"
 MEMBERSHIP_MODES = ("coin", "all")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, foreign or does not fit; one-line message."""
 
 
 @dataclass
@@ -53,33 +55,30 @@ class ModelCheckpoint:
     complete: bool = True
     resume_state: dict | None = None
     member_indices: torch.Tensor | None = None
+    # The file it was read from, for error messages.
+    source: str = field(default="(not saved)", compare=False, repr=False)
 
     def build_model(self, device="cpu") -> nn.Module:
         """A fresh model of the recipe's architecture with the saved weights, in eval mode.
 
         Raises:
-            CheckpointError: the weights do not fit the recorded architecture.
+            CheckpointError: no weights yet, or weights that do not fit the recorded
+                architecture (the keys and shapes that differ are named).
         """
         if not self.model_state:
-            raise CheckpointError("the checkpoint holds no weights yet (its run stopped before "
-                                  "the first epoch ended); resume it with "
+            raise CheckpointError(f"checkpoint {self.source}: holds no weights yet (its run "
+                                  "stopped before the first epoch ended); resume it with "
                                   "`modelsec-fast train --resume`")
         model = build(self.recipe, self.in_shape, self.num_classes)
-        try:
-            model.load_state_dict(self.model_state)
-        except RuntimeError as e:
-            lines = str(e).strip().splitlines()
-            detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
-            raise CheckpointError(
-                f"checkpoint weights do not fit model {self.recipe.model!r} for inputs "
-                f"{'x'.join(map(str, self.in_shape))}: {detail}") from None
+        check_same_model(self.model_state, model, source=self.source,
+                         target=f"model {self.recipe.model!r} for inputs "
+                                f"{'x'.join(map(str, self.in_shape))}")
+        model.load_state_dict(self.model_state)
         return model.to(device).eval()
 
     def save(self, path: str) -> None:
-        from modelsec_fast.atomic_file import save_atomically
-
-        save_atomically({
-            "format": FORMAT,
+        """Write the checkpoint to ``path`` atomically (see :mod:`modelsec_fast.state`)."""
+        write_checkpoint(path, {
             "recipe": self.recipe.to_dict(),
             "data": dict(self.data),
             "in_shape": list(self.in_shape),
@@ -93,38 +92,20 @@ class ModelCheckpoint:
             "privacy": self.privacy,
             "complete": self.complete,
             "resume_state": self.resume_state,
-        }, path)
-
-
-def _numpy_uint32_array_globals() -> list:
-    """What unpickling a numpy uint32 array needs (numpy's RNG state in a resume state),
-    taken from numpy itself so it holds for numpy 1 and 2."""
-    import numpy as np
-
-    reconstruct = np.zeros(1, dtype=np.uint32).__reduce__()[0]
-    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+        }, kind=FORMAT)
 
 
 def load_checkpoint(path: str) -> ModelCheckpoint:
     """Read a checkpoint written by the CLI.
 
     Raises:
-        CheckpointError: missing file, not a torch file, not ours, or incomplete fields.
+        CheckpointError: missing file, not a torch file or not ours, truncated, a bad
+            checksum, an old format, a pickled object that would run code (refused,
+            nothing executed), or incomplete fields.
     """
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} not found")
-    try:
-        # weights_only: a checkpoint handed to `audit` or `evaluate` may come from anyone,
-        # and full unpickling would run whatever code it holds. Ours hold only tensors,
-        # numbers, strings, containers of them and numpy's RNG state (a uint32 array).
-        with torch.serialization.safe_globals(_numpy_uint32_array_globals()):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged or foreign file
-        raise CheckpointError(f"{path}: not a readable torch checkpoint "
-                              f"({type(e).__name__})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a modelsec-fast checkpoint (expected format "
-                              f"{FORMAT!r}; train one with `modelsec-fast train`)")
+        raise CheckpointError(f"checkpoint {path}: not found")
+    raw = read_checkpoint(path, kind=FORMAT)
     try:
         return ModelCheckpoint(
             recipe=TrainingRecipe.from_dict(raw["recipe"]), data=raw["data"],
@@ -132,6 +113,7 @@ def load_checkpoint(path: str) -> ModelCheckpoint:
             member_mask=raw["member_mask"].bool(), membership=raw["membership"],
             seed=int(raw["seed"]), model_state=raw["model_state"], history=raw["history"],
             privacy=raw["privacy"], complete=bool(raw["complete"]),
-            resume_state=raw.get("resume_state"), member_indices=raw.get("member_indices"))
+            resume_state=raw.get("resume_state"), member_indices=raw.get("member_indices"),
+            source=path)
     except (KeyError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{path}: damaged modelsec-fast checkpoint (field {e})") from None
+        raise CheckpointError(f"checkpoint {path}: damaged (field {e})") from None

@@ -194,7 +194,8 @@ def train_model(
             noise matters and PLD accounting would dominate the cost.
 
     Raises:
-        ValueError: bad recipe, empty data, a resume state from another recipe.
+        ValueError: bad recipe, empty data; CheckpointError (a ValueError): a
+            ``resume_state`` from another recipe or model.
     """
     recipe.validate()
     if len(y) == 0:
@@ -344,42 +345,19 @@ def epsilon_curve(accountant, delta: float, points: int = 8) -> list[tuple[int, 
 
 
 def _capture(model, optimizer, engine, loader, epochs_done, result) -> dict:
-    from modelsec_fast.defenses.training_state import capture_rng_state
+    from modelsec_fast.state import capture_training_state
 
-    state = {
-        "epochs_done": epochs_done,
-        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "rng": capture_rng_state(loader),
-        "history": [dict(h) for h in result.history],
-    }
-    if hasattr(loader, "state_dict"):  # DPDataLoader: Poisson seed and batches handed out
-        state["loader"] = loader.state_dict()
-    if engine is not None:
-        state["accountant"] = engine.accountant.state_dict()
-        gen = getattr(optimizer, "noise_generator", None)
-        if gen is not None:
-            state["noise_generator"] = gen.get_state()
-    return state
+    return capture_training_state(
+        model=model, optimizer=optimizer, loader=loader,
+        accountant=engine.accountant if engine is not None else None,
+        extra={"epochs_done": epochs_done, "history": [dict(h) for h in result.history]})
 
 
 def _restore(state, model, optimizer, engine, loader, result) -> int:
-    from modelsec_fast.defenses.training_state import restore_rng_state
+    from modelsec_fast.state import restore_training_state
 
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ValueError("the resume state is from another architecture: "
-                         f"{str(e).splitlines()[0]}") from None
-    optimizer.load_state_dict(state["optimizer"])
-    restore_rng_state(state["rng"], loader)
-    if "loader" in state and hasattr(loader, "load_state_dict"):
-        loader.load_state_dict(state["loader"])
-    if engine is not None:
-        if "accountant" not in state:
-            raise ValueError("cannot resume a DP run from a non-private checkpoint")
-        engine.accountant.load_state_dict(state["accountant"])
-        if "noise_generator" in state:
-            optimizer.noise_generator.set_state(state["noise_generator"])
-    result.history = [dict(h) for h in state["history"]]
-    return int(state["epochs_done"])
+    own = restore_training_state(state, source="resume_state", model=model, optimizer=optimizer,
+                                 loader=loader,
+                                 accountant=engine.accountant if engine is not None else None)
+    result.history = [dict(h) for h in own["history"]]
+    return int(own["epochs_done"])

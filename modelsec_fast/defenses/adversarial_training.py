@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -57,15 +58,15 @@ from .overfitting_guard import (CatastrophicOverfittingWarning, OverfittingGuard
                                 accuracy_under_attack)
 from .privacy_rules import check_private_setup, is_private_optimizer
 from .trades import TradesAttackLoss, trades_loss_per_sample
-from ..atomic_file import save_atomically
-from .training_state import capture_rng_state, restore_rng_state
+from ..state import (CheckpointError, capture_training_state, read_checkpoint,
+                     restore_training_state, write_checkpoint)
 
 __all__ = ["AdversarialTrainer", "StepOutput", "METHODS"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("pgd", "fgsm_rs", "free", "trades")
-_CHECKPOINT_FORMAT = "modelsec_fast.AdversarialTrainer/1"
+_CHECKPOINT_KIND = "adversarial_trainer"
 # Pixel range of every attack in the library.
 _LO, _HI = 0.0, 1.0
 # Normalise -> un-normalise round trips may leave pixels this far outside [0, 1].
@@ -114,11 +115,6 @@ def _integer(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
-
-
-def _has_state(loader) -> bool:
-    return callable(getattr(loader, "state_dict", None)) and \
-        callable(getattr(loader, "load_state_dict", None))
 
 
 class AdversarialTrainer:
@@ -476,10 +472,13 @@ class AdversarialTrainer:
             ``epsilon``.
         Raises:
             ValueError: ``epochs < 1``; a loader that yields no batches;
-                ``resume`` without ``checkpoint_path`` or with a checkpoint of
-                another configuration; under DP the refusals of
+                ``resume`` without ``checkpoint_path``; under DP the refusals of
                 :func:`.privacy_rules.check_private_setup`, and checkpointing
                 without ``privacy_engine``.
+            CheckpointError (a ValueError, from :mod:`modelsec_fast.state`):
+                ``resume`` from a checkpoint that is not this trainer's, damaged,
+                of an old format, of another configuration or model, or that
+                holds a pickled object (refused; nothing in it is executed).
             CatastrophicOverfittingWarning (warning): the guard restored the
                 best weights and training stopped early.
         """
@@ -628,78 +627,53 @@ class AdversarialTrainer:
         return {"method": self.method, "eps": self.eps, "alpha": self.alpha, "steps": self.steps,
                 "replays": self.replays, "beta": self.beta, "private": self.private}
 
+    def _accountant(self):
+        """The accountant saved with the state: the privacy engine's, under DP."""
+        return self.privacy_engine.accountant \
+            if self.private and self.privacy_engine is not None else None
+
     def _save_checkpoint(self, train_loader, epochs_done: int, passes: int) -> None:
-        state = {
-            "format": _CHECKPOINT_FORMAT, "config": self._config(),
-            "epochs_done": epochs_done, "passes": passes,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+        own = {
+            "config": self._config(), "epochs_done": epochs_done, "passes": passes,
             "history": self.history, "optimizer_steps": self.optimizer_steps,
             "stopped_reason": self.stopped_reason,
             "guard": None if self._guard is None else {
                 **self._guard.state_dict(), "images": self._guard.images,
                 "labels": self._guard.labels},
             "free": None if self._carried is None else self._carried.state_dict(),
-            "rng": capture_rng_state(train_loader),
-            # Loaders that track their own position (DPDataLoader's Poisson batch index).
-            "loader": train_loader.state_dict() if _has_state(train_loader) else None,
-            "dp": self._dp_state(),
         }
-        save_atomically(state, self.checkpoint_path)
-
-    def _dp_state(self):
-        if not self.private:
-            return None
-        generator = getattr(self.optimizer, "noise_generator", None)
-        return {
-            "accountant": self.privacy_engine.accountant.state_dict()
-            if self.privacy_engine is not None else None,
-            "noise_generator": generator.get_state()
-            if isinstance(generator, torch.Generator) else None,
-        }
+        state = capture_training_state(model=self.model, optimizer=self.optimizer,
+                                       scheduler=self.scheduler, loader=train_loader,
+                                       accountant=self._accountant(), extra=own)
+        write_checkpoint(self.checkpoint_path, state, kind=_CHECKPOINT_KIND)
 
     def _load_checkpoint(self, train_loader, passes: int) -> int:
-        import os
-
-        if not os.path.exists(self.checkpoint_path):
-            logger.info("no checkpoint at %s; starting from scratch", self.checkpoint_path)
+        path = self.checkpoint_path
+        if not os.path.exists(path):
+            logger.info("no checkpoint at %s; starting from scratch", path)
             return 0
-        # CPU first: RNG states must stay CPU byte tensors; load_state_dict moves the rest.
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.checkpoint_path} is not an AdversarialTrainer checkpoint")
-        if state["config"] != self._config():
-            raise ValueError(f"the checkpoint was written with {state['config']}, but this trainer "
-                             f"has {self._config()}; resume with the same configuration")
-        if state["passes"] != passes:
-            raise ValueError(f"the checkpoint belongs to a run of {state['passes']} passes, this "
-                             f"fit asks for {passes}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.history = list(state["history"])
-        self.optimizer_steps = state["optimizer_steps"]
-        self.stopped_reason = state["stopped_reason"]
-        if state["guard"] is not None:
-            guard = state["guard"]
+        state = read_checkpoint(path, kind=_CHECKPOINT_KIND)
+        own = state["extra"]
+        if own.get("config") != self._config():
+            raise CheckpointError(f"checkpoint {path}: written with {own.get('config')}, but this "
+                                  f"trainer has {self._config()}; resume with the same "
+                                  "configuration")
+        if own["passes"] != passes:
+            raise CheckpointError(f"checkpoint {path}: belongs to a run of {own['passes']} "
+                                  f"passes, this fit asks for {passes}")
+        restore_training_state(state, source=path, model=self.model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, loader=train_loader,
+                               accountant=self._accountant())
+        self.history = list(own["history"])
+        self.optimizer_steps = own["optimizer_steps"]
+        self.stopped_reason = own["stopped_reason"]
+        if own["guard"] is not None:
+            guard = own["guard"]
             self._guard = OverfittingGuard(self._pgd(self.guard_steps),
                                            guard["images"].to(self.device),
                                            guard["labels"].to(self.device), self.guard_max_drop)
             self._guard.load_state_dict(guard)
-        if state["free"] is not None:
-            delta = state["free"]["delta"]
+        if own["free"] is not None:
+            delta = own["free"]["delta"]
             self._carried.load_state_dict({"delta": None if delta is None else delta.to(self.device)})
-        if state["dp"] is not None:
-            if state["dp"]["accountant"] is not None:
-                self.privacy_engine.accountant.load_state_dict(state["dp"]["accountant"])
-            generator = getattr(self.optimizer, "noise_generator", None)
-            if state["dp"]["noise_generator"] is not None and isinstance(generator, torch.Generator):
-                generator.set_state(state["dp"]["noise_generator"])
-        restore_rng_state(state["rng"], train_loader)
-        if state["loader"] is not None:
-            if not _has_state(train_loader):
-                raise ValueError("the checkpoint holds a data-loader state (e.g. a DPDataLoader's "
-                                 "Poisson position) but this train_loader cannot restore one")
-            train_loader.load_state_dict(state["loader"])
-        return int(state["epochs_done"])
+        return int(own["epochs_done"])

@@ -9,11 +9,18 @@ import sys
 import pytest
 import torch
 
+from modelsec_fast.audit.checkpoint import FORMAT
 from modelsec_fast.cli import main
+from modelsec_fast.state import read_checkpoint, write_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = ["--train-size", "300", "--test-size", "100", "--epochs", "2", "--no-progress",
          "--threads", "1"]
+
+
+def _raw(path):
+    """The fields of a CLI checkpoint, read through the one state module."""
+    return read_checkpoint(path, kind=FORMAT)
 
 
 def run(argv, capsys):
@@ -36,7 +43,7 @@ def test_train_writes_auditable_checkpoint_and_json(tmp_path, capsys):
     assert status == 0
     summary = json.loads(out)
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["privacy"] is None
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = _raw(path)
     assert ckpt["complete"] and ckpt["member_mask"].shape == (300,)
     assert int(ckpt["member_mask"].sum()) == summary["members"]
     from modelsec_fast.data import load_dataset
@@ -68,7 +75,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, capsys, mo
     monkeypatch.setattr(ModelCheckpoint, "save", save_then_interrupt)
     assert main(args + ["--checkpoint", part]) == 130
     monkeypatch.setattr(ModelCheckpoint, "save", original_save)
-    interrupted = torch.load(part, weights_only=False)
+    interrupted = _raw(part)
     assert not interrupted["complete"] and len(interrupted["history"]) == 2
     capsys.readouterr()
 
@@ -77,7 +84,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, capsys, mo
     assert status == 0
     summary = json.loads(out)
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
-    a, b = torch.load(whole, weights_only=False), torch.load(part, weights_only=False)
+    a, b = _raw(whole), _raw(part)
     assert b["complete"]
     for key in a["model_state"]:
         assert torch.equal(a["model_state"][key], b["model_state"][key]), key
@@ -93,22 +100,22 @@ def test_adversarial_training_resumes_from_trainer_state(tmp_path, capsys, monke
             "fgsm_rs", "--eps", "0.1", "--no-progress", "--threads", "1", "--quiet"]
     whole, part = str(tmp_path / "whole.pt"), str(tmp_path / "part.pt")
     assert main(args + ["--checkpoint", whole]) == 0
-    original, calls = at.save_atomically, []
+    original, calls = at.write_checkpoint, []
 
-    def save_then_interrupt(obj, path):
-        original(obj, path)
+    def save_then_interrupt(path, state, *, kind):
+        original(path, state, kind=kind)
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(at, "save_atomically", save_then_interrupt)
+    monkeypatch.setattr(at, "write_checkpoint", save_then_interrupt)
     assert main(args + ["--checkpoint", part]) == 130
-    monkeypatch.setattr(at, "save_atomically", original)
+    monkeypatch.setattr(at, "write_checkpoint", original)
     capsys.readouterr()
     status, _, err = run(["evaluate", part, "--quiet"], capsys)
     assert "holds no weights yet" in _one_line_error(status, err)
     assert main(["train", "--resume", part, "--quiet", "--no-progress", "--threads", "1"]) == 0
-    a, b = torch.load(whole, weights_only=False), torch.load(part, weights_only=False)
+    a, b = _raw(whole), _raw(part)
     assert b["complete"] and len(b["history"]) == 3
     for key in a["model_state"]:
         assert torch.equal(a["model_state"][key], b["model_state"][key]), key
@@ -211,10 +218,10 @@ def test_unknown_model(capsys):
 
 
 def test_checkpoint_from_another_architecture(checkpoint, tmp_path, capsys):
-    raw = torch.load(checkpoint, weights_only=False)
+    raw = _raw(checkpoint)
     raw["recipe"]["model"] = "small_cnn"  # weights of an MLP under a CNN's name
     foreign = str(tmp_path / "foreign.pt")
-    torch.save(raw, foreign)
+    write_checkpoint(foreign, raw, kind=FORMAT)
     status, _, err = run(["evaluate", foreign, "--quiet"], capsys)
     assert "do not fit model 'small_cnn'" in _one_line_error(status, err)
     status, _, err = run(["audit", foreign, "--quiet"], capsys)
@@ -229,10 +236,10 @@ def test_not_a_checkpoint_and_wrong_input_shape(checkpoint, tmp_path, capsys):
     path = tmp_path / "junk.pt"
     path.write_bytes(b"not a torch file")
     status, _, err = run(["audit", str(path)], capsys)
-    assert "not a readable torch checkpoint" in _one_line_error(status, err)
+    assert "not a torch file" in _one_line_error(status, err)
     torch.save({"weights": 1}, path)
     status, _, err = run(["evaluate", str(path)], capsys)
-    assert "not a modelsec-fast checkpoint" in _one_line_error(status, err)
+    assert "not a modelsec_fast checkpoint" in _one_line_error(status, err)
     import numpy as np
 
     other = str(tmp_path / "five.npz")
@@ -259,7 +266,7 @@ def test_checkpoint_that_runs_code_is_refused_unexecuted(tmp_path, capsys):
         str(marker))}, path)
     for command in ("audit", "evaluate"):
         status, _, err = run([command, str(path)], capsys)
-        assert "not a readable torch checkpoint" in _one_line_error(status, err)
+        assert "refused: it holds a pickled object" in _one_line_error(status, err)
     assert not marker.exists()
 
 
