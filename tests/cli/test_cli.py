@@ -270,6 +270,41 @@ def test_checkpoint_that_runs_code_is_refused_unexecuted(tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("how", ["torch", "envelope"])
+def test_resume_refuses_a_pickled_trainer_side_file_unexecuted(tmp_path, monkeypatch, how):
+    """A valid interrupted run.pt beside a malicious run.pt.trainer: exit 2, one line,
+    and the payload never runs (it did, through torch.load(weights_only=False))."""
+    from modelsec_fast.audit.checkpoint import ModelCheckpoint
+
+    run_pt = str(tmp_path / "run.pt")
+    original = ModelCheckpoint.save
+
+    def save_then_interrupt(self, path):
+        original(self, path)
+        raise KeyboardInterrupt  # after the recipe-only save, before any epoch
+
+    monkeypatch.setattr(ModelCheckpoint, "save", save_then_interrupt)
+    assert main(["train", "--train-size", "150", "--test-size", "50", "--epochs", "2", "--adv",
+                 "fgsm_rs", "--eps", "0.1", "--no-progress", "--quiet",
+                 "--checkpoint", run_pt]) == 130
+    monkeypatch.undo()
+    marker = tmp_path / "pwned"
+    payload = _OpensAFileWhenUnpickled(str(marker))
+    if how == "torch":
+        torch.save({"format": "modelsec_fast.state", "payload": payload}, run_pt + ".trainer")
+    else:  # a well-formed envelope and checksum around the payload
+        write_checkpoint(run_pt + ".trainer", {"model": payload}, kind="adversarial_trainer")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    done = subprocess.run([sys.executable, "-m", "modelsec_fast", "train", "--adv", "fgsm_rs",
+                           "--resume", run_pt, "--no-progress", "--quiet", "--threads", "1"],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"modelsec-fast: error: checkpoint {run_pt}.trainer: refused: "
+                               "it holds a pickled object"), lines[0]
+    assert not marker.exists()
+
+
 def test_bad_flags_are_one_line(capsys):
     status, _, err = run(["train", "--dp"], capsys)
     assert "--epsilon" in _one_line_error(status, err)
