@@ -71,7 +71,7 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------ the file
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+def write_atomically(path: str | os.PathLike, data: bytes | memoryview) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, rename it over
     ``path`` and fsync the folder, so the file is either the old or the new one."""
     path = os.fspath(path)
@@ -102,10 +102,11 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def _to_bytes(obj) -> bytes:
+def _serialized(obj) -> memoryview:
+    """``torch.save`` bytes of ``obj``, as a writable view (no copy)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    return buffer.getvalue()
+    return buffer.getbuffer()
 
 
 def write_checkpoint(path, state: dict, *, kind: str) -> None:
@@ -117,11 +118,11 @@ def write_checkpoint(path, state: dict, *, kind: str) -> None:
         kind: who writes it (e.g. ``"adversarial_trainer"``);
             :func:`read_checkpoint` checks it.
     """
-    payload = _to_bytes(state)
+    payload = _serialized(state)
     # A uint8 tensor, not bytes: torch stores it raw, where pickled bytes would grow by half.
-    data = _to_bytes({"format": FORMAT, "version": VERSION, "kind": kind,
-                      "sha256": hashlib.sha256(payload).hexdigest(),
-                      "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)})
+    data = _serialized({"format": FORMAT, "version": VERSION, "kind": kind,
+                        "sha256": hashlib.sha256(payload).hexdigest(),
+                        "payload": torch.frombuffer(payload, dtype=torch.uint8)})
     if hasattr(path, "write"):
         path.write(data)
     else:
@@ -169,7 +170,7 @@ def _load_failure(err: Exception, source) -> str:
         return "empty or truncated"
     if _starts_with_zip(source):  # a torch file, but its archive or pickle does not parse
         return f"truncated or damaged ({type(err).__name__}: {' '.join(text.split()[:8])})"
-    return "not a torch file that loads safely (not a modelsec_fast checkpoint)"
+    return "not a torch file that loads safely"
 
 
 def _starts_with_zip(source) -> bool:
@@ -208,9 +209,9 @@ def read_checkpoint(path, *, kind: str) -> dict:
     fmt = envelope.get("format") if isinstance(envelope, dict) else None
     if fmt in _LEGACY_FORMATS:
         raise CheckpointError(
-            f"checkpoint {name}: old format {fmt!r} written by {_LEGACY_FORMATS[fmt]} of "
-            f"{_LEGACY_READER}, which is the version that reads it; this version reads "
-            f"{FORMAT!r} version {VERSION}: finish that run with {_LEGACY_READER} or start again")
+            f"checkpoint {name}: old format {fmt!r} (written by {_LEGACY_FORMATS[fmt]}), read "
+            f"by {_LEGACY_READER}; this version reads {FORMAT!r} version {VERSION} only: "
+            f"finish that run with {_LEGACY_READER} or start it again")
     if fmt != FORMAT:
         raise CheckpointError(f"checkpoint {name}: not a modelsec_fast checkpoint (a torch file "
                               f"without the {FORMAT!r} envelope)")
@@ -370,7 +371,8 @@ def check_same_model(saved: dict, model: torch.nn.Module, *, source,
         return
     missing = [k for k in mine if k not in theirs]
     unexpected = [k for k in theirs if k not in mine]
-    differing = [f"{k} {theirs[k]} vs {mine[k]}" for k in mine if k in theirs and theirs[k] != mine[k]]
+    differing = [f"{k} {theirs[k]} vs {mine[k]}"
+                 for k in mine if k in theirs and theirs[k] != mine[k]]
     details = "; ".join(part for part in (
         f"missing from the checkpoint: {', '.join(missing[:5])}" if missing else "",
         f"not in the model: {', '.join(unexpected[:5])}" if unexpected else "",
@@ -460,4 +462,5 @@ def _restore_part(load_state_dict, part_state, what: str, name: str) -> None:
         load_state_dict(part_state)
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         detail = " ".join(str(err).split()) or type(err).__name__
-        raise CheckpointError(f"checkpoint {name}: the {what} state does not fit: {detail}") from None
+        raise CheckpointError(f"checkpoint {name}: the {what} state does not fit: "
+                              f"{detail}") from None

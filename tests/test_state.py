@@ -174,8 +174,9 @@ def _module_aliases(tree) -> dict:
     aliases = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            for a in node.names:
-                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+            for a in node.names:  # import numpy as np -> np: numpy; import os.path -> os: os
+                top = a.name.split(".")[0]
+                aliases[a.asname or top] = a.name if a.asname else top
     return aliases
 
 

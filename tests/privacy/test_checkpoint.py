@@ -161,11 +161,13 @@ def test_checkpoint_of_another_model_is_refused_and_names_the_difference(tmp_pat
     save_checkpoint(path=path, module=model, optimizer=opt, accountant=acc)
     other, other_opt, other_acc, _ = _setup(0, width=5)
     original = [p.clone() for p in other.parameters()]
-    with pytest.raises(CheckpointError, match=r"another architecture.*0\.weight 4x3 float32 vs 5x3 float32"):
+    with pytest.raises(CheckpointError,
+                       match=r"another architecture.*0\.weight 4x3 float32 vs 5x3 float32"):
         load_checkpoint(path=path, module=other, optimizer=other_opt, accountant=other_acc)
     assert all(torch.equal(a, b) for a, b in zip(original, other.parameters()))
     renamed = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Identity(), nn.Linear(4, 2))
-    with pytest.raises(CheckpointError, match="another architecture.*missing from the checkpoint: 3.weight"):
+    with pytest.raises(CheckpointError,
+                       match="another architecture.*missing from the checkpoint: 3.weight"):
         load_checkpoint(path=path, module=renamed, accountant=other_acc)
 
 
@@ -192,3 +194,11 @@ def test_an_accountant_is_required():
     model, opt, _, _ = _setup(0)
     with pytest.raises(ValueError, match="accountant"):
         save_checkpoint(path=io.BytesIO(), module=model, optimizer=opt)
+
+
+def test_weights_only_false_is_refused_before_reading(tmp_path):
+    model, opt, acc, _ = _setup(0)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path=path, module=model, optimizer=opt, accountant=acc)
+    with pytest.raises(ValueError, match="weights_only=False is not supported.*run any code"):
+        load_checkpoint(path=path, module=model, accountant=acc, weights_only=False)
