@@ -13,6 +13,7 @@
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
+#include <cmath>
 #include <vector>
 
 #include "../op_common.h"

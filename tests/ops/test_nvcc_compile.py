@@ -30,11 +30,12 @@ def _python_constant(path: pathlib.Path, name: str) -> str:
 
 
 def _build_defines() -> list[str]:
-    """The -D flags CMakeLists.txt passes: the specification's constants and the stable-ABI target."""
+    """The -D flags CMakeLists.txt passes: the specification's constants, the ABI target."""
     ref = ROOT / "modelsec_fast" / "reference.py"
     flags = [f"-DMSF_{name}={_python_constant(ref, name)}"
              for name in ("CLIP_EPS", "L2_GRAD_EPS", "NOISE_DOMAIN")]
-    major, minor = _python_constant(ROOT / "csrc" / "metadata" / "torch_pin.py", "MIN_TORCH").split(".")
+    pin = ROOT / "csrc" / "metadata" / "torch_pin.py"
+    major, minor = _python_constant(pin, "MIN_TORCH").split(".")
     return flags + [f"-DTORCH_TARGET_VERSION={(int(major) << 56) | (int(minor) << 48):#x}"]
 
 
@@ -52,8 +53,8 @@ def test_every_cu_file_and_the_cuda_registration_compile(tmp_path):
             for f in cu_files]
     includes = [f"-I{p}" for p in cpp_ext.include_paths()]
     cxx = os.environ.get("CXX", "c++")
-    jobs.append([cxx, "-std=c++20", "-fsyntax-only", "-D_GLIBCXX_USE_CXX11_ABI=1", *defines, *includes,
-                 str(CUDA_DIR / "register_cuda.cpp")])
+    jobs.append([cxx, "-std=c++20", "-fsyntax-only", "-D_GLIBCXX_USE_CXX11_ABI=1", *defines,
+                 *includes, str(CUDA_DIR / "register_cuda.cpp")])
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         results = list(pool.map(_run, jobs))
     failures = [f"{' '.join(cmd[-3:])}\n{err}" for cmd, rc, err in results if rc != 0]
