@@ -1,6 +1,6 @@
 #include "os_entropy.h"
 
-#include <c10/util/Exception.h>
+#include <torch/headeronly/util/Exception.h>  // STD_TORCH_CHECK
 
 #include <cerrno>
 #include <cstdio>
@@ -26,10 +26,10 @@ void os_random_key(uint32_t key[8]) {
 #endif
   if (have < 32) {
     std::FILE* f = std::fopen("/dev/urandom", "rb");
-    TORCH_CHECK(f != nullptr, "modelsec_fast: no OS entropy source for source='secure'");
+    STD_TORCH_CHECK(f != nullptr, "modelsec_fast: no OS entropy source for source='secure'");
     have = std::fread(out, 1, 32, f);
     std::fclose(f);
-    TORCH_CHECK(have == 32, "modelsec_fast: short read from /dev/urandom for source='secure'");
+    STD_TORCH_CHECK(have == 32, "modelsec_fast: short read from /dev/urandom for source='secure'");
   }
 }
 

@@ -2,13 +2,15 @@
 
 Every native kernel in ``csrc/`` computes what the function of the same name
 here computes, and ``tests/ops`` checks that they agree. These functions are
-also the fallback used by :mod:`modelsec_fast.ops` when the native library is
-missing or ``MODELSEC_FAST_DISABLE_NATIVE=1``.
+also the fallback: :mod:`modelsec_fast._native` registers them as the kernels
+of ``torch.ops.modelsec_fast`` on every device the native library does not
+serve, and :mod:`modelsec_fast.ops` calls them when the library is missing or
+``MODELSEC_FAST_DISABLE_NATIVE=1``.
 
 They take the random stream explicitly (``seed``/``offset`` for Philox,
 ``key`` for ChaCha20); drawing a fresh stream from a ``torch.Generator`` on
 each call is the job of :mod:`modelsec_fast.ops`. Inputs are assumed valid
-here: ``ops`` validates them once for both paths.
+here: the checks of :mod:`modelsec_fast._native` run before them.
 
 Noise specification (shared with ``csrc/common/rng.h``)
 -------------------------------------------------------
@@ -77,6 +79,8 @@ __all__ = [
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
 _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+# The three constants below are the one definition for Python and C++ alike:
+# CMakeLists.txt reads each `NAME = literal` line and passes it to the compiler.
 # "MSF1": counter word 3 of every noise stream this library draws.
 NOISE_DOMAIN = 0x4D534631
 # Opacus's clipping denominator guard: c_i = min(1, C / (n_i + 1e-6)).
@@ -262,7 +266,7 @@ def per_sample_norms(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 def clip_factors(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """Opacus's factors c_i = min(1, max_norm / (n_i + 1e-6)), fp32 (B,)."""
+    """Opacus's factors c_i = min(1, max_norm / (n_i + CLIP_EPS)), fp32 (B,)."""
     # torch.full_like(...) / x divides; ``max_norm / x`` would be reciprocal * max_norm.
     return (torch.full_like(norms, max_norm) / (norms + CLIP_EPS)).clamp(max=1.0)
 

@@ -19,6 +19,9 @@ PY=${PYTHON:-python3}
 # torchattacks declares torchvision etc. as requirements but imports without them;
 # --no-deps keeps pip from replacing torch with a CUDA build.
 "$PY" -m pip install -q --no-deps torchattacks==3.5.1
+# The stable-ABI audit of the built library (tests/ops/test_stable_abi.py), with
+# its two dependencies pinned; --no-deps: none of them may touch torch.
+"$PY" -m pip install -q --no-deps torch-abi-audit==0.3.0 abi3info==2026.9.25 pycxxfilt==1.2.0
 
 # The extension, built against the torch installed above: --no-build-isolation
 # stops pip from fetching a second torch into a throwaway build environment.

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "spec_constants.h"  // kNoiseDomain
+
 #if defined(__CUDACC__)
 #define MSF_HD __host__ __device__ __forceinline__
 #else
@@ -17,10 +19,6 @@
 #endif
 
 namespace msf {
-
-// Counter word 3 of every noise stream ("MSF1"): keeps our Philox counters
-// apart from torch's when a CUDA generator's seed is shared.
-constexpr uint32_t kNoiseDomain = 0x4D534631u;
 
 MSF_HD float bits_to_float(uint32_t b) {
 #if defined(__CUDA_ARCH__)

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "rng.h"  // MSF_HD
+#include "spec_constants.h"
 
 namespace msf {
 
@@ -35,9 +36,9 @@ MSF_HD T sign_step_elem(T x_adv, T grad, T x_orig, Acc alpha, Acc eps, Acc lo, A
   return T(clamp_nan<Acc>(Acc(moved), lo, hi));
 }
 
-// Opacus's per-sample clip factor min(1, max_norm / (norm + 1e-6)), in fp32.
+// Opacus's per-sample clip factor min(1, max_norm / (norm + CLIP_EPS)), in fp32.
 MSF_HD float clip_factor(float norm, float max_norm) {
-  const float f = max_norm / (norm + 1e-6f);
+  const float f = max_norm / (norm + kClipEps);
   return f < 1.0f ? f : 1.0f;
 }
 
@@ -46,7 +47,5 @@ template <typename Acc>
 MSF_HD Acc l2_projection_factor(Acc delta_norm, Acc eps) {
   return delta_norm > eps ? eps / delta_norm : Acc(1);
 }
-
-constexpr double kL2GradEps = 1e-10;  // g / (||g|| + 1e-10): zero gradient -> zero step
 
 }  // namespace msf

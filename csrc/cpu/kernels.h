@@ -2,27 +2,19 @@
 // (kernels_isa.cpp with MSF_ISA = base | avx2 | avx512) and picked at run time.
 //
 // Every function works on contiguous memory of one of float, double, bfloat16
-// and half (dispatched with AT_DISPATCH_FLOATING_TYPES_AND2); the op-math type
-// (at::opmath_type) is double for double and float otherwise. Noise element
+// and half (the DType of common/kernel_args.h); the op-math type is double for
+// double and float otherwise. Noise element
 // j of a range uses the stream block (first_index + j) / 4, so `first_index`
 // must be a multiple of 4 unless the range is empty.
 #pragma once
 
-#include <c10/core/ScalarType.h>
-
 #include <cstdint>
+
+#include "../common/kernel_args.h"
 
 namespace msf::cpu {
 
-using DType = c10::ScalarType;
-
-struct NoiseStream {
-  int source;            // 0 = Philox, 1 = ChaCha20
-  uint64_t seed;         // Philox key
-  uint64_t offset;       // Philox block offset
-  uint32_t key[8];       // ChaCha20 key
-  uint32_t tensor_index; // counter word of the tensor within the call
-};
+using NoiseStream = NoiseParams;
 
 struct Kernels {
   const char* isa;

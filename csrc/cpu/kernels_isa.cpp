@@ -4,10 +4,9 @@
 // reduction has a fixed order, so results do not depend on the thread count.
 #include "kernels.h"
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+// Header-only element types (no libtorch symbols): conversions round to nearest even, as ATen.
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
@@ -265,9 +264,13 @@ void l2_step_t(T* out, const T* x, const T* g, const T* xo, int64_t n, Acc a, Ac
 // Calls fn.template operator()<T, Acc>() for the element type and its op-math type.
 template <typename Fn>
 auto dispatch(DType dt, Fn&& fn) {
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "modelsec_fast", [&] {
-    return fn.template operator()<scalar_t, at::opmath_type<scalar_t>>();
-  });
+  switch (dt) {
+    case DType::F64: return fn.template operator()<double, double>();
+    case DType::BF16: return fn.template operator()<c10::BFloat16, float>();
+    case DType::F16: return fn.template operator()<c10::Half, float>();
+    case DType::F32: break;
+  }
+  return fn.template operator()<float, float>();
 }
 
 double sum_squares(DType dt, const void* x, int64_t n) {
@@ -283,7 +286,7 @@ void axpy(DType dt, const void* x, int64_t n, double c, void* acc) {
 }
 
 void sum_into_first(DType dt, void* const* accs, int count, int64_t n) {
-  if (dt == at::kDouble)
+  if (dt == DType::F64)
     sum_into_first_t<double>(reinterpret_cast<double* const*>(accs), count, n);
   else
     sum_into_first_t<float>(reinterpret_cast<float* const*>(accs), count, n);

@@ -1,9 +1,9 @@
-// CPU implementations of the modelsec_fast ops: validation, dtype mapping,
-// memory layout and at::parallel_for around the inner loops of kernels_isa.cpp.
-// Specification: modelsec_fast/reference.py.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// CPU implementations of the modelsec_fast ops (LibTorch stable ABI): checks,
+// memory layout and torch::stable::parallel_for around the inner loops of
+// kernels_isa.cpp. Specification: modelsec_fast/reference.py; the schemas are
+// defined in modelsec_fast/_native.py.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <atomic>
@@ -11,35 +11,19 @@
 #include <vector>
 
 #include "../common/step_math.h"
-#include "../op_checks.h"
-#include "../os_entropy.h"
+#include "../op_common.h"
 #include "kernels.h"
 
 namespace msf::cpu {
 namespace {
 
-using at::Tensor;
+using torch::stable::parallel_for;
 
 constexpr int64_t kNoiseChunk = 8192;   // elements per parallel noise work item (multiple of 4)
 constexpr int64_t kStepGrain = 32768;   // elements per parallel step work item
 constexpr int64_t kMaxSampleChunks = 8; // fixed sample partition: result independent of threads
 constexpr int64_t kSampleGroup = 4;     // samples normed, then accumulated together (rows in L2/L3)
 constexpr int64_t kAccTile = 4096;      // accumulator elements updated per pass (fits L1)
-
-DType dtype_of(const Tensor& t) { return t.scalar_type(); }
-
-at::ScalarType opmath_of(const Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-NoiseStream make_stream(int64_t seed, int64_t offset, int64_t source) {
-  NoiseStream s{};
-  s.source = int(source);
-  s.seed = uint64_t(seed);
-  s.offset = uint64_t(offset);
-  if (source == 1) os_random_key(s.key);
-  return s;
-}
 
 // (tensor index, first element, length) work items over several tensors.
 struct Item {
@@ -55,18 +39,12 @@ std::vector<Item> noise_items(const std::vector<int64_t>& sizes) {
   return items;
 }
 
-std::vector<Tensor> empty_outputs(at::TensorList grads) {
-  std::vector<Tensor> out;
-  for (const auto& g : grads) out.push_back(at::empty(g.sizes().slice(1), g.options()));
-  return out;
-}
-
-std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cpu(at::TensorList grads, double max_norm,
-                                                           double noise_std, double scale,
-                                                           int64_t seed, int64_t offset,
-                                                           int64_t source) {
+std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cpu(std::vector<Tensor> grads,
+                                                           double max_norm, double noise_std,
+                                                           double scale, int64_t seed,
+                                                           int64_t offset, int64_t source) {
   const char* op = "clip_and_noise";
-  check_clip_and_noise_args(op, grads, max_norm, noise_std, scale, source);
+  check_clip_and_noise_args(grads, max_norm, noise_std, scale, source);
   const auto& ks = kernels();
   const DType dt = dtype_of(grads[0]);
   const int64_t B = grads[0].size(0);
@@ -74,23 +52,23 @@ std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cpu(at::TensorList grads,
   std::vector<Tensor> g(T);
   std::vector<int64_t> sizes(T), offs(T + 1, 0);
   for (int t = 0; t < T; ++t) {
-    g[t] = grads[t].contiguous();
-    sizes[t] = c10::multiply_integers(grads[t].sizes().slice(1));
+    g[t] = torch::stable::contiguous(grads[t]);
+    sizes[t] = per_sample_numel(grads[t]);
     offs[t + 1] = offs[t] + sizes[t];
   }
   const int64_t P = offs[T];
   const int64_t elem = g[0].element_size();
   const int64_t K = std::min<int64_t>(B, kMaxSampleChunks);
   // One op-math accumulator row per sample chunk; chunk k sums its samples in order.
-  Tensor acc = at::zeros({std::max<int64_t>(K, 1), P}, grads[0].options().dtype(opmath_of(grads[0])));
-  Tensor norms = at::empty({B}, grads[0].options().dtype(at::kFloat));
-  float* norms_p = norms.data_ptr<float>();
+  Tensor acc = torch::stable::new_zeros(grads[0], {std::max<int64_t>(K, 1), P}, opmath_of(grads[0]));
+  Tensor norms = torch::stable::new_empty(grads[0], {B}, ScalarType::Float);
+  float* norms_p = static_cast<float*>(norms.data_ptr());
   const int64_t acc_elem = acc.element_size();
   char* acc_p = static_cast<char*>(acc.data_ptr());
   std::atomic<int64_t> bad_sample{B};
   const float max_norm_f = float(max_norm);
-  const bool f64 = dt == at::kDouble;
-  at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+  const bool f64 = dt == DType::F64;
+  parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
     float factor[kSampleGroup];
     for (int64_t k = k0; k < k1; ++k) {
       char* row_acc = acc_p + k * P * acc_elem;
@@ -127,12 +105,12 @@ std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cpu(at::TensorList grads,
       }
     }
   });
-  check_norms_finite(op, bad_sample.load() == B, bad_sample.load());
-  auto out = empty_outputs(grads);
-  const NoiseStream base_stream = make_stream(seed, offset, source);
+  check_norms_finite(op, bad_sample.load() == B ? -1 : bad_sample.load());
+  auto out = empty_sample_shaped(grads);
+  const NoiseStream base_stream = make_noise_params(seed, offset, source);
   const auto items = noise_items(sizes);
   const int count = int(std::max<int64_t>(K, 1));
-  at::parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
+  parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
     std::vector<void*> rows(count);
     for (int64_t w = b; w < e; ++w) {
       const Item& it = items[w];
@@ -148,11 +126,11 @@ std::tuple<std::vector<Tensor>, Tensor> clip_and_noise_cpu(at::TensorList grads,
   return {out, norms};
 }
 
-std::vector<Tensor> accumulate_and_noise_cpu(at::TensorList grads, const Tensor& factors,
+std::vector<Tensor> accumulate_and_noise_cpu(std::vector<Tensor> grads, const Tensor& factors,
                                              double noise_std, double scale, int64_t seed,
                                              int64_t offset, int64_t source) {
   const char* op = "accumulate_and_noise";
-  check_accumulate_args(op, grads, factors, noise_std, scale, source);
+  check_accumulate_args(grads, factors, noise_std, scale, source);
   const int64_t B = grads[0].size(0);
   const auto& ks = kernels();
   const DType dt = dtype_of(grads[0]);
@@ -160,19 +138,20 @@ std::vector<Tensor> accumulate_and_noise_cpu(at::TensorList grads, const Tensor&
   std::vector<Tensor> g(T);
   std::vector<int64_t> sizes(T);
   for (int t = 0; t < T; ++t) {
-    g[t] = grads[t].contiguous();
-    sizes[t] = c10::multiply_integers(grads[t].sizes().slice(1));
+    g[t] = torch::stable::contiguous(grads[t]);
+    sizes[t] = per_sample_numel(grads[t]);
   }
-  const Tensor f = factors.to(opmath_of(grads[0])).contiguous();
-  std::vector<double> fv(B);
-  for (int64_t i = 0; i < B; ++i)
-    fv[i] = f.scalar_type() == at::kDouble ? f.data_ptr<double>()[i] : double(f.data_ptr<float>()[i]);
+  // Rounded to the op-math type first, as the reference applies them.
+  const Tensor f = torch::stable::contiguous(
+      torch::stable::to(torch::stable::to(factors, opmath_of(grads[0])), ScalarType::Double));
+  const double* f_p = static_cast<const double*>(f.data_ptr());
+  const std::vector<double> fv(f_p, f_p + B);
   const int64_t elem = g[0].element_size();
-  const bool f64 = dt == at::kDouble;
-  auto out = empty_outputs(grads);
-  const NoiseStream base_stream = make_stream(seed, offset, source);
+  const bool f64 = dt == DType::F64;
+  auto out = empty_sample_shaped(grads);
+  const NoiseStream base_stream = make_noise_params(seed, offset, source);
   const auto items = noise_items(sizes);
-  at::parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
+  parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
     std::vector<double> acc_d(f64 ? kNoiseChunk : 0);
     std::vector<float> acc_f(f64 ? 0 : kNoiseChunk);
     void* acc = f64 ? static_cast<void*>(acc_d.data()) : static_cast<void*>(acc_f.data());
@@ -194,23 +173,20 @@ std::vector<Tensor> accumulate_and_noise_cpu(at::TensorList grads, const Tensor&
   return out;
 }
 
-void add_noise_cpu(at::TensorList tensors, double noise_std, double scale, int64_t seed,
+void add_noise_cpu(std::vector<Tensor> tensors, double noise_std, double scale, int64_t seed,
                    int64_t offset, int64_t source) {
-  const char* op = "add_noise_";
-  check_noise_args(op, noise_std, scale, source);
+  check_add_noise_args(tensors, noise_std, scale, source);
   const int T = int(tensors.size());
   std::vector<Tensor> work(T);
   std::vector<int64_t> sizes(T);
   for (int t = 0; t < T; ++t) {
-    check_float_tensor(op, "tensors[i]", tensors[t]);
-    TORCH_CHECK_VALUE(tensors[t].device() == tensors[0].device(), op, ": mixed devices");
-    work[t] = tensors[t].contiguous();
+    work[t] = torch::stable::contiguous(tensors[t]);
     sizes[t] = work[t].numel();
   }
   const auto& ks = kernels();
-  const NoiseStream base_stream = make_stream(seed, offset, source);
+  const NoiseStream base_stream = make_noise_params(seed, offset, source);
   const auto items = noise_items(sizes);
-  at::parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
+  parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
     for (int64_t w = b; w < e; ++w) {
       const Item& it = items[w];
       NoiseStream s = base_stream;
@@ -220,38 +196,22 @@ void add_noise_cpu(at::TensorList tensors, double noise_std, double scale, int64
                    nullptr, it.len, it.start, noise_std, scale, s);
     }
   });
+  // contiguous() returned the tensor itself when it already was; otherwise write back.
   for (int t = 0; t < T; ++t)
-    if (!work[t].is_same(tensors[t])) tensors[t].copy_(work[t]);
+    if (!tensors[t].is_contiguous()) torch::stable::copy_(tensors[t], work[t]);
 }
 
-std::vector<double> per_sample_values(const c10::optional<Tensor>& v, double scalar, int64_t B,
-                                      at::ScalarType opmath) {
-  if (!v.has_value()) return std::vector<double>(size_t(std::max<int64_t>(B, 1)), scalar);
-  // Round to the op-math type first, as the reference holds them.
-  const Tensor d = v->to(opmath).to(at::kDouble).contiguous();
-  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
-}
-
-void check_per_sample_values(const char* op, const char* name, const std::vector<double>& v) {
-  for (double x : v) {
-    TORCH_CHECK_VALUE(std::isfinite(x), op, ": ", name, " has non-finite entries");
-    TORCH_CHECK_VALUE(x >= 0, op, ": ", name, " has negative entries");
-  }
-}
-
-// Runs the sign step into `out` (contiguous, same shape).
-void sign_step_into(const char* op, Tensor& out, const Tensor& x_adv, const Tensor& grad,
+// Runs the sign step into `out` (contiguous, same shape as x_adv).
+void sign_step_into(const char* op, const Tensor& out, const Tensor& x_adv, const Tensor& grad,
                     const Tensor& x_orig, double alpha, double eps, double lo, double hi,
-                    const c10::optional<Tensor>& alpha_t, const c10::optional<Tensor>& eps_t) {
-  const Tensor x = x_adv.contiguous(), g = grad.contiguous(), xo = x_orig.contiguous();
+                    const std::optional<Tensor>& alpha_t, const std::optional<Tensor>& eps_t) {
+  const Tensor x = torch::stable::contiguous(x_adv), g = torch::stable::contiguous(grad),
+               xo = torch::stable::contiguous(x_orig);
   const int64_t n = x.numel();
   const int64_t B = x.dim() ? x.size(0) : 1;
   const int64_t per = B ? n / B : 0;
-  const auto am = opmath_of(x);
-  const auto av = per_sample_values(alpha_t, alpha, B, am);
-  const auto ev = per_sample_values(eps_t, eps, B, am);
-  check_per_sample_values(op, "alpha", av);
-  check_per_sample_values(op, "eps", ev);
+  const PerSampleValue av = per_sample_value(op, "alpha", alpha, alpha_t, x);
+  const PerSampleValue ev = per_sample_value(op, "eps", eps, eps_t, x);
   const bool uniform = !alpha_t.has_value() && !eps_t.has_value();
   const auto& ks = kernels();
   const DType dt = dtype_of(x);
@@ -260,90 +220,87 @@ void sign_step_into(const char* op, Tensor& out, const Tensor& x_adv, const Tens
   const char* xp = static_cast<const char*>(x.data_ptr());
   const char* gp = static_cast<const char*>(g.data_ptr());
   const char* op_ = static_cast<const char*>(xo.data_ptr());
-  at::parallel_for(0, n, kStepGrain, [&](int64_t b, int64_t e) {
+  parallel_for(0, n, kStepGrain, [&](int64_t b, int64_t e) {
     if (uniform) {
-      ks.sign_step(dt, o + b * es, xp + b * es, gp + b * es, op_ + b * es, e - b, av[0], ev[0], lo, hi);
+      ks.sign_step(dt, o + b * es, xp + b * es, gp + b * es, op_ + b * es, e - b, av.at(0),
+                   ev.at(0), lo, hi);
       return;
     }
     for (int64_t j = b; j < e;) {
       const int64_t i = j / per;
       const int64_t stop = std::min(e, (i + 1) * per);
-      ks.sign_step(dt, o + j * es, xp + j * es, gp + j * es, op_ + j * es, stop - j, av[i], ev[i], lo, hi);
+      ks.sign_step(dt, o + j * es, xp + j * es, gp + j * es, op_ + j * es, stop - j, av.at(i),
+                   ev.at(i), lo, hi);
       j = stop;
     }
   });
 }
 
 Tensor sign_step_cpu(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig, double alpha,
-                     double eps, double lo, double hi, const c10::optional<Tensor>& alpha_t,
-                     const c10::optional<Tensor>& eps_t) {
+                     double eps, double lo, double hi, std::optional<Tensor> alpha_t,
+                     std::optional<Tensor> eps_t) {
   check_step_args("sign_step", x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
-  Tensor out = at::empty(x_adv.sizes(), x_adv.options());
+  Tensor out = torch::stable::new_empty(x_adv, x_adv.sizes());
   sign_step_into("sign_step", out, x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
   return out;
 }
 
-void sign_step_inplace_cpu(Tensor& x_adv, const Tensor& grad, const Tensor& x_orig, double alpha,
-                           double eps, double lo, double hi, const c10::optional<Tensor>& alpha_t,
-                           const c10::optional<Tensor>& eps_t) {
+void sign_step_inplace_cpu(Tensor x_adv, const Tensor& grad, const Tensor& x_orig, double alpha,
+                           double eps, double lo, double hi, std::optional<Tensor> alpha_t,
+                           std::optional<Tensor> eps_t) {
   check_step_args("sign_step_", x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
   if (x_adv.is_contiguous()) {
     // Elementwise: reading and writing the same index is safe.
     sign_step_into("sign_step_", x_adv, x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
     return;
   }
-  Tensor out = at::empty(x_adv.sizes(), x_adv.options());
+  Tensor out = torch::stable::new_empty(x_adv, x_adv.sizes());
   sign_step_into("sign_step_", out, x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
-  x_adv.copy_(out);
+  torch::stable::copy_(x_adv, out);
 }
 
 Tensor l2_step_cpu(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig, double alpha,
-                   double eps, double lo, double hi, const c10::optional<Tensor>& alpha_t,
-                   const c10::optional<Tensor>& eps_t) {
+                   double eps, double lo, double hi, std::optional<Tensor> alpha_t,
+                   std::optional<Tensor> eps_t) {
   const char* op = "l2_step";
   check_step_args(op, x_adv, grad, x_orig, alpha, eps, lo, hi, alpha_t, eps_t);
-  TORCH_CHECK_VALUE(x_adv.dim() >= 1, op, ": x_adv must be shaped (B, ...)");
-  const Tensor x = x_adv.contiguous(), g = grad.contiguous(), xo = x_orig.contiguous();
-  Tensor out = at::empty(x.sizes(), x.options());
+  STD_TORCH_CHECK(x_adv.dim() >= 1, op, ": x_adv must be shaped (B, ...), got a 0-d tensor");
+  const Tensor x = torch::stable::contiguous(x_adv), g = torch::stable::contiguous(grad),
+               xo = torch::stable::contiguous(x_orig);
+  Tensor out = torch::stable::new_empty(x, x.sizes());
   const int64_t B = x.size(0);
   const int64_t per = B ? x.numel() / B : 0;
-  const auto am = opmath_of(x);
-  const auto av = per_sample_values(alpha_t, alpha, B, am);
-  const auto ev = per_sample_values(eps_t, eps, B, am);
-  check_per_sample_values(op, "alpha", av);
-  check_per_sample_values(op, "eps", ev);
-  const bool per_a = alpha_t.has_value(), per_e = eps_t.has_value();
+  const PerSampleValue av = per_sample_value(op, "alpha", alpha, alpha_t, x);
+  const PerSampleValue ev = per_sample_value(op, "eps", eps, eps_t, x);
   const auto& ks = kernels();
   const DType dt = dtype_of(x);
   const int64_t es = x.element_size();
-  const int64_t acc_es = am == at::kDouble ? 8 : 4;
-  at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+  const int64_t acc_es = dt == DType::F64 ? 8 : 4;
+  parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
     std::vector<char> scratch(size_t(per * acc_es));
     for (int64_t i = b; i < e; ++i) {
       const int64_t off = i * per * es;
       ks.l2_step(dt, static_cast<char*>(out.data_ptr()) + off,
                  static_cast<const char*>(x.data_ptr()) + off,
                  static_cast<const char*>(g.data_ptr()) + off,
-                 static_cast<const char*>(xo.data_ptr()) + off, per, av[per_a ? i : 0],
-                 ev[per_e ? i : 0], lo, hi, scratch.data());
+                 static_cast<const char*>(xo.data_ptr()) + off, per, av.at(i), ev.at(i), lo, hi,
+                 scratch.data());
     }
   });
   return out;
 }
 
-void fill_normals_cpu(Tensor& out, int64_t seed, int64_t offset, int64_t tensor_index,
-                      int64_t source, c10::IntArrayRef key) {
+void fill_normals_cpu(Tensor out, int64_t seed, int64_t offset, int64_t tensor_index,
+                      int64_t source, std::vector<int64_t> key) {
   check_fill_normals_args(out, source, key);
-  NoiseStream s{};
+  NoiseStream s = make_noise_params(seed, offset, kSourcePhilox);
   s.source = int(source);
-  s.seed = uint64_t(seed);
-  s.offset = uint64_t(offset);
   s.tensor_index = uint32_t(tensor_index);
   for (size_t w = 0; w < key.size() && w < 8; ++w) s.key[w] = uint32_t(key[w]);
   const auto& ks = kernels();
-  float* p = out.data_ptr<float>();
+  float* p = static_cast<float*>(out.data_ptr());
   const int64_t n = out.numel();
-  at::parallel_for(0, (n + kNoiseChunk - 1) / kNoiseChunk, 1, [&](int64_t b, int64_t e) {
+  parallel_for(0, (n + kNoiseChunk - 1) / kNoiseChunk, 1, [&](int64_t b, int64_t e) {
     for (int64_t w = b; w < e; ++w) {
       const int64_t start = w * kNoiseChunk;
       ks.normals(p + start, std::min(kNoiseChunk, n - start), start, s);
@@ -353,14 +310,14 @@ void fill_normals_cpu(Tensor& out, int64_t seed, int64_t offset, int64_t tensor_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(modelsec_fast, CPU, m) {
-  m.impl("clip_and_noise", &clip_and_noise_cpu);
-  m.impl("accumulate_and_noise", &accumulate_and_noise_cpu);
-  m.impl("add_noise_", &add_noise_cpu);
-  m.impl("sign_step", &sign_step_cpu);
-  m.impl("sign_step_", &sign_step_inplace_cpu);
-  m.impl("l2_step", &l2_step_cpu);
-  m.impl("_fill_normals_", &fill_normals_cpu);
+STABLE_TORCH_LIBRARY_IMPL(modelsec_fast, CPU, m) {
+  m.impl("clip_and_noise", TORCH_BOX(&clip_and_noise_cpu));
+  m.impl("accumulate_and_noise", TORCH_BOX(&accumulate_and_noise_cpu));
+  m.impl("add_noise_", TORCH_BOX(&add_noise_cpu));
+  m.impl("sign_step", TORCH_BOX(&sign_step_cpu));
+  m.impl("sign_step_", TORCH_BOX(&sign_step_inplace_cpu));
+  m.impl("l2_step", TORCH_BOX(&l2_step_cpu));
+  m.impl("_fill_normals_", TORCH_BOX(&fill_normals_cpu));
 }
 
 }  // namespace msf::cpu

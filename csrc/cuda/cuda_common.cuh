@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "../common/kernel_args.h"
+
 namespace msf::cuda {
 
 constexpr int kThreads = 256;
@@ -21,14 +23,14 @@ inline const char* launch_status() {
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
-// Calls fn.template operator()<T, Acc>() for a dtype code (see launchers.h).
+// Calls fn.template operator()<T, Acc>() for an element type and its op-math type.
 template <typename Fn>
-const char* dispatch(int dtype, Fn&& fn) {
+const char* dispatch(DType dtype, Fn&& fn) {
   switch (dtype) {
-    case 1: fn.template operator()<double, double>(); break;
-    case 2: fn.template operator()<__nv_bfloat16, float>(); break;
-    case 3: fn.template operator()<__half, float>(); break;
-    default: fn.template operator()<float, float>(); break;
+    case DType::F64: fn.template operator()<double, double>(); break;
+    case DType::BF16: fn.template operator()<__nv_bfloat16, float>(); break;
+    case DType::F16: fn.template operator()<__half, float>(); break;
+    case DType::F32: fn.template operator()<float, float>(); break;
   }
   return launch_status();
 }

@@ -3,38 +3,32 @@
 // headers and the kernels need no torch headers. Each returns nullptr on
 // success or the CUDA error string of the launch.
 //
-// dtype codes: 0 float32, 1 float64, 2 bfloat16, 3 float16. "acc" arrays use
-// the op-math type: double for float64, float otherwise.
+// dtype: the element type (common/kernel_args.h). "acc" arrays use the op-math
+// type: double for float64, float otherwise.
 #pragma once
 
 #include <cstdint>
 
+#include "../common/kernel_args.h"
+
 namespace msf::cuda {
 
-struct NoiseParams {
-  int source;             // 0 Philox, 1 ChaCha20
-  uint64_t seed;          // Philox key
-  uint64_t offset;        // Philox block offset
-  uint32_t key[8];        // ChaCha20 key
-  uint32_t tensor_index;  // counter word of the tensor within the call
-};
-
 // out_acc[i] = sum_j x[i, j]^2 for x (B, P) contiguous; one block per row, fixed order.
-const char* launch_row_sum_squares(int dtype, const void* x, int64_t B, int64_t P, void* out_acc,
+const char* launch_row_sum_squares(DType dtype, const void* x, int64_t B, int64_t P, void* out_acc,
                                    void* stream);
 
 // partials_acc (T, B) -> norms[i] = sqrt(sum_t partials[t, i]) (float32) and
-// factors_acc[i] = min(1, max_norm / (norms[i] + 1e-6)) (0 when not finite).
-const char* launch_clip_factors(int dtype, const void* partials_acc, int T, int64_t B,
+// factors_acc[i] = min(1, max_norm / (norms[i] + CLIP_EPS)) (0 when not finite).
+const char* launch_clip_factors(DType dtype, const void* partials_acc, int T, int64_t B,
                                 float max_norm, float* norms, void* factors_acc, void* stream);
 
 // out[j] = T((sum_i factors_acc[i] * g[i, j] + std * z_j) * scale), g (B, P) contiguous.
-const char* launch_weighted_sum_noise(int dtype, void* out, const void* g, const void* factors_acc,
+const char* launch_weighted_sum_noise(DType dtype, void* out, const void* g, const void* factors_acc,
                                       int64_t B, int64_t P, double std, double scale,
                                       const NoiseParams& noise, void* stream);
 
 // x[j] = T((x[j] + std * z_j) * scale), x contiguous with n elements.
-const char* launch_add_noise(int dtype, void* x, int64_t n, double std, double scale,
+const char* launch_add_noise(DType dtype, void* x, int64_t n, double std, double scale,
                              const NoiseParams& noise, void* stream);
 
 // out[j] = z_j (float32), the raw stream, for tests.
@@ -42,13 +36,13 @@ const char* launch_fill_normals(float* out, int64_t n, const NoiseParams& noise,
 
 // L-inf step on n contiguous elements; per_sample elements per sample. alpha_ps
 // and eps_ps (nullable) hold per-sample values in the op-math type.
-const char* launch_sign_step(int dtype, void* out, const void* x, const void* g, const void* xo,
+const char* launch_sign_step(DType dtype, void* out, const void* x, const void* g, const void* xo,
                              int64_t n, int64_t per_sample, double alpha, double eps,
                              const void* alpha_ps, const void* eps_ps, double lo, double hi,
                              void* stream);
 
 // L2 step on (B, per_sample) contiguous tensors; scratch_acc holds 2*B op-math values.
-const char* launch_l2_step(int dtype, void* out, const void* x, const void* g, const void* xo,
+const char* launch_l2_step(DType dtype, void* out, const void* x, const void* g, const void* xo,
                            int64_t B, int64_t per_sample, double alpha, double eps,
                            const void* alpha_ps, const void* eps_ps, double lo, double hi,
                            void* scratch_acc, void* stream);

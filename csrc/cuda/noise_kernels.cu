@@ -79,7 +79,7 @@ __global__ void fill_normals_kernel(float* out, int64_t n, NoiseParams p) {
 
 }  // namespace
 
-const char* launch_row_sum_squares(int dtype, const void* x, int64_t B, int64_t P, void* out,
+const char* launch_row_sum_squares(DType dtype, const void* x, int64_t B, int64_t P, void* out,
                                    void* stream) {
   if (B == 0) return nullptr;
   auto s = static_cast<cudaStream_t>(stream);
@@ -89,7 +89,7 @@ const char* launch_row_sum_squares(int dtype, const void* x, int64_t B, int64_t 
   });
 }
 
-const char* launch_clip_factors(int dtype, const void* partials, int T, int64_t B, float max_norm,
+const char* launch_clip_factors(DType dtype, const void* partials, int T, int64_t B, float max_norm,
                                 float* norms, void* factors, void* stream) {
   if (B == 0) return nullptr;
   auto s = static_cast<cudaStream_t>(stream);
@@ -99,7 +99,7 @@ const char* launch_clip_factors(int dtype, const void* partials, int T, int64_t 
   });
 }
 
-const char* launch_weighted_sum_noise(int dtype, void* out, const void* g, const void* f,
+const char* launch_weighted_sum_noise(DType dtype, void* out, const void* g, const void* f,
                                       int64_t B, int64_t P, double std, double scale,
                                       const NoiseParams& noise, void* stream) {
   if (P == 0) return nullptr;
@@ -111,7 +111,7 @@ const char* launch_weighted_sum_noise(int dtype, void* out, const void* g, const
   });
 }
 
-const char* launch_add_noise(int dtype, void* x, int64_t n, double std, double scale,
+const char* launch_add_noise(DType dtype, void* x, int64_t n, double std, double scale,
                              const NoiseParams& noise, void* stream) {
   if (n == 0) return nullptr;
   auto s = static_cast<cudaStream_t>(stream);

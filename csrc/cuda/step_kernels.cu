@@ -66,7 +66,7 @@ __global__ void l2_apply_kernel(T* out, const T* x, const T* g, const T* xo, int
 
 }  // namespace
 
-const char* launch_sign_step(int dtype, void* out, const void* x, const void* g, const void* xo,
+const char* launch_sign_step(DType dtype, void* out, const void* x, const void* g, const void* xo,
                              int64_t n, int64_t per, double alpha, double eps, const void* alpha_ps,
                              const void* eps_ps, double lo, double hi, void* stream) {
   if (n == 0) return nullptr;
@@ -79,7 +79,7 @@ const char* launch_sign_step(int dtype, void* out, const void* x, const void* g,
   });
 }
 
-const char* launch_l2_step(int dtype, void* out, const void* x, const void* g, const void* xo,
+const char* launch_l2_step(DType dtype, void* out, const void* x, const void* g, const void* xo,
                            int64_t B, int64_t per, double alpha, double eps, const void* alpha_ps,
                            const void* eps_ps, double lo, double hi, void* scratch, void* stream) {
   if (B == 0 || per == 0) return nullptr;

@@ -1,16 +1,17 @@
-"""scikit-build-core metadata provider: pins torch to the minor version we build against.
+"""scikit-build-core metadata provider: the torch versions the wheel runs with.
 
-The extension uses the ATen C++ API, whose ABI changes between torch minor
-versions, so a wheel built against torch X.Y runs only with torch X.Y.*.
+The extension uses only the LibTorch stable ABI (and CPython's limited API),
+compiled with TORCH_TARGET_VERSION = MIN_TORCH, so one binary runs on every
+torch from MIN_TORCH on. CMakeLists.txt reads MIN_TORCH from this file: keep the
+``MIN_TORCH = "X.Y"`` line as it is.
 """
+
+MIN_TORCH = "2.10"
 
 
 def dynamic_metadata(field, settings=None):
     if field != "dependencies":
         raise ValueError(f"torch_pin provides 'dependencies', not {field!r}")
-    import torch  # the torch of the build environment (pip --no-build-isolation)
-
-    major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
     runtime = [
         "numpy",
         "scipy",                 # RDP accountant, Clopper-Pearson bounds
@@ -19,4 +20,4 @@ def dynamic_metadata(field, settings=None):
         "matplotlib",            # report plots
         "scikit-learn",          # the embedded digits dataset
     ]
-    return [f"torch>={major}.{minor},<{major}.{minor + 1}", *runtime]
+    return [f"torch>={MIN_TORCH}", *runtime]

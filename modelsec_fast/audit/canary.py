@@ -208,7 +208,7 @@ def canary_audit_dp_sgd(
             by the expected batch size as DP-SGD's "mean" does).
         backend: "engine" trains with :class:`modelsec_fast.PrivacyEngine`;
             "reference" uses torch.func per-sample gradients and
-            ``modelsec_fast.ops.clip_and_noise`` (an independent cross-check).
+            ``modelsec_fast.ops._clip_and_noise`` (an independent cross-check).
         fault: None (honest), "no_noise" (sigma really 0) or "no_clipping"
             (per-sample gradients not clipped, noise still sigma*C): the claim
             stays that of the honest run.
@@ -336,7 +336,7 @@ def _train_reference(net, rows, labels, num_classes, sigma, max_norm, batches, s
             grads = [g[n] for n in names]
         else:
             grads = [params[n].new_zeros(0, *params[n].shape) for n in names]
-        summed, _ = ops.clip_and_noise(grads, max_norm, sigma * max_norm, generator=noise_gen)
+        summed, _ = ops._clip_and_noise(grads, max_norm, sigma * max_norm, generator=noise_gen)
         for n, p in net.named_parameters():
             p.grad = summed[names.index(n)]
         optimizer.step()

@@ -41,7 +41,7 @@ def test_cuda_stream_matches_cpu_stream(source):
 def test_cuda_clip_and_noise_matches_reference(dtype, b):
     grads = [torch.randn(b, 33, 5, device="cuda").to(dtype), torch.randn(b, 17, device="cuda").to(dtype)[:, ::2]]
     seed = int(torch.randint(0, 2**31, ()))
-    summed, norms = ops.clip_and_noise(grads, 1.0, 0.5, scale=0.1, generator=torch.Generator().manual_seed(seed))
+    summed, norms = ops._clip_and_noise(grads, 1.0, 0.5, scale=0.1, generator=torch.Generator().manual_seed(seed))
     s, off = stream_of(seed, [math.prod(g.shape[1:]) for g in grads])
     ref, ref_norms = reference.clip_and_noise([g.cpu() for g in grads], 1.0, 0.5, scale=0.1, seed=s, offset=off)
     torch.testing.assert_close(norms.cpu(), ref_norms, rtol=1e-5, atol=1e-6)
@@ -55,7 +55,7 @@ def test_cuda_accumulate_and_add_noise_match_reference(dtype):
     grads = [torch.randn(9, 4, 7, device="cuda").to(dtype)]
     factors = torch.rand(9, device="cuda")
     s, off = stream_of(5, [28])
-    got = ops.accumulate_and_noise(grads, factors, 0.3, generator=torch.Generator().manual_seed(5))
+    got = ops._accumulate_and_noise(grads, factors, 0.3, generator=torch.Generator().manual_seed(5))
     want = reference.accumulate_and_noise([grads[0].cpu()], factors.cpu(), 0.3, seed=s, offset=off)
     torch.testing.assert_close(got[0].cpu(), want[0], rtol=TOL[dtype][0], atol=TOL[dtype][1])
     x = torch.randn(1001, device="cuda").to(dtype)
@@ -99,7 +99,7 @@ def test_cuda_non_finite_gradient_raises():
     grads = [torch.randn(4, 10, device="cuda")]
     grads[0][1, 3] = float("nan")
     with pytest.raises(ValueError, match="sample 1 has a non-finite norm"):
-        ops.clip_and_noise(grads, 1.0, 1.0)
+        ops._clip_and_noise(grads, 1.0, 1.0)
 
 
 def test_cuda_opcheck():

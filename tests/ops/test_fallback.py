@@ -21,7 +21,7 @@ def test_disable_env_is_honoured_in_a_fresh_process():
 
 def test_fallback_clip_and_noise_equals_the_eager_opacus_sequence(fallback):
     grads = [torch.randn(9, 4, 5) * 3, torch.randn(9, 6)]
-    summed, norms = ops.clip_and_noise(grads, 1.5, 0.0, scale=0.5)
+    summed, norms = ops._clip_and_noise(grads, 1.5, 0.0, scale=0.5)
     flat = torch.cat([g.reshape(9, -1) for g in grads], dim=1)
     want_norms = flat.norm(dim=1)
     factors = (1.5 / (want_norms + 1e-6)).clamp(max=1.0)

@@ -47,7 +47,7 @@ def test_clip_and_noise_noise_has_the_requested_std(either_path):
     print(f"seed = {seed}")
     std, scale = 2.5, 0.25
     grads = [torch.zeros(3, 300, 400), torch.zeros(3, 1000)]
-    summed, _ = ops.clip_and_noise(grads, 1.0, std, scale=scale, generator=torch.Generator().manual_seed(seed))
+    summed, _ = ops._clip_and_noise(grads, 1.0, std, scale=scale, generator=torch.Generator().manual_seed(seed))
     z = torch.cat([s.flatten() for s in summed]) / (std * scale)
     _assert_standard_normal(z, checks=3, label=either_path)
 
@@ -91,7 +91,7 @@ def test_same_shaped_tensors_in_one_call_draw_different_noise(either_path):
     xs = [torch.zeros(50, 50) for _ in range(3)]
     ops.add_noise_(xs, 1.0, generator=torch.Generator().manual_seed(3))
     assert not torch.equal(xs[0], xs[1]) and not torch.equal(xs[1], xs[2])
-    summed, _ = ops.clip_and_noise([torch.zeros(4, 30), torch.zeros(4, 30)], 1.0, 1.0,
+    summed, _ = ops._clip_and_noise([torch.zeros(4, 30), torch.zeros(4, 30)], 1.0, 1.0,
                                    generator=torch.Generator().manual_seed(3))
     assert not torch.equal(summed[0], summed[1])
 
@@ -119,9 +119,9 @@ def test_results_do_not_depend_on_the_thread_count(either_path):
         for threads in (1, 2):
             torch.set_num_threads(threads)
             g = torch.Generator().manual_seed(99)
-            summed, norms = ops.clip_and_noise(grads, 0.5, 1.0, generator=g)
+            summed, norms = ops._clip_and_noise(grads, 0.5, 1.0, generator=g)
             noise = ops.add_noise_(torch.zeros(100003), 1.0, generator=g)
-            acc = ops.accumulate_and_noise(grads, torch.rand(64, generator=torch.Generator().manual_seed(1)),
+            acc = ops._accumulate_and_noise(grads, torch.rand(64, generator=torch.Generator().manual_seed(1)),
                                            1.0, generator=g)
             results.append(summed + [norms, noise] + acc)
     finally:

@@ -1,12 +1,16 @@
-"""torch.library.opcheck on every op: schema, fake kernel, dispatch consistency."""
+"""torch.library.opcheck on every op (schema, fake kernel, dispatch consistency),
+on the kernels torch.ops dispatches to here: native when the library is loaded,
+and, in a subprocess that never loads it, the registered reference kernels."""
+
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from tests.ops.conftest import requires_native
-
-pytestmark = requires_native
-
+from modelsec_fast import _native, ops
 
 
 def _cases():
@@ -32,8 +36,26 @@ def test_opcheck(name, args):
 
 
 def test_every_declared_op_has_an_opcheck_case():
-    import pathlib
-    import re
-    src = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "registration.cpp"
-    declared = set(re.findall(r'm\.def\("(\w+)\(', src.read_text()))
-    assert declared and declared == {name for name, _ in _cases()}
+    assert set(_native.SCHEMAS) == {name for name, _ in _cases()}
+
+
+def test_native_kernels_serve_cpu_when_the_library_is_loaded():
+    has_cpu = [torch._C._dispatch_has_kernel_for_dispatch_key(f"modelsec_fast::{name}", "CPU")
+               for name in _native.SCHEMAS]
+    assert set(has_cpu) == {ops.native_available()}
+
+
+@pytest.mark.skipif(os.environ.get("MODELSEC_FAST_DISABLE_NATIVE", "") not in ("", "0"),
+                    reason="already running without the native library")
+def test_ops_exist_and_pass_opcheck_without_the_native_library():
+    """A fresh process that never loads _C: torch.ops.modelsec_fast.* run the reference."""
+    env = dict(os.environ, MODELSEC_FAST_DISABLE_NATIVE="1")
+    code = ("import torch, modelsec_fast.ops;"
+            "assert not any(torch._C._dispatch_has_kernel_for_dispatch_key("
+            "f'modelsec_fast::{n}', 'CPU') for n in modelsec_fast._native.SCHEMAS)")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          __file__, str(pathlib.Path(__file__).with_name("test_library.py"))],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]

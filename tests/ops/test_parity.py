@@ -34,7 +34,7 @@ def test_clip_and_noise_matches_reference(dtype, b, noncontiguous):
     grads = _random_grads(rng, b, dtype, noncontiguous)
     max_norm, std, scale = rng.uniform(0.1, 3.0), rng.uniform(0, 2.0), rng.uniform(0.01, 1.0)
     seed = rng.randrange(2**31)
-    summed, norms = ops.clip_and_noise(grads, max_norm, std, scale=scale,
+    summed, norms = ops._clip_and_noise(grads, max_norm, std, scale=scale,
                                        generator=torch.Generator().manual_seed(seed))
     s, off = stream_of(seed, [math.prod(g.shape[1:]) for g in grads])
     ref_summed, ref_norms = reference.clip_and_noise(grads, max_norm, std, scale=scale, seed=s, offset=off)
@@ -52,7 +52,7 @@ def test_accumulate_and_noise_matches_reference(dtype, b):
     grads = _random_grads(rng, b, dtype, noncontiguous=rng.random() < 0.5)
     factors = torch.rand(b)
     std, scale, seed = rng.uniform(0, 1), rng.uniform(0.1, 2), rng.randrange(2**31)
-    out = ops.accumulate_and_noise(grads, factors, std, scale=scale,
+    out = ops._accumulate_and_noise(grads, factors, std, scale=scale,
                                    generator=torch.Generator().manual_seed(seed))
     s, off = stream_of(seed, [math.prod(g.shape[1:]) for g in grads])
     ref = reference.accumulate_and_noise(grads, factors, std, scale=scale, seed=s, offset=off)
