@@ -80,6 +80,6 @@ def test_broken_engine_run_is_detected(audit_setup, fault):
 
 @pytest.mark.parametrize("fault", [None, "no_noise"])
 def test_reference_backend_agrees(audit_setup, fault):
-    """The torch.func + ops.clip_and_noise cross-check reaches the same verdicts."""
+    """The torch.func + ops._clip_and_noise cross-check reaches the same verdicts."""
     res = _audit(audit_setup, backend="reference", fault=fault)
     assert res.detected == (fault is not None), res.summary()
