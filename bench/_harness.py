@@ -7,10 +7,10 @@ figure in ``bench/RESULTS.md`` is measured by the same rules:
 Rounds
     Each contender (a zero-argument callable) runs ``warmup`` times untimed. Then come
     ``rounds`` interleaved rounds: a round times the canary, then every contender once,
-    in an order rotated by one place from round to round. A contender's place in a round
-    (after which other work, leaving what in the caches and the allocator) would
-    otherwise bias it by a few percent. ``repeat`` calls make one sample of very short
-    work; ``min_time_s`` adds rounds until every contender has run that long.
+    in an order rotated by one place from round to round, because a fixed place (which
+    work ran just before, and what it left in the caches and the allocator) biases a
+    contender. ``repeat`` calls make one sample of very short work; ``min_time_s`` adds
+    rounds until every contender has run that long.
 
 Clocks (one :class:`Sample` per contender per round)
     wall: ``time.perf_counter`` around the call, with ``torch.cuda.synchronize`` before
@@ -18,7 +18,7 @@ Clocks (one :class:`Sample` per contender per round)
     of this process; other programs' load inflates wall time far more than CPU time,
     so on a shared host the CPU column is the steadier one (on CUDA it is the host's
     share only). faults: minor page faults (``getrusage``), in the JSON only: glibc's
-    allocator can fault a pass's activations in afresh each time (RESULTS.md, session 3).
+    allocator can fault a pass's activations in afresh each time (bench/RESULTS.md, attacks).
 
 Statistics
     The median and the interquartile range (Q3 - Q1) over the kept rounds. A row's ratio
@@ -81,7 +81,7 @@ __all__ = [
     "machine_facts", "format_seconds", "optional_import",
 ]
 
-CANARY_FACTOR = 1.5
+CANARY_FACTOR = 1.5  # the canary rule: see the module docstring
 MIN_ROUNDS_KEPT = 3
 CANARY_SIZE = 512
 SCHEMA = "modelsec_fast.bench/1"
@@ -498,7 +498,7 @@ class Report:
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.t0 = time.perf_counter()
         self.sections: list[Section] = []
-        self.skipped: list[dict] = []
+        self.left_out: list[dict] = []
         self.notes: list[str] = []
         print(f"{bench}: device={args.device} threads={torch.get_num_threads()} "
               f"native={native_available()} rounds={args.rounds} quick={args.quick}; canary rule: "
@@ -512,8 +512,8 @@ class Report:
         return sec
 
     def skip(self, what: str, reason: str) -> None:
-        """Records and prints that ``what`` was not measured, and why."""
-        self.skipped.append({"what": what, "reason": reason})
+        """Records (JSON ``left_out``) and prints that ``what`` was not measured, and why."""
+        self.left_out.append({"what": what, "reason": reason})
         print(f"skipped {what}: {reason}", flush=True)
 
     def note(self, text: str) -> None:
@@ -538,7 +538,7 @@ class Report:
             "sections": [{"title": s.title, "baseline": s.baseline, "note": s.note}
                          for s in self.sections],
             "rows": [r.to_json() for r in self.rows],
-            "skipped": self.skipped, "notes": self.notes,
+            "left_out": self.left_out, "notes": self.notes,
         }
 
     def finish(self) -> dict:
@@ -588,7 +588,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, *, rounds: int, quick
         reason = f"--device cuda but CUDA is not available (torch {torch.__version__})"
         print(f"{bench}: skipped: {reason}", flush=True)
         if args.json:
-            _write_json(args.json, {"schema": SCHEMA, "bench": bench, "skipped": reason,
+            _write_json(args.json, {"schema": SCHEMA, "bench": bench, "skipped": reason, "rows": [],
                                     "command": _command(), "torch": torch.__version__})
         raise SystemExit(0)
     return args

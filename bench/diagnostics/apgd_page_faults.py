@@ -5,7 +5,7 @@ the attack's iterates and our APGD as contenders of ``bench/_harness.py`` (rotat
 rounds), and prints each round's wall time, CPU time and minor page faults. It
 showed that under glibc's default allocator a ResNet-18 pass at b=128 faults in
 its activations afresh, and that the fault count differs from contender to
-contender (see bench/RESULTS.md, session 3).
+contender (see bench/RESULTS.md, attacks).
 
     python bench/diagnostics/apgd_page_faults.py [BATCH STEPS ROUNDS]
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 python ...  # freed memory kept

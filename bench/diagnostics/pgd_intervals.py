@@ -6,7 +6,7 @@ start of the next is the attack's own pass plus its update; this prints its
 median against the median floor pass, and the ratio of their sums. Under
 glibc's default allocator the page-fault cost moves between the attack's
 passes and the floor's; with freed memory kept the two agree (see
-bench/RESULTS.md, session 3).
+bench/RESULTS.md, attacks).
 
     python bench/diagnostics/pgd_intervals.py [CALLS]
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 python bench/diagnostics/pgd_intervals.py

@@ -182,7 +182,7 @@ def test_json_document_holds_the_machine_the_command_and_every_row(monkeypatch, 
     assert doc["canary"] == {"workload": "512x512 float32 matmul", "factor_of_median": 1.5,
                              "min_rounds_kept": 3}
     assert {"cpu", "python", "torch", "native", "packages", "env"} <= set(doc["machine"])
-    assert doc["skipped"] == [{"what": "anchor", "reason": "not installed"}]
+    assert doc["left_out"] == [{"what": "anchor", "reason": "not installed"}]
     base, other, figures = doc["rows"]
     assert other["section"] == "toy" and other["labels"] == {"size": 3}
     assert other["contender"] == "other" and other["rounds"] == 4 and other["dropped"] == 0
@@ -219,6 +219,7 @@ def test_cuda_without_cuda_skips_with_a_message_and_a_json_note(tmp_path, capsys
     assert "bench_toy: skipped: --device cuda but CUDA is not available" in capsys.readouterr().out
     doc = json.loads((tmp_path / "out" / "toy.json").read_text())
     assert doc["bench"] == "bench_toy" and "CUDA is not available" in doc["skipped"]
+    assert doc["rows"] == []
 
 
 # ------------------------------------------------------------------ every script's --quick
