@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
                         help="epochs of the sigma-changing history")
     args = h.parse_args(parser, argv, rounds=3, quick_rounds=1, threads=1)
     if args.quick:
-        args.epochs = 4
+        args.epochs = 2
     report = h.Report("bench_accountants", args)
     report.note("accountants run on the CPU whatever --device says")
     opacus = h.optional_import("opacus", report, "the Opacus RDP and PRV accountants")
