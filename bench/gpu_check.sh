@@ -91,10 +91,10 @@ bench_stage() {  # bench_stage NAME LIMIT_S ARGS...: runs bench/NAME.py --device
   stage "$name" "$limit" bash -c '"$0" "bench/$1.py" --device cuda --json "$2" "${@:4}" &&
     "$0" -c "$3" "$2"' "$PY" "$name" "$LOG/$name.json" "$CHECK_JSON" "$@"
 }
-bench_stage bench_ops 100 --rounds 5
-bench_stage bench_add_noise 40 --rounds 5
+bench_stage bench_ops 120 --rounds 5
 bench_stage bench_dpsgd 120 --rounds 3
 bench_stage bench_attacks 120 --rounds 3 --eval-rounds 1
+bench_stage bench_add_noise 30 --rounds 5
 # Last, and only its smoke size: it trains models, and whatever time is left goes to it.
 bench_stage bench_adv_training 90 --quick
 
