@@ -9,7 +9,7 @@
 #
 # Run it on a quiet host: on 2 cores, any other process stalls 2-thread torch code (see
 # RESULTS.md). The durations below are estimates for the 2-vCPU host of RESULTS.md, quiet;
-# about 40 minutes in all, 20 of them the interleaved-floor run. Fashion-MNIST
+# about 40 minutes in all, 22 of them the interleaved-floor run. Fashion-MNIST
 # (/usr/share/datasets/fashion-mnist) should be installed: without it the attacks'
 # evaluation, the adversarial training and the audit fall back to sklearn digits (and say so).
 # To repeat a run with freed memory kept in the process (RESULTS.md, attacks), put
@@ -57,13 +57,13 @@ run dpsgd_memory bench/bench_dpsgd.py --threads 2 --rounds 1 --steps 1 --memory 
 run attacks_single bench/bench_attacks.py --sections single --nets mnist --rounds 5 --threads 2
 # Attacks against their interleaved floor, MNIST CNN b=1024 and ResNet-18 b=128, APGD-100;
 # each library's calls add up to 40 s at least (one call of ResNet-18 APGD-100 takes 6 minutes
-# with its floor). About 20 minutes.
+# with its floor). About 22 minutes.
 run attacks_paired bench/bench_attacks.py --sections paired --paired-seconds 40 --threads 2
 # The PGD update alone at 256x3x224x224, and robust accuracy on 2,000 test images against
 # MultiAttack (trains a SmallCNN first). About 2 minutes.
 run attacks_update_eval bench/bench_attacks.py --sections update,eval --rounds 5 --eval-rounds 2 \
   --threads 2
-# Adversarial training: four runs of 4 epochs, evaluation, step-time ratios. About 2 minutes.
+# Adversarial training: four runs of 4 epochs, evaluation, step-time ratios. About 1 minute.
 run adv_training bench/bench_adv_training.py --threads 2 --test-size 500
 # Accountants: known answers, 100-epoch incremental PLD, get_noise_multiplier. About 3 minutes.
 run accountants bench/bench_accountants.py --rounds 3
