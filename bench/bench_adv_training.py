@@ -6,12 +6,11 @@ then evaluates clean accuracy and robust accuracy with
 ``modelsec_fast.evaluate.robust_accuracy`` (PGD-20 with 5 restarts plus
 APGD-CE, per-sample worst case) on held-out test images.
 
-Time ratios: a separate phase times one training step of each method on the
-same fixed batch, interleaved round by round with a 512x512 canary matmul;
-rounds whose canary is > 1.5x its median are discarded (other processes), and
-the ratios are medians.  Per-epoch time ratio = step-time ratio, since every
-method takes the same batches.  Wall-clock epoch times of the real runs are
-reported too.
+Time ratios: one training step of each method on the same fixed batch is a
+contender of ``bench/_harness.py`` (interleaved, rotated, canary-checked rounds;
+``--rounds``); the ratio is to the standard step. Per-epoch time ratio = step-time
+ratio, since every method takes the same batches. The real runs' wall-clock and
+CPU training times are reported too.
 
 Floors (issue 6): FGSM-RS and PGD-AT >= 80% clean and >= 60% robust; the
 undefended model < 10% robust; FGSM-RS step <= 2.2x standard, PGD-AT step <=
@@ -31,31 +30,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import statistics
 import sys
-import time
 
+import _harness as h
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modelsec_fast.attacks import APGD, PGD  # noqa: E402
-from modelsec_fast.data import load_dataset  # noqa: E402
-from modelsec_fast.defenses import AdversarialTrainer  # noqa: E402
-from modelsec_fast.evaluate import robust_accuracy  # noqa: E402
-from modelsec_fast.models import build_model  # noqa: E402
+from modelsec_fast.attacks import APGD, PGD
+from modelsec_fast.data import load_dataset
+from modelsec_fast.defenses import AdversarialTrainer
+from modelsec_fast.evaluate import robust_accuracy
+from modelsec_fast.models import build_model
 
 EPS = 0.1
 DP_EPSILON, DP_DELTA = 8.0, 1e-5
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _data(args, device):
@@ -87,19 +76,17 @@ def train_standard(ds, args, device):
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     loader = _loader(ds, args.batch_size, args.seed)
     sched = _one_cycle(opt, args.lr, args.epochs * len(loader))
-    times = []
-    for _ in range(args.epochs):
+
+    def epoch():
         model.train()
-        _sync(device)
-        start = time.perf_counter()
         for xb, yb in loader:
             xb, yb = xb.to(device), yb.to(device)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(xb), yb).backward()
             opt.step()
             sched.step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+
+    times = [h.timed(epoch, device)[0].wall for _ in range(args.epochs)]
     return model, times, {}
 
 
@@ -152,8 +139,8 @@ def evaluate(model, ds, args):
             "per_attack": per_attack}
 
 
-def time_steps(ds, args, device):
-    """Median step time of each method on one fixed batch, canary-filtered rounds."""
+def step_contenders(ds, args, device):
+    """One training step of each method on one fixed batch: name -> callable."""
     xb = ds.x_train[:args.batch_size].to(device)
     yb = ds.y_train[:args.batch_size].to(device)
     steps = {}
@@ -174,35 +161,26 @@ def time_steps(ds, args, device):
         trainer = AdversarialTrainer(model, opt, method, eps=EPS, guard=False,
                                      progress=False, **options)
         steps[method] = (lambda t=trainer: t.train_step(xb, yb))
-
-    canary_a = torch.randn(512, 512, device=device)
-    samples = {name: [] for name in steps}
-    canary = []
-    for name, fn in steps.items():  # warm-up
-        fn()
-    for _ in range(args.timing_rounds):
-        _sync(device)
-        start = time.perf_counter()
-        canary_a @ canary_a
-        _sync(device)
-        canary.append(time.perf_counter() - start)
-        for name, fn in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            samples[name].append(time.perf_counter() - start)
-    limit = 1.5 * statistics.median(canary)
-    kept = [i for i, c in enumerate(canary) if c <= limit] or list(range(len(canary)))
-    medians = {name: statistics.median([v[i] for i in kept]) for name, v in samples.items()}
-    return medians, len(kept), len(canary)
+    return steps
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
-    p.add_argument("--json", default=None, help="write the results here")
+def judge_floors(results, ratios, pgd_steps):
+    """Floor name -> met, for the runs and ratios that were measured."""
+    floors = {}
+    for method in ("fgsm_rs", "pgd"):
+        if method in results:
+            floors[f"{method} clean >= 0.80"] = results[method]["clean"] >= 0.80
+            floors[f"{method} robust >= 0.60"] = results[method]["robust"] >= 0.60
+    if "standard" in results:
+        floors["undefended robust < 0.10"] = results["standard"]["robust"] < 0.10
+    if ratios:
+        floors["fgsm_rs step <= 2.2x"] = ratios["fgsm_rs"] <= 2.2
+        floors[f"pgd step <= {pgd_steps + 1.3:.1f}x"] = ratios["pgd"] <= pgd_steps + 1.3
+    return floors
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="bench_adv_training.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--train-size", type=int, default=10000)
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=4)
@@ -216,91 +194,61 @@ def main(argv=None) -> int:
     p.add_argument("--restarts", type=int, default=5)
     p.add_argument("--apgd-steps", type=int, default=20)
     p.add_argument("--guard-size", type=int, default=256)
-    p.add_argument("--timing-rounds", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="tqdm bars during training")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-timing", action="store_true", help="skip the step-time phase")
     p.add_argument("--only", default="standard,fgsm_rs,pgd,fgsm_rs_dp",
                    help="comma-separated subset of the four runs")
-    args = p.parse_args(argv)
+    args = h.parse_args(p, argv, rounds=15, quick_rounds=3)
     if args.quick:
         args.train_size, args.test_size, args.epochs = 1000, 200, 1
-        args.restarts, args.eval_steps, args.apgd_steps, args.timing_rounds = 1, 5, 5, 3
+        args.restarts, args.eval_steps, args.apgd_steps = 1, 5, 5
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but CUDA is not available")
+    report = h.Report("bench_adv_training", args)
 
-    wall_start = time.perf_counter()
     ds = _data(args, device)
     ds.x_train, ds.y_train = ds.x_train.to(device), ds.y_train.to(device)
     ds.x_test, ds.y_test = ds.x_test.to(device), ds.y_test.to(device)
-    print(f"data: {ds.name}, train {len(ds.y_train)}, test {len(ds.y_test)}, "
-          f"threads {torch.get_num_threads()}, device {device}", flush=True)
+    report.note(f"data: {ds.name}, train {len(ds.y_train)}, test {len(ds.y_test)}")
 
-    medians, ratios, kept = {}, {}, 0
+    ratios = {}
     if not args.no_timing:
-        medians, kept, rounds = time_steps(ds, args, device)
-        ratios = {k: v / medians["standard"] for k, v in medians.items()}
-        print(f"step times (median of {kept}/{rounds} canary-clean rounds): "
-              + ", ".join(f"{k} {v * 1e3:.1f} ms ({ratios[k]:.2f}x)" for k, v in medians.items()),
-              flush=True)
+        m = h.measure(step_contenders(ds, args, device), device=device, rounds=args.rounds)
+        steps = report.section(f"training step on one batch of {args.batch_size}",
+                               baseline="standard")
+        for row in steps.add(m):
+            ratios[row.contender] = row.ratio.median
+        steps.print()
 
     runs = {"standard": lambda: train_standard(ds, args, device),
             "fgsm_rs": lambda: train_adversarial(ds, args, device, "fgsm_rs"),
             "pgd": lambda: train_adversarial(ds, args, device, "pgd"),
             "fgsm_rs_dp": lambda: train_fgsm_rs_private(ds, args, device)}
+    labels = {"standard": "undefended", "fgsm_rs": "FGSM-RS",
+              "pgd": f"PGD-AT ({args.pgd_steps} steps)", "fgsm_rs_dp": "FGSM-RS + DP-SGD (eps_DP=8)"}
+    accuracy = report.section(
+        f"accuracy after {args.epochs} epochs, robust = worst of PGD-{args.eval_steps}x"
+        f"{args.restarts} and APGD-CE-{args.apgd_steps} at eps {EPS}",
+        note="step x standard: from the step-time table (the DP run has no step contender)")
     results = {}
     for name in args.only.split(","):
-        started = time.perf_counter()
-        model, epoch_times, extra = runs[name]()
-        train_wall = time.perf_counter() - started
-        scores = evaluate(model, ds, args)
-        results[name] = {**scores, "epoch_times_s": epoch_times, "train_wall_s": train_wall,
-                         "eval_wall_s": time.perf_counter() - started - train_wall,
-                         **{k: v for k, v in extra.items() if k != "history"}}
-        print(f"{name}: clean {scores['clean']:.3f}, robust {scores['robust']:.3f} "
-              f"{scores['per_attack']}, train {train_wall:.0f}s", flush=True)
+        trained, (model, epoch_times, extra) = h.timed(runs[name], device)
+        evaluated, scores = h.timed(lambda: evaluate(model, ds, args), device)
+        results[name] = scores
+        values = {"clean": scores["clean"], "robust": scores["robust"],
+                  **{f"robust, {k}": v for k, v in scores["per_attack"].items()},
+                  "step x standard": ratios.get(name),
+                  "train s": trained.wall, "train CPU s": trained.cpu, "eval s": evaluated.wall}
+        values.update({k: v for k, v in extra.items() if k != "history"})
+        accuracy.add_row(labels={"model": labels[name]}, values=values)
+        print(f"{name}: clean {scores['clean']:.3f}, robust {scores['robust']:.3f}, "
+              f"train {trained.wall:.0f} s", flush=True)
 
-    floors = {
-        "fgsm_rs clean >= 0.80": results.get("fgsm_rs", {}).get("clean", 0) >= 0.80,
-        "fgsm_rs robust >= 0.60": results.get("fgsm_rs", {}).get("robust", 0) >= 0.60,
-        "pgd clean >= 0.80": results.get("pgd", {}).get("clean", 0) >= 0.80,
-        "pgd robust >= 0.60": results.get("pgd", {}).get("robust", 0) >= 0.60,
-        "undefended robust < 0.10": results.get("standard", {}).get("robust", 1) < 0.10,
-    }
-    if ratios:
-        floors["fgsm_rs time <= 2.2x"] = ratios["fgsm_rs"] <= 2.2
-        floors[f"pgd time <= {args.pgd_steps + 1.3:.1f}x"] = ratios["pgd"] <= args.pgd_steps + 1.3
-    # Floors whose run was not part of this invocation (--only) are not judged.
-    ran = set(results)
-    floors = {k: v for k, v in floors.items()
-              if k.split()[0] not in ("fgsm_rs", "pgd", "undefended")
-              or {"undefended": "standard"}.get(k.split()[0], k.split()[0]) in ran
-              or "time" in k}
-    labels = {"standard": "undefended", "fgsm_rs": "FGSM-RS", "pgd": f"PGD-AT ({args.pgd_steps} steps)",
-              "fgsm_rs_dp": "FGSM-RS + DP-SGD (eps_DP=8)"}
-    print("\n| model | clean | robust (worst of PGD-%dx%d, APGD-CE-%d) | step time vs standard | "
-          "train wall s |" % (args.eval_steps, args.restarts, args.apgd_steps))
-    print("|---|---:|---:|---:|---:|")
-    for name, r in results.items():
-        ratio = ratios.get(name if name != "fgsm_rs_dp" else "", float("nan"))
-        ratio_s = f"{ratio:.2f}x" if ratio == ratio else "-"
-        print(f"| {labels[name]} | {r['clean'] * 100:.1f}% | {r['robust'] * 100:.1f}% | {ratio_s} | "
-              f"{r['train_wall_s']:.0f} |")
-    print("\nfloors: " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in floors.items()))
-    total = time.perf_counter() - wall_start
-    print(f"total wall-clock {total:.0f} s")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump({"config": vars(args), "dataset": ds.name, "step_time_s": medians,
-                       "step_time_ratio": ratios, "timing_rounds_kept": kept, "results": results,
-                       "floors": floors, "total_wall_s": total}, fh, indent=2, default=float)
-    return 0
+    floors = report.section("floors (issue 6)")
+    for floor, met in judge_floors(results, ratios, args.pgd_steps).items():
+        floors.add_row(labels={"floor": floor}, values={"met": met})
+    return report.finish()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,14 +1,12 @@
 """DP-SGD step time and memory: non-private vs Opacus (hooks, ghost, ew) vs ours.
 
-Side by side in one process, round-robin over configurations so that machine
-noise hits all of them alike. Each round first times a 512x512 matmul canary;
-rounds whose canary is > 1.3x the fastest canary are discarded as noisy.
-Reports the median wall-clock step time and its ratio to the non-private
-step, the minimum process CPU time per step over rounds (more robust than wall
-time on a shared machine; on a quiet machine the two agree up to threading),
-and (with
-``--memory``) the peak-RSS increase of a training run, measured in one fresh
-subprocess per configuration (torch has no CPU memory API).
+Side by side in one process, one measurement per model: every configuration's
+training step is a contender of ``bench/_harness.py`` (interleaved, rotated,
+canary-checked rounds; ``--steps`` steps per sample). Reports the median wall-clock
+step time, its IQR and its ratio to the non-private step, the same for the process
+CPU time, and (with ``--memory``) the peak-RSS increase of a short training run,
+measured in one fresh subprocess per configuration (torch has no CPU memory API).
+Opacus is optional: without it its configurations are skipped, with a message.
 
     python bench/bench_dpsgd.py --quick
     python bench/bench_dpsgd.py --memory --json bench/out/dpsgd.json
@@ -19,25 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 import warnings
-from pathlib import Path
 
+import _harness as h
 import torch
 from torch import nn
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 CONFIGS = ("nonprivate", "opacus_hooks", "opacus_ghost", "opacus_ew", "ours")
 MODELS = ("mlp", "mnist_cnn", "cifar_gn", "transformer")
 BATCH = {"mlp": 256, "mnist_cnn": 256, "cifar_gn": 128, "transformer": 32}
+QUICK_BATCH = {"mlp": 16, "mnist_cnn": 16, "cifar_gn": 8, "transformer": 4}
 
 
 def build_model(name: str) -> nn.Module:
@@ -91,9 +83,11 @@ def make_step(config: str, name: str, device, batch: int):
         from modelsec_fast.privacy import ModuleValidator
         model = ModuleValidator.fix(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        pm, dpo, _ = PrivacyEngine(accountant="rdp").make_private(
-            module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0,
-            max_grad_norm=1.0, poisson_sampling=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # poisson_sampling=False: epsilon not claimed here
+            pm, dpo, _ = PrivacyEngine(accountant="rdp").make_private(
+                module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0,
+                max_grad_norm=1.0, poisson_sampling=False)
 
         def step():
             dpo.zero_grad()
@@ -130,52 +124,27 @@ def make_step(config: str, name: str, device, batch: int):
         return step
 
 
-def canary_ms(device) -> float:
-    a = torch.randn(512, 512, device=device)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        a @ a
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 200.0
-
-
-def time_model(name, configs, device, *, warmup, rounds, steps):
-    batch = BATCH[name]
-    steps_fns, errors = {}, {}
+def working_steps(name, configs, device, batch, report):
+    """config -> step callable, for the configurations that run on this model (one test step)."""
+    steps = {}
     for c in configs:
         try:
-            steps_fns[c] = make_step(c, name, device, batch)
-            for _ in range(warmup):
-                steps_fns[c]()
-        except Exception as err:  # an Opacus mode may not support a model
-            errors[c] = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
-            steps_fns.pop(c, None)
-    wall = {c: [] for c in steps_fns}
-    cpu = {c: [] for c in steps_fns}
-    canaries = []
-    order = list(steps_fns)
-    for r in range(rounds):
-        canaries.append(canary_ms(device))
-        for c in (order if r % 2 == 0 else order[::-1]):
-            fn = steps_fns[c]
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(steps):
+            fn = make_step(c, name, device, batch)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Opacus's backward-hook warnings, every step
                 fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            wall[c].append((time.perf_counter() - t0) * 1000.0 / steps)
-            cpu[c].append((time.process_time() - c0) * 1000.0 / steps)
-        print(f"  {name}: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
-    best = min(canaries)
-    keep = [i for i, cm in enumerate(canaries) if cm <= 1.3 * best] or list(range(rounds))
-    result = {c: statistics.median([v[i] for i in keep]) for c, v in wall.items()}
-    # contention only ever adds CPU time (cache misses, SMT): the minimum is the estimate
-    cpu_ms = {c: min(v) for c, v in cpu.items()}
-    return result, errors, {"rounds": rounds, "kept": len(keep), "canary_ms": canaries,
-                            "cpu_ms": cpu_ms}
+            steps[c] = fn
+        except Exception as err:  # an Opacus mode may not support a model
+            report.skip(f"{name} {c}", f"{type(err).__name__}: {str(err).splitlines()[0][:80]}")
+    return steps
+
+
+def _quiet(fn):
+    def call():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn()
+    return call
 
 
 def _proc_status_kib(field: str):
@@ -189,14 +158,14 @@ def _proc_status_kib(field: str):
     return None
 
 
-def child_memory(name, config, device, steps):
+def child_memory(name, config, device, steps, batch):
     """Peak RSS increase (MiB) of ``steps`` training steps, in this fresh process.
 
     Linux: the VmHWM high-water mark, reset to the current RSS right before the
     steps (``/proc/self/clear_refs``). ``ru_maxrss`` is not used there because it
     survives exec, so a child would start at its parent's peak.
     """
-    fn = make_step(config, name, device, BATCH[name])
+    fn = make_step(config, name, device, batch)
     before = _proc_status_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -210,9 +179,9 @@ def child_memory(name, config, device, steps):
     print(json.dumps({"peak_rss_increase_mib": (peak() - before) / 1024.0}))
 
 
-def measure_memory(name, config, device, steps):
+def measure_memory(name, config, device, steps, batch):
     cmd = [sys.executable, __file__, "--child-memory", name, config, "--device", str(device),
-           "--steps", str(steps), "--threads", str(torch.get_num_threads())]
+           "--steps", str(steps), "--batch", str(batch), "--threads", str(torch.get_num_threads())]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
@@ -221,73 +190,48 @@ def measure_memory(name, config, device, steps):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap = argparse.ArgumentParser(prog="bench_dpsgd.py", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS per config")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--steps", type=int, default=2, help="training steps per timed sample")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed samples first")
     ap.add_argument("--child-memory", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    ap.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
+    args = h.parse_args(ap, argv, rounds=5, quick_rounds=2)
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.child_memory:
         warnings.simplefilter("ignore")
-        child_memory(*args.child_memory, device, args.steps)
-        return
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda requested but CUDA is not available")
+        child_memory(*args.child_memory, device, args.steps, args.batch)
+        return None
     if args.quick:
-        args.rounds, args.steps, args.warmup = 2, 1, 1
+        args.steps, args.warmup = 1, 1
+    batches = QUICK_BATCH if args.quick else BATCH
     models = [m for m in args.models.split(",") if m]
     configs = [c for c in args.configs.split(",") if c]
     for m in models:
         if m not in MODELS:
             raise SystemExit(f"unknown model {m!r}; choose from {MODELS}")
-    report = {"device": str(device), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "quick": args.quick, "models": {}}
-    rows = []
-    for m in models:
-        times, errors, meta = time_model(m, configs, device, warmup=args.warmup,
-                                         rounds=args.rounds, steps=args.steps)
-        base = times.get("nonprivate")
-        mem = {}
+    report = h.Report("bench_dpsgd", args)
+    if any(c.startswith("opacus") for c in configs) and \
+            h.optional_import("opacus", report, "the Opacus configurations") is None:
+        configs = [c for c in configs if not c.startswith("opacus")]
+    section = report.section("DP-SGD training step", baseline="nonprivate",
+                             note=f"{args.steps} step(s) per sample; noise multiplier 1.0, C = 1.0, "
+                                  "SGD, fixed batch; peak RSS: one subprocess per configuration")
+    for name in models:
+        steps = working_steps(name, configs, device, batches[name], report)
+        if not steps:
+            continue
+        m = h.measure({c: _quiet(fn) for c, fn in steps.items()}, device=device,
+                      rounds=args.rounds, warmup=args.warmup, repeat=args.steps)
+        rows = section.add(m, labels={"model": name, "batch": batches[name]})
         if args.memory:
-            for c in times:
-                mem[c] = measure_memory(m, c, device, 3 if args.quick else 5)
-        cpu = meta["cpu_ms"]
-        cbase = cpu.get("nonprivate")
-        entry = {"batch": BATCH[m], "step_ms": times, "cpu_ms": cpu, "errors": errors,
-                 "meta": meta,
-                 "ratio": {c: (t / base if base else None) for c, t in times.items()},
-                 "cpu_ratio": {c: (t / cbase if cbase else None) for c, t in cpu.items()},
-                 "peak_rss_increase_mib": mem}
-        report["models"][m] = entry
-        for c in configs:
-            if c in times:
-                ratio = f"{times[c] / base:.2f}x" if base else "-"
-                cratio = f"{cpu[c] / cbase:.2f}x" if cbase else "-"
-                mm = mem.get(c)
-                rows.append((m, c, f"{times[c]:.2f}", ratio, f"{cpu[c]:.2f}", cratio,
-                             "-" if mm is None else f"{mm:.0f}"))
-            else:
-                rows.append((m, c, "n/a", "-", "n/a", "-", errors.get(c, "")[:40]))
-    head = ("model", "config", "step ms", "x nonpriv", "cpu ms (min)", "cpu x", "peak RSS +MiB")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    print(" | ".join(h.ljust(w) for h, w in zip(head, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(str(v).ljust(w) for v, w in zip(r, widths)))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+            for row in rows:
+                row.values["peak RSS +MiB"] = measure_memory(
+                    name, row.contender, device, 3 if args.quick else 5, batches[name])
+        print(f"  {name}: done", file=sys.stderr, flush=True)
+    return report.finish()
 
 
 if __name__ == "__main__":

@@ -74,22 +74,29 @@ stage tests_cuda 150 "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_cuda.
 stage tests_cuda_dp 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda \
   tests/privacy/test_engine_parity.py tests/privacy/test_dp_rnn.py
 
-# 4. Benchmarks, each if present, with a quick-enough configuration. The anchors
-# must be importable: without them a bench would time nothing to compare against.
+# 4. Benchmarks with --device cuda, each if present, sized to fit its stage. The flags are the
+# shared ones of bench/_harness.py; a bench that skipped (no CUDA in this torch) or wrote no
+# rows fails its stage. The anchors must be importable: without them a bench would time
+# nothing to compare against.
 for anchor in opacus torchattacks; do
   "$PY" -c "import $anchor" 2>/dev/null ||
     printf '%-16s missing: carry its wheel in .whl/ (see the header)\n' "$anchor" | tee -a "$SUMMARY"
 done
-declare -A BENCH_ARGS=([bench_attacks]="--rounds 3 --eval-rounds 1")
-for b in bench_ops bench_dpsgd bench_attacks; do
-  if [ -f "bench/$b.py" ]; then
-    # shellcheck disable=SC2086  # the extra arguments are meant to split
-    stage "$b" 120 "$PY" "bench/$b.py" --device cuda --json "$LOG/$b.json" ${BENCH_ARGS[$b]:-}
-  fi
-done
+CHECK_JSON='import json, sys; d = json.load(open(sys.argv[1])); sys.exit(
+    ("skipped: " + d["skipped"]) if "skipped" in d else 0 if d["rows"] else "no rows")'
+bench_stage() {  # bench_stage NAME LIMIT_S ARGS...: runs bench/NAME.py --device cuda, checks its JSON
+  local name=$1 limit=$2
+  shift 2
+  [ -f "bench/$name.py" ] || return 0
+  stage "$name" "$limit" bash -c '"$0" "bench/$1.py" --device cuda --json "$2" "${@:4}" &&
+    "$0" -c "$3" "$2"' "$PY" "$name" "$LOG/$name.json" "$CHECK_JSON" "$@"
+}
+bench_stage bench_ops 120 --rounds 5
+bench_stage bench_dpsgd 120 --rounds 3
+bench_stage bench_attacks 120 --rounds 3 --eval-rounds 1
+bench_stage bench_add_noise 30 --rounds 5
 # Last, and only its smoke size: it trains models, and whatever time is left goes to it.
-stage bench_adv_training 90 "$PY" bench/bench_adv_training.py --device cuda --quick \
-  --json "$LOG/bench_adv_training.json"
+bench_stage bench_adv_training 90 --quick
 
 echo "== summary"
 cat "$SUMMARY"

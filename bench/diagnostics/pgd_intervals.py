@@ -6,7 +6,7 @@ start of the next is the attack's own pass plus its update; this prints its
 median against the median floor pass, and the ratio of their sums. Under
 glibc's default allocator the page-fault cost moves between the attack's
 passes and the floor's; with freed memory kept the two agree (see
-bench/RESULTS.md, session 3).
+bench/RESULTS.md, attacks).
 
     python bench/diagnostics/pgd_intervals.py [CALLS]
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 python bench/diagnostics/pgd_intervals.py
@@ -16,13 +16,13 @@ import os
 import statistics
 import sys
 
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "..")]
+sys.path.insert(0, os.path.dirname(HERE))
 
+import _harness  # noqa: E402,F401  (puts the checkout on sys.path)
+import torch  # noqa: E402
 import torchattacks as ta  # noqa: E402
-from bench_attacks import PairedFloor, _floor  # noqa: E402
+from bench_attacks import PairedFloor, floor_passes  # noqa: E402
 
 import modelsec_fast.attacks as ma  # noqa: E402
 from modelsec_fast.models import OpacusMnistCNN  # noqa: E402
@@ -35,23 +35,25 @@ def main(calls: int) -> None:
     x = torch.rand(1024, 1, 28, 28)
     with torch.no_grad():
         y = model(x).argmax(1)
-    _floor(model, x, y, 2)()  # warm-up
+    floor_passes(model, x, y, 2)()  # warm-up
     paired = PairedFloor(model, torch.device("cpu"))
     for name, atk in (("ours", ma.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10)),
                       ("torchattacks", ta.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10))):
-        intervals, floors, interval_faults, floor_faults = [], [], [], []
+        intervals, floors = [], []
         for _ in range(calls):
-            paired.run(lambda: atk(x, y))
+            paired.call(name, lambda: atk(x, y))
             marks = paired.marks
-            for before, after in zip(marks, marks[1:]):  # attack pass between two floor passes
-                intervals.append(after[0] - before[1])
-                interval_faults.append(after[2] - before[3])
-                floors.append(after[1] - after[0])
-                floor_faults.append(after[3] - after[2])
-        print(f"{name}: attack pass + update {statistics.median(intervals) * 1e3:.1f} ms "
-              f"({statistics.median(interval_faults):.0f} minor faults), floor pass "
-              f"{statistics.median(floors) * 1e3:.1f} ms ({statistics.median(floor_faults):.0f} "
-              f"faults), medians; sums {100 * (sum(intervals) / sum(floors) - 1):+.2f}%", flush=True)
+            for (_, before_end), (after_start, after_end) in zip(marks, marks[1:]):
+                intervals.append(after_start - before_end)  # attack pass between two floor passes
+                floors.append(after_end - after_start)
+        total_interval = sum(s.wall for s in intervals)
+        total_floor = sum(s.wall for s in floors)
+        interval_ms = statistics.median(s.wall for s in intervals) * 1e3
+        print(f"{name}: attack pass + update {interval_ms:.1f} ms "
+              f"({statistics.median(s.faults for s in intervals):.0f} minor faults), floor pass "
+              f"{statistics.median(s.wall for s in floors) * 1e3:.1f} ms "
+              f"({statistics.median(s.faults for s in floors):.0f} faults), medians; sums "
+              f"{100 * (total_interval / total_floor - 1):+.2f}%", flush=True)
 
 
 if __name__ == "__main__":
