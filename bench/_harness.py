@@ -73,7 +73,7 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-from modelsec_fast.ops import native_available  # noqa: E402
+from modelsec_fast.ops import build_info, native_available  # noqa: E402
 
 __all__ = [
     "CANARY_FACTOR", "MIN_ROUNDS_KEPT", "Sample", "Parts", "Stats", "Measurement", "Row",
@@ -465,7 +465,7 @@ def machine_facts(device) -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(), "torch": torch.__version__,
         "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
-        "native": native_available(), "packages": {p: _version(p) for p in ANCHORS},
+        "native": native_available(), "build": build_info(), "packages": {p: _version(p) for p in ANCHORS},
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

@@ -91,12 +91,12 @@ def case_clip_and_noise(batch, params, device, with_reference):
 
     nbytes = (batch + 1) * n_params * 4
     contenders = {
-        "native": _with_path(True, lambda: ops.clip_and_noise(grads, max_norm, std)),
+        "native": _with_path(True, lambda: ops._clip_and_noise(grads, max_norm, std)),
         "eager": eager,
         "copy_": _copy_of(nbytes, device),
     }
     if with_reference:
-        contenders["reference"] = _with_path(False, lambda: ops.clip_and_noise(grads, max_norm, std))
+        contenders["reference"] = _with_path(False, lambda: ops._clip_and_noise(grads, max_norm, std))
     return "clip_and_noise", f"B={batch} P={n_params}", nbytes, contenders
 
 

@@ -6,7 +6,7 @@ Thin wrappers over ``torch.ops.modelsec_fast`` (defined in
 and runs the native C++/CUDA kernel when the library is loaded, otherwise the
 pure-PyTorch specification in :mod:`modelsec_fast.reference`.
 ``MODELSEC_FAST_DISABLE_NATIVE=1`` forces the reference (read on every call, so
-tests can switch it). Build facts: ``modelsec_fast._native.build_info()``.
+tests can switch it). Build facts: :func:`build_info`.
 
 ``_clip_and_noise`` and ``_accumulate_and_noise`` (fused clipping, sum and
 noise) are private until the DP engine's hot path uses them; the canary
@@ -44,7 +44,13 @@ import torch
 from modelsec_fast import _native, reference
 from modelsec_fast.reference import CLIP_EPS
 
-__all__ = ["native_available", "add_noise_", "sign_step", "sign_step_", "l2_step", "CLIP_EPS"]
+__all__ = ["native_available", "build_info", "add_noise_", "sign_step", "sign_step_", "l2_step", "CLIP_EPS"]
+
+
+def build_info() -> dict:
+    """Facts about the native build ({} when it is not built): CUDA, the torch ABI
+    target, the CPU instruction set, ``clip_eps``."""
+    return _native.build_info()
 
 
 def native_available() -> bool:
