@@ -134,7 +134,7 @@ def evaluate(model, ds, args):
     result = robust_accuracy(model, (ds.x_test, ds.y_test), attacks=attacks,
                              batch_size=500, restarts=args.restarts, progress=False,
                              check_masking=False, seed=args.seed)
-    per_attack = {name: d.get("robust_accuracy") for name, d in result.per_attack.items()}
+    per_attack = {name: rec.robust_accuracy for name, rec in result.per_attack.items()}
     return {"clean": result.clean_accuracy, "robust": result.robust_accuracy,
             "per_attack": per_attack}
 

@@ -113,10 +113,10 @@ def robust_curve(model, x, y, eps_grid, *, attacks=DEFAULT_ATTACKS, steps: int =
         clean = result.clean_accuracy
         out["robust_accuracy"][str(eps)] = float(result.robust_accuracy)
         # Each attack's figure is the cumulative worst case after it ran.
-        out["per_attack"][str(eps)] = {k: float(v["robust_accuracy"])
-                                       for k, v in result.per_attack.items()}
+        out["per_attack"][str(eps)] = {name: float(rec.robust_accuracy)
+                                       for name, rec in result.per_attack.items()}
         out["warnings"] += [f"eps {eps:g}: {w}" for w in result.warnings]
-        if keep_adversarial and getattr(result, "adversarial", None) is not None:
+        if keep_adversarial and result.adversarial is not None:
             out["adversarial"][str(eps)] = result.adversarial
     if clean is None:
         from modelsec_fast.audit.recipe import evaluate_accuracy

@@ -10,8 +10,8 @@ What it does, per chunk of at most ``batch_size`` samples:
 1. checks that the images lie in [0, 1] pixel space (after un-normalising),
    then classifies them; only correctly classified ones are attacked;
 2. runs each attack in order on the samples still robust, stopping each
-   sample as soon as it is broken (attacks' ``_forward_eval``); attacks with a
-   random start are repeated ``restarts`` times on what is left;
+   sample as soon as it is broken (:meth:`Attack.run_for_evaluation`); attacks
+   with a random start are repeated ``restarts`` times on what is left;
 3. checks every returned example (inside the eps ball of the attack's norm,
    in [0, 1] pixel space, no NaN) and re-classifies it: only a checked,
    misclassified example counts as broken; an unchecked one is "rejected".
@@ -20,7 +20,7 @@ Gradient-masking checks (``check_masking=True``, warnings in the result):
 probabilities instead of logits, outputs that change between two identical
 calls, zero input gradients at clean points, a gradient-free attack (Square)
 lowering the robust accuracy by more than 0.2 percentage points below what
-the gradient attacks reached (AutoAttack's rule), and (optional,
+the gradient attacks before it reached (AutoAttack's rule), and (optional,
 ``eps_sweep``) robust accuracy not falling towards 0 as eps grows (Carlini
 et al. 2019).
 """
@@ -37,10 +37,12 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .attacks.base import Attack, check_pixel_range, frozen_parameters
+from .attacks.base import Attack, frozen_parameters
 from .attacks.losses import dlr_loss
+from .validation import (check_choice, check_input_pixels, check_int, check_non_negative,
+                         check_normalization, to_pixels)
 
-__all__ = ["robust_accuracy", "RobustAccuracyResult", "standard_attacks"]
+__all__ = ["robust_accuracy", "RobustAccuracyResult", "AttackRecord", "standard_attacks"]
 
 # Slack of the ball / range checks (fp32 rounding of x + clamp(delta)).
 _LINF_SLACK = 1e-5
@@ -54,38 +56,62 @@ _GRADIENT_FREE_MARGIN = 0.002
 
 
 @dataclasses.dataclass
+class AttackRecord:
+    """One attack's line of a :class:`RobustAccuracyResult`.
+
+    Attributes:
+        robust_accuracy: fraction in [0, 1] of all samples still robust after
+            this attack: the worst case over it and the attacks before it (NaN
+            if no samples).
+        broken: samples it broke (checked, misclassified examples).
+        rejected: returned examples that failed the validity check (outside
+            the eps ball or [0, 1], or not finite): never counted as broken,
+            whatever their prediction.
+        seconds: wall time.
+        gradient_free: the attack reads no gradients (Square); its breaks after
+            a gradient attack are the masking check's evidence.
+        settings: the attack's arguments, as its ``repr``.
+    """
+
+    robust_accuracy: float = math.nan
+    broken: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    gradient_free: bool = False
+    settings: str = ""
+
+
+@dataclasses.dataclass
 class RobustAccuracyResult:
     """Outcome of :func:`robust_accuracy`.
 
     Attributes:
         n_samples: number of evaluated samples.
         clean_accuracy, robust_accuracy: fractions in [0, 1] (NaN if no samples).
-        per_attack: attack name -> {"robust_accuracy": accuracy after this attack
-            (cumulative worst case), "broken": samples it broke, "rejected":
-            returned examples that failed the validity check (outside the
-            eps ball or [0, 1], or not finite; never counted as broken,
-            whatever their prediction), "seconds": time}.
+        per_attack: attack name -> :class:`AttackRecord`, in the order they ran.
         warnings: gradient-masking and validity warnings, one line each.
         eps, norm: the threat model (None when mixed or unknown).
         seconds: total wall time.
         eps_sweep: eps -> robust accuracy of the sanity sweep, if run.
         adversarial: worst-case examples (N, ...) on the CPU if requested, else None.
+        restarts: runs of each randomly started attack (the ``restarts`` argument).
     """
 
     n_samples: int
     clean_accuracy: float
     robust_accuracy: float
-    per_attack: dict
-    warnings: list
+    per_attack: dict[str, AttackRecord]
+    warnings: list[str]
     eps: float | None = None
     norm: str | None = None
     seconds: float = 0.0
     eps_sweep: dict | None = None
     adversarial: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    restarts: int = 1
 
     def to_dict(self) -> dict:
         """Everything but the adversarial examples, JSON-serialisable."""
-        out = dataclasses.asdict(self)
+        out = dataclasses.asdict(dataclasses.replace(self, adversarial=None))
         out.pop("adversarial")
         if self.eps_sweep is not None:
             out["eps_sweep"] = {str(k): v for k, v in self.eps_sweep.items()}
@@ -106,8 +132,8 @@ class RobustAccuracyResult:
                  f"{'stage':<{width}}{'accuracy':>10}{'broken':>9}{'rejected':>10}{'seconds':>9}",
                  f"{'clean':<{width}}{100 * self.clean_accuracy:>9.2f}%{'':>9}{'':>10}{'':>9}"]
         for name, rec in self.per_attack.items():
-            lines.append(f"{name:<{width}}{100 * rec['robust_accuracy']:>9.2f}%"
-                         f"{rec['broken']:>9d}{rec['rejected']:>10d}{rec['seconds']:>9.1f}")
+            lines.append(f"{name:<{width}}{100 * rec.robust_accuracy:>9.2f}%"
+                         f"{rec.broken:>9d}{rec.rejected:>10d}{rec.seconds:>9.1f}")
         lines.append(f"{'robust (worst case)':<{width}}{100 * self.robust_accuracy:>9.2f}%")
         if self.eps_sweep:
             lines.append("eps sweep: " + ", ".join(
@@ -209,19 +235,6 @@ def _pixels(atk: Attack, t: torch.Tensor) -> torch.Tensor:
     return atk.inverse_normalize(t) if atk.normalization_used is not None else t
 
 
-def _check_image_range(x: torch.Tensor, normalization: Sequence | None) -> None:
-    """ValueError unless ``x`` (B, C, ...) lies in [0, 1] pixel space (after un-normalising)."""
-    if normalization is None:
-        check_pixel_range(x, hint="; for normalised images pass normalization=(mean, std) or "
-                                  "use set_normalization_used")
-        return
-    shape = (1, -1) + (1,) * max(x.dim() - 2, 0)
-    mean = torch.as_tensor(normalization[0], dtype=x.dtype, device=x.device).reshape(shape)
-    std = torch.as_tensor(normalization[1], dtype=x.dtype, device=x.device).reshape(shape)
-    check_pixel_range(x * std + mean, _RANGE_SLACK,
-                      where=" after un-normalising with the given mean/std")
-
-
 def _valid_examples(atk: Attack, adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Bool (B,): finite, in [0, 1] and inside the attack's eps ball (pixel space)."""
     if adv.shape != x.shape:
@@ -258,7 +271,9 @@ def _zero_gradient_count(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return int((grad.flatten(1).abs().amax(1) == 0).sum())
 
 
-def _masking_checks(model, x, y, logits, warnings: list) -> None:
+def _masking_checks(model, x, y, logits) -> list[str]:
+    """Warnings about the model itself, from one chunk and its clean ``logits``."""
+    warnings = []
     if _looks_like_probabilities(logits):
         warnings.append(
             "the model seems to output probabilities (rows in [0, 1] summing to 1): "
@@ -278,9 +293,11 @@ def _masking_checks(model, x, y, logits, warnings: list) -> None:
                 f"zero input gradient at {zeros} of {int(correct.sum())} correctly classified "
                 "points (gradient masking, e.g. quantisation): gradient attacks cannot progress "
                 "there; rely on Square or use BPDA")
+    return warnings
 
 
-def _eps_sweep(model, x, y, eps, norm, normalization, warnings) -> dict:
+def _eps_sweep(model, x, y, eps, norm, normalization) -> tuple[dict, list[str]]:
+    """(eps -> robust accuracy of PGD-20 at growing eps, warnings if it does not fall to ~0)."""
     from .attacks import PGD, PGDL2
     if norm == "L2":
         top = math.sqrt(x[0].numel())
@@ -294,17 +311,192 @@ def _eps_sweep(model, x, y, eps, norm, normalization, warnings) -> dict:
                else PGD(model, eps=e, alpha=e / 4, steps=20))
         if normalization is not None:
             atk.set_normalization_used(*normalization)
-        adv = atk._run(atk._forward_eval, x, y)
+        adv = atk.run_for_evaluation(x, y)
         with torch.no_grad():
             accuracies[e] = float((model(adv).argmax(1) == y).float().mean())
     values = list(accuracies.values())
+    warnings = []
     if any(b > a + 0.02 for a, b in zip(values, values[1:])):
         warnings.append(f"eps sweep: robust accuracy rises with eps ({values}): attack failure "
                         "or gradient masking")
     if values and values[-1] > 0.05:
         warnings.append(f"eps sweep: robust accuracy {100 * values[-1]:.1f}% at the largest eps "
                         f"{grid[-1]:.3g} (should be ~0): gradient masking suspected")
-    return accuracies
+    return accuracies, warnings
+
+
+# ------------------------------------------------------------------ arguments
+def _check_arguments(attacks, eps, norm, batch_size, restarts
+                     ) -> tuple[list[Attack] | None, float | None, str | None]:
+    """(the attack list, or None for the "standard" preset; the threat model's eps and norm).
+
+    For a list of attacks, eps and norm are the attacks' own, None where they differ.
+    """
+    check_int("batch_size", batch_size, 1)
+    check_int("restarts", restarts, 1)
+    if isinstance(attacks, str):
+        if attacks != "standard":
+            raise ValueError(f"unknown preset {attacks!r}: use 'standard' or a list of attacks")
+        if eps is None:
+            raise ValueError("the 'standard' preset needs eps")
+        return None, check_non_negative("eps", eps), check_choice("norm", norm, ("Linf", "L2"))
+    attack_list = list(attacks)
+    if not attack_list:
+        raise ValueError("attacks must be 'standard' or a non-empty list of attacks")
+    for atk in attack_list:
+        if not isinstance(atk, Attack):
+            raise TypeError(f"attacks must be modelsec_fast attacks, got {type(atk).__name__}")
+        if atk.attack_mode == "targeted(label)":
+            raise ValueError(f"{atk.attack} is in targeted(label) mode: robust_accuracy passes "
+                             "true labels; use another targeted mode or the default")
+    epss = {getattr(a, "eps", None) for a in attack_list}
+    norms = {getattr(a, "norm", None) for a in attack_list}
+    return (attack_list, epss.pop() if len(epss) == 1 else None,
+            norms.pop() if len(norms) == 1 else None)
+
+
+def _normalization_of(attack_list: list[Attack] | None, normalization):
+    """The checked (mean, std) of the data: the argument, else the first attack's."""
+    if normalization is None and attack_list and attack_list[0].normalization_used is not None:
+        used = attack_list[0].normalization_used
+        normalization = (used["mean"], used["std"])
+    return check_normalization(normalization)
+
+
+def _named(attack_list: list[Attack]) -> dict[str, Attack]:
+    """Attacks by display name (APGD-CE, FAB-T, ...), a "+" added to repeated names."""
+    named: dict[str, Attack] = {}
+    for atk in attack_list:
+        name = _attack_name(atk)
+        while name in named:
+            name += "+"
+        named[name] = atk
+    return named
+
+
+# ----------------------------------------------------------------- per chunk
+def _first_chunk(model, attack_list: list[Attack] | None, x, y, logits, *, eps, norm, seed,
+                 normalization, check_masking: bool, eps_sweep: bool
+                 ) -> tuple[dict[str, Attack], list[str], dict | None]:
+    """What the first chunk settles: the attacks by name (the preset needs the class
+    count), the model's masking warnings and the eps sweep (None if not run)."""
+    if attack_list is None:
+        attack_list = standard_attacks(model, eps, norm, logits.shape[1], seed, normalization)
+    warnings = _masking_checks(model, x, y, logits) if check_masking else []
+    sweep = None
+    if eps_sweep and eps is not None and norm is not None:
+        sub = (logits.argmax(1) == y).nonzero().flatten()[:200]
+        sweep, sweep_warnings = _eps_sweep(model, x[sub], y[sub], eps, norm, normalization)
+        warnings += sweep_warnings
+    return _named(attack_list), warnings, sweep
+
+
+def _clean_pass(model, x, y, device, normalization):
+    """(x, y, clean logits) of one chunk on ``device``, checked; None for an empty chunk."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("images and labels must be tensors")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integers (int64), got {y.dtype}")
+    x, y = x.to(device), y.to(device).long()
+    if x.shape[0] == 0:
+        return None
+    check_input_pixels(to_pixels(x, normalization), unnormalised=normalization is not None,
+                       hint="; for normalised images pass normalization=(mean, std) or use "
+                            "set_normalization_used")
+    with torch.no_grad():
+        logits = model(x)
+    if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"the model must return logits (B, K), got {tuple(logits.shape)}")
+    if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
+        raise ValueError(f"labels must be in [0, {logits.shape[1]}), found "
+                         f"[{int(y.min())}, {int(y.max())}]")
+    return x, y, logits
+
+
+def _attack_once(model, atk: Attack, x, y, robust: torch.Tensor, worst: torch.Tensor | None,
+                 record: AttackRecord) -> bool:
+    """One run of ``atk`` on the samples still ``robust`` (bool (B,), updated in place).
+
+    Counts what it broke and rejected in ``record``; keeps broken examples in
+    ``worst`` if given.  Returns False when no sample was left to attack.
+    """
+    idx = robust.nonzero().flatten()
+    if idx.numel() == 0:
+        return False
+    adv = atk.run_for_evaluation(x[idx], y[idx])
+    valid = _valid_examples(atk, adv, x[idx])
+    with torch.no_grad():
+        pred = model(adv).argmax(1)
+    # Every invalid example is rejected: a NaN one has no meaningful prediction.
+    record.rejected += int((~valid).sum())
+    broken = (pred != y[idx]) & valid
+    robust[idx[broken]] = False
+    record.broken += int(broken.sum())
+    if worst is not None:
+        worst[idx[broken]] = adv[broken]
+    return True
+
+
+def _attack_chunk(model, attacks: dict[str, Attack], records: dict[str, AttackRecord], x, y,
+                  logits, restarts: int, keep_worst: bool
+                  ) -> tuple[int, int, torch.Tensor | None]:
+    """Run the attacks in order on one chunk; add their counts to ``records``.
+
+    Returns (samples classified correctly, samples robust to every attack,
+    the worst-case examples (B, ...) if ``keep_worst``, else None).
+    """
+    robust = logits.argmax(1) == y
+    n_clean = int(robust.sum())
+    worst = x.clone() if keep_worst else None
+    for name, atk in attacks.items():
+        start = time.perf_counter()
+        # Only an attack with fresh randomness per call can gain from another run.
+        for _ in range(restarts if atk.stochastic else 1):
+            if not _attack_once(model, atk, x, y, robust, worst, records[name]):
+                break
+        records[name].seconds += time.perf_counter() - start
+    return n_clean, int(robust.sum()), worst
+
+
+# ------------------------------------------------------------------ summary
+def _finish_records(records: dict[str, AttackRecord], n_clean: int, n_total: int) -> None:
+    """Set each record's robust accuracy: the cumulative worst case after it."""
+    remaining = n_clean
+    for rec in records.values():
+        remaining -= rec.broken
+        rec.robust_accuracy = remaining / n_total if n_total else math.nan
+
+
+def _record_warnings(records: dict[str, AttackRecord], n_total: int, check_masking: bool
+                     ) -> list[str]:
+    """A gradient-free attack that beat the gradient attacks before it; rejected examples."""
+    warnings = []
+    gradient_ran = False
+    for name, rec in records.items():
+        beats = rec.broken if rec.gradient_free and gradient_ran else 0
+        if check_masking and beats > _GRADIENT_FREE_MARGIN * n_total:
+            warnings.append(f"{name} (gradient-free) broke {beats} points the gradient attacks "
+                            f"missed ({100 * beats / n_total:.2f}% of the samples, more than "
+                            f"{100 * _GRADIENT_FREE_MARGIN:.1f}%): gradient masking suspected; "
+                            "try more queries or adaptive attacks")
+        if rec.rejected:
+            warnings.append(f"{name} returned {rec.rejected} examples outside the eps ball "
+                            "or [0, 1] (or NaN); they were not counted as broken")
+        gradient_ran = gradient_ran or not rec.gradient_free
+    return warnings
+
+
+@contextlib.contextmanager
+def _progress_bar(progress: bool, total: int | None):
+    if not progress:
+        yield None
+        return
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc="robust accuracy", unit="img", leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 # ------------------------------------------------------------------ main API
@@ -335,7 +527,9 @@ def robust_accuracy(model: nn.Module, data, attacks="standard", *, eps: float | 
             (deterministic: set their own ``n_restarts``), so the "standard"
             preset ignores ``restarts``: like AutoAttack's standard version it
             runs each of its attacks with ``n_restarts=1``.
-        normalization: (mean, std) for the preset and the sweep's attacks.
+        normalization: (mean, std) per channel of normalised data, for the
+            range check, the preset and the sweep's attacks; default: the
+            first attack's ``set_normalization_used``.
         progress: show a tqdm progress bar.
         check_masking: run the gradient-masking checks (on the first chunk).
         eps_sweep: also run the eps sanity sweep (PGD-20 at growing eps on
@@ -347,149 +541,45 @@ def robust_accuracy(model: nn.Module, data, attacks="standard", *, eps: float | 
             outside [0, 1] (or NaN; the message gives the range found), a
             targeted attack in ``targeted(label)`` mode.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
-    preset = isinstance(attacks, str)
-    if preset:
-        if attacks != "standard":
-            raise ValueError(f"unknown preset {attacks!r}: use 'standard' or a list of attacks")
-        if eps is None:
-            raise ValueError("the 'standard' preset needs eps")
-        if norm not in ("Linf", "L2"):
-            raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        attack_list: list[Attack] = []
-    else:
-        attack_list = list(attacks)
-        if not attack_list:
-            raise ValueError("attacks must be 'standard' or a non-empty list of attacks")
-        for atk in attack_list:
-            if not isinstance(atk, Attack):
-                raise TypeError(f"attacks must be modelsec_fast attacks, got {type(atk).__name__}")
-            if atk.attack_mode == "targeted(label)":
-                raise ValueError(f"{atk.attack} is in targeted(label) mode: robust_accuracy passes "
-                                 "true labels; use another targeted mode or the default")
-        epss = {getattr(a, "eps", None) for a in attack_list}
-        norms = {getattr(a, "norm", None) for a in attack_list}
-        eps = epss.pop() if len(epss) == 1 else None
-        norm = norms.pop() if len(norms) == 1 else None
-
-    if normalization is None and attack_list and attack_list[0].normalization_used is not None:
-        used = attack_list[0].normalization_used
-        normalization = (used["mean"].flatten().tolist(), used["std"].flatten().tolist())
+    attack_list, eps, norm = _check_arguments(attacks, eps, norm, batch_size, restarts)
+    normalization = _normalization_of(attack_list, normalization)
     device = _model_device(model)
     chunks, total = _chunks(data, batch_size)
-    names: list[str] = []
-    records: dict[str, dict] = {}
-    warnings: list[str] = []
-    n_total = n_clean = n_robust = 0
-    gradient_ran = False
-    adversarial = [] if return_adversarial else None
-    sweep = None
     start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc="robust accuracy", unit="img", leave=False)
-
-    try:
-        with _eval_mode(model):
-            first = True
-            for x, y in chunks:
-                if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-                    raise TypeError("images and labels must be tensors")
-                if y.is_floating_point() or y.dtype == torch.bool:
-                    raise TypeError(f"labels must be integers (int64), got {y.dtype}")
-                x, y = x.to(device), y.to(device).long()
-                if x.shape[0] == 0:
-                    continue
-                _check_image_range(x, normalization)
-                with torch.no_grad():
-                    logits = model(x)
-                if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-                    raise ValueError(f"the model must return logits (B, K), got {tuple(logits.shape)}")
-                if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
-                    raise ValueError(f"labels must be in [0, {logits.shape[1]}), found "
-                                     f"[{int(y.min())}, {int(y.max())}]")
-                if first:
-                    if preset:
-                        attack_list = standard_attacks(model, eps, norm, logits.shape[1], seed,
-                                                       normalization)
-                    for atk in attack_list:
-                        name = _attack_name(atk)
-                        while name in records:
-                            name += "+"
-                        names.append(name)
-                        records[name] = {"robust_accuracy": 0.0, "broken": 0, "rejected": 0,
-                                         "seconds": 0.0}
-                    if check_masking:
-                        _masking_checks(model, x, y, logits, warnings)
-                    if eps_sweep and eps is not None and norm is not None:
-                        sub = (logits.argmax(1) == y).nonzero().flatten()[:200]
-                        sweep = _eps_sweep(model, x[sub], y[sub], eps, norm, normalization,
-                                           warnings)
-                    first = False
-                robust = logits.argmax(1) == y
-                worst = x.clone() if return_adversarial else None
-                n_total += x.shape[0]
-                n_clean += int(robust.sum())
-                for atk, name in zip(attack_list, names):
-                    t0 = time.perf_counter()
-                    runs = restarts if getattr(atk, "stochastic", False) else 1
-                    broken_here = 0
-                    for _ in range(runs):
-                        idx = robust.nonzero().flatten()
-                        if idx.numel() == 0:
-                            break
-                        adv = atk._run(atk._forward_eval, x[idx], y[idx])
-                        valid = _valid_examples(atk, adv, x[idx])
-                        with torch.no_grad():
-                            pred = model(adv).argmax(1)
-                        # Every invalid example is rejected: a NaN one has no meaningful prediction.
-                        records[name]["rejected"] += int((~valid).sum())
-                        broken = (pred != y[idx]) & valid
-                        robust[idx[broken]] = False
-                        broken_here += int(broken.sum())
-                        if worst is not None:
-                            worst[idx[broken]] = adv[broken]
-                    records[name]["broken"] += broken_here
-                    records[name]["seconds"] += time.perf_counter() - t0
-                    if atk.gradient_free and broken_here and gradient_ran:
-                        records[name]["_beats_white_box"] = \
-                            records[name].get("_beats_white_box", 0) + broken_here
-                    if not atk.gradient_free:
-                        gradient_ran = True
-                n_robust += int(robust.sum())
-                if worst is not None:
-                    adversarial.append(worst.cpu())
-                if bar is not None:
-                    bar.update(x.shape[0])
-    finally:
-        if bar is not None:
-            bar.close()
-
-    remaining = n_clean
-    for name in names:
-        rec = records[name]
-        remaining -= rec["broken"]
-        rec["robust_accuracy"] = remaining / n_total if n_total else math.nan
-        beats = rec.pop("_beats_white_box", 0)
-        if check_masking and beats > _GRADIENT_FREE_MARGIN * n_total:
-            warnings.append(f"{name} (gradient-free) broke {beats} points the gradient attacks "
-                            f"missed ({100 * beats / n_total:.2f}% of the samples, more than "
-                            f"{100 * _GRADIENT_FREE_MARGIN:.1f}%): gradient masking suspected; "
-                            "try more queries or adaptive attacks")
-        if rec["rejected"]:
-            warnings.append(f"{name} returned {rec['rejected']} examples outside the eps ball "
-                            "or [0, 1] (or NaN); they were not counted as broken")
+    named: dict[str, Attack] = {}
+    records: dict[str, AttackRecord] = {}
+    warnings: list[str] = []
+    sweep = None
+    n_total = n_clean = n_robust = 0
+    worst_parts: list[torch.Tensor] = []
+    with _eval_mode(model), _progress_bar(progress, total) as bar:
+        for x, y in chunks:
+            chunk = _clean_pass(model, x, y, device, normalization)
+            if chunk is None:
+                continue
+            x, y, logits = chunk
+            if not named:
+                named, warnings, sweep = _first_chunk(
+                    model, attack_list, x, y, logits, eps=eps, norm=norm, seed=seed,
+                    normalization=normalization, check_masking=check_masking,
+                    eps_sweep=eps_sweep)
+                records = {name: AttackRecord(gradient_free=atk.gradient_free, settings=repr(atk))
+                           for name, atk in named.items()}
+            clean, robust, worst = _attack_chunk(model, named, records, x, y, logits, restarts,
+                                                 return_adversarial)
+            n_total += x.shape[0]
+            n_clean += clean
+            n_robust += robust
+            if worst is not None:
+                worst_parts.append(worst.cpu())
+            if bar is not None:
+                bar.update(x.shape[0])
+    _finish_records(records, n_clean, n_total)
+    warnings += _record_warnings(records, n_total, check_masking)
     return RobustAccuracyResult(
         n_samples=n_total,
         clean_accuracy=n_clean / n_total if n_total else math.nan,
         robust_accuracy=n_robust / n_total if n_total else math.nan,
-        per_attack={name: records[name] for name in names},
-        warnings=warnings, eps=eps, norm=norm,
+        per_attack=records, warnings=warnings, eps=eps, norm=norm,
         seconds=time.perf_counter() - start, eps_sweep=sweep,
-        adversarial=torch.cat(adversarial) if adversarial else None)
+        adversarial=torch.cat(worst_parts) if worst_parts else None, restarts=restarts)

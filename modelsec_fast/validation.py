@@ -23,7 +23,7 @@ import torch
 
 __all__ = [
     "check_real", "check_positive", "check_non_negative", "check_in_range", "check_int",
-    "check_pixel_range", "check_normalization", "to_pixels", "to_model_space",
+    "check_choice", "check_pixel_range", "check_input_pixels", "check_normalization", "to_pixels", "to_model_space",
     "PIXEL_LO", "PIXEL_HI", "NORMALIZED_RANGE_SLACK",
 ]
 
@@ -34,18 +34,24 @@ PIXEL_HI = 1.0
 NORMALIZED_RANGE_SLACK = 1e-5
 
 
+def _number(name: str, value, allow_tensor: bool = False) -> float:
+    """``value`` as a float; TypeError unless it is a real number (bools refused)."""
+    if allow_tensor and isinstance(value, torch.Tensor) and value.numel() == 1 \
+            and not value.is_complex() and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
 def check_real(name: str, value, *, allow_tensor: bool = False) -> float:
     """``value`` as a finite float; TypeError for a non-number (bools included),
     ValueError for NaN or an infinity.
 
-    ``allow_tensor`` also accepts a one-element tensor (read with ``float()``,
+    ``allow_tensor`` also accepts a one-element real tensor (read with ``.item()``,
     which synchronises a CUDA tensor).
     """
-    if allow_tensor and isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    value = _number(name, value, allow_tensor)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
@@ -69,13 +75,16 @@ def check_positive(name: str, value, *, allow_tensor: bool = False) -> float:
 
 def check_in_range(name: str, value, low: float, high: float, *, low_open: bool = False,
                    high_open: bool = False, reason: str = "") -> float:
-    """``value`` as a float; ValueError unless it lies in the interval from ``low`` to
-    ``high`` (each end closed unless ``*_open``). ``reason`` follows the interval in
-    the message (what the argument means)."""
-    value = check_real(name, value)
+    """``value`` as a float; TypeError for a non-number, ValueError unless it is finite
+    and lies in the interval from ``low`` to ``high`` (each end closed unless ``*_open``).
+
+    ``reason`` follows the interval in the message (what the argument means). NaN and
+    infinities get the interval in their message too, so it always says what is valid.
+    """
+    value = _number(name, value)
     above = value > low if low_open else value >= low
     below = value < high if high_open else value <= high
-    if not (above and below):
+    if not (math.isfinite(value) and above and below):
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{name} must lie in {interval}{reason}, got {value:g}")
     return value
@@ -97,6 +106,15 @@ def check_int(name: str, value, minimum: int | None = None, *, maximum: int | No
     return value
 
 
+def check_choice(name: str, value, choices: Sequence):
+    """``value`` unchanged; ValueError unless it is one of ``choices`` (named in the message)."""
+    # Same type as well as equal: 1 is not True, and a tensor is never compared.
+    if not any(type(value) is type(c) and value == c for c in choices):
+        listed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {listed}, got {value!r}")
+    return value
+
+
 # ------------------------------------------------------------------ pixel space
 
 def check_pixel_range(pixels: torch.Tensor, slack: float = 0.0, where: str = "",
@@ -109,13 +127,28 @@ def check_pixel_range(pixels: torch.Tensor, slack: float = 0.0, where: str = "",
     """
     if pixels.numel() == 0:
         return
-    lo, hi = torch.aminmax(pixels.detach())
-    lo, hi = float(lo), float(hi)
+    lo, hi = torch.stack(torch.aminmax(pixels.detach())).tolist()  # one device sync
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError("images contain NaN")
     if lo < PIXEL_LO - slack or hi > PIXEL_HI + slack:
         raise ValueError(f"images must lie in [{PIXEL_LO:g}, {PIXEL_HI:g}]{where}, found values "
                          f"in [{lo:.4g}, {hi:.4g}]{hint}")
+
+
+def check_input_pixels(pixels: torch.Tensor, *, unnormalised: bool, hint: str = "") -> None:
+    """The pixel-range check of a batch as the caller handed it in: ValueError unless
+    ``pixels`` lie in [0, 1] without NaN.
+
+    ``pixels`` (B, ...) are the batch itself, or with ``unnormalised`` the batch
+    after :func:`to_pixels`: those get ``NORMALIZED_RANGE_SLACK`` for the round
+    trip's rounding and a message saying they were un-normalised.  Plain batches
+    get a message ending with ``hint`` (how to declare a normalisation).
+    """
+    if unnormalised:
+        check_pixel_range(pixels, NORMALIZED_RANGE_SLACK,
+                          where=" after un-normalising with the given mean/std")
+    else:
+        check_pixel_range(pixels, hint=hint)
 
 
 def check_normalization(normalization, name: str = "normalization"
@@ -140,7 +173,7 @@ def check_normalization(normalization, name: str = "normalization"
                          f"got {mean.numel()} and {std.numel()}")
     if not bool((std > 0).all()) or not bool(torch.isfinite(std).all()) \
             or not bool(torch.isfinite(mean).all()):
-        raise ValueError(f"{name} std must be finite and > 0 and mean finite, got "
+        raise ValueError(f"{name} std must be > 0 and finite, and mean finite, got "
                          f"mean={mean.tolist()}, std={std.tolist()}")
     return mean, std
 

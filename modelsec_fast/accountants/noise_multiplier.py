@@ -4,6 +4,7 @@ import math
 import warnings
 from typing import Optional
 
+from ..validation import check_positive
 from .registry import create_accountant
 from .validation import (
     InfiniteEpsilonError,
@@ -65,8 +66,7 @@ def get_noise_multiplier(
     if (steps is None) == (epochs is None):
         raise ValueError("get_noise_multiplier needs exactly one of `epochs` and `steps`")
     if steps is None:
-        if not (isinstance(epochs, (int, float)) and epochs > 0):
-            raise ValueError(f"epochs must be a number > 0, got {epochs!r}")
+        epochs = check_positive("epochs", epochs)
         steps = max(1, int(epochs / sample_rate))
     steps = check_steps(steps)
     acc = create_accountant(accountant)

@@ -28,6 +28,7 @@ sigma than Opacus. ``"prv"`` is accepted and maps to this class.
 import math
 from typing import Optional, Tuple
 
+from ..validation import check_in_range
 from .base import Accountant, Segment
 from .validation import InfiniteEpsilonError, check_delta
 
@@ -67,13 +68,9 @@ class PLDAccountant(Accountant):
 
     def __init__(self, value_discretization_interval: float = DEFAULT_DISCRETIZATION):
         super().__init__()
-        if not (isinstance(value_discretization_interval, (int, float))
-                and 0 < value_discretization_interval <= 0.1):
-            raise ValueError(
-                f"value_discretization_interval must lie in (0, 0.1], got "
-                f"{value_discretization_interval}"
-            )
-        self.value_discretization_interval = float(value_discretization_interval)
+        self.value_discretization_interval = check_in_range(
+            "value_discretization_interval", value_discretization_interval, 0.0, 0.1,
+            low_open=True)
         self._prefix: Tuple[Segment, ...] = ()
         self._prefix_pld = None
         self._last_key: Optional[Segment] = None

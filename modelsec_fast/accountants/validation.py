@@ -1,12 +1,12 @@
-"""Argument checks shared by every accountant.
+"""Argument checks shared by every accountant, on :mod:`modelsec_fast.validation`'s primitives.
 
 Privacy is a correctness property: a bad sample rate, delta or noise level must
 raise a clear error, never produce a silently wrong epsilon.
 """
 
-import math
-import numbers
 import warnings
+
+from ..validation import check_in_range, check_int, check_non_negative, check_positive
 
 __all__ = [
     "check_noise_multiplier",
@@ -25,38 +25,19 @@ class InfiniteEpsilonError(ValueError):
     """
 
 
-def _real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return value
-
-
 def check_noise_multiplier(noise_multiplier) -> float:
     """Return ``noise_multiplier`` as a float; raise if negative or not finite.
 
     Zero is accepted here (a non-private debugging step); the accountant raises
     ``InfiniteEpsilonError`` when asked for epsilon over such a history.
     """
-    value = _real(noise_multiplier, "noise_multiplier")
-    if value < 0 or math.isinf(value):
-        raise ValueError(
-            f"noise_multiplier must be a finite number >= 0, got {noise_multiplier}"
-        )
-    return value
+    return check_non_negative("noise_multiplier", noise_multiplier)
 
 
 def check_sample_rate(sample_rate) -> float:
     """Return ``sample_rate`` as a float; raise unless it lies in (0, 1]."""
-    value = _real(sample_rate, "sample_rate")
-    if not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"sample_rate must lie in (0, 1] (the Poisson inclusion probability "
-            f"of each example), got {sample_rate}"
-        )
-    return value
+    return check_in_range("sample_rate", sample_rate, 0.0, 1.0, low_open=True,
+                          reason=" (the Poisson inclusion probability of each example)")
 
 
 def check_delta(delta, num_samples=None) -> float:
@@ -68,11 +49,10 @@ def check_delta(delta, num_samples=None) -> float:
             mechanism that publishes one whole record, so it warns.
 
     Raises:
+        TypeError: delta is not a number.
         ValueError: delta outside the open interval (0, 1).
     """
-    value = _real(delta, "delta")
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"delta must lie in the open interval (0, 1), got {delta}")
+    value = check_in_range("delta", delta, 0.0, 1.0, low_open=True, high_open=True)
     if num_samples is not None and num_samples > 0 and value >= 1.0 / num_samples:
         warnings.warn(
             f"delta={value} is >= 1/N = 1/{num_samples}: such a guarantee permits "
@@ -85,16 +65,9 @@ def check_delta(delta, num_samples=None) -> float:
 
 def check_target_epsilon(target_epsilon) -> float:
     """Return ``target_epsilon`` as a float; raise unless it is finite and > 0."""
-    value = _real(target_epsilon, "target_epsilon")
-    if value <= 0 or math.isinf(value):
-        raise ValueError(f"target_epsilon must be finite and > 0, got {target_epsilon}")
-    return value
+    return check_positive("target_epsilon", target_epsilon)
 
 
 def check_steps(steps) -> int:
     """Return ``steps`` as an int; raise unless it is a positive integer."""
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-        raise TypeError(f"steps must be an integer, got {type(steps).__name__}")
-    if steps <= 0:
-        raise ValueError(f"steps must be > 0, got {steps}")
-    return int(steps)
+    return check_int("steps", steps, 1)

@@ -24,9 +24,10 @@ from typing import Callable
 import torch
 
 from .. import ops
-from .base import check_non_negative, check_positive, check_steps
+from ..validation import check_choice, check_int, check_non_negative, check_positive
 from .gradient import GradientAttack, success_mask
 from .losses import dlr_loss, dlr_targeted_loss, per_sample_loss
+from .restarts import RestartRun, restart_on_unbroken
 
 __all__ = ["APGD", "APGDT"]
 
@@ -35,12 +36,6 @@ Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Te
 
 _NORMS = ("Linf", "L2")
 _L2_GUARD = 1e-12
-
-
-def _check_norm(norm: str) -> str:
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
-    return norm
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -97,12 +92,12 @@ class _APGDBase(GradientAttack):
     supports_early_stop = True
 
     def _setup(self, norm, eps, steps, n_restarts, seed, eot_iter, rho):
-        self.norm = _check_norm(norm)
+        self.norm = check_choice("norm", norm, _NORMS)
         self.eps = check_non_negative("eps", eps)
-        self.steps = check_steps("steps", steps)
-        self.n_restarts = check_steps("n_restarts", n_restarts)
-        self.seed = int(seed)
-        self.eot_iter = check_steps("eot_iter", eot_iter)
+        self.steps = check_int("steps", steps, 1, allow_integral_float=True)
+        self.n_restarts = check_int("n_restarts", n_restarts, 1, allow_integral_float=True)
+        self.seed = check_int("seed", seed)
+        self.eot_iter = check_int("eot_iter", eot_iter, 1, allow_integral_float=True)
         self.rho = check_positive("rho", rho)
         self.thr_decr = self.rho  # torchattacks' attribute name
         self.steps_2 = max(int(0.22 * self.steps), 1)
@@ -235,36 +230,31 @@ class _APGDBase(GradientAttack):
 
     # ----------------------------------------------------------- restarts
     def _run_restarts(self, x, y, early_stop: bool, plan, success_targets=None):
-        """Run ``plan`` = [(objective, t, success_targets)] over restarts.
+        """Run ``plan`` = [todo -> (objective, t, success_targets)] over restarts.
 
         Each entry runs ``n_restarts`` times, only on samples not yet fooled.
         Returns (adv, fooled): the first adversarial point where found, else
         the highest-loss point.
         """
-        gen = torch.Generator(device=x.device).manual_seed(self.seed)
         with torch.no_grad():
             logits = self.get_logits(x)
         self.check_labels_against_logits(logits, y)
         out_adv = x.clone()
         out_best = x.clone()
-        out_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
         # Points already misclassified (or at their target) are not attacked.
         out_fooled = success_mask(logits, y, success_targets)
-        for make_objective in plan:
-            for _ in range(self.n_restarts):
-                todo = (~out_fooled).nonzero().flatten()
-                if todo.numel() == 0:
-                    break
-                objective, t, sx = make_objective(todo)
-                sub = (x[todo], y[todo])
-                sub_adv, sub_fooled = out_adv[todo], out_fooled[todo]
-                sub_best, sub_loss = out_best[todo], torch.full_like(out_loss[todo], -math.inf)
-                self._single_run(sub[0], sub[1], t, objective, sx, gen, early_stop,
-                                 sub_adv, sub_fooled, sub_best, sub_loss)
-                out_adv[todo], out_fooled[todo] = sub_adv, sub_fooled
-                # Losses of different objectives are not comparable: keep the
-                # latest objective's best point for samples still unbroken.
-                out_best[todo] = sub_best
+
+        def run(r: RestartRun) -> None:
+            objective, t, sx = r.stage(r.index)
+            sub_adv, sub_fooled, sub_best = r.results
+            # Losses of different objectives are not comparable: each run starts its
+            # best-loss record afresh, so samples still unbroken keep the latest run's best point.
+            sub_loss = torch.full((r.index.numel(),), -math.inf, device=x.device)
+            self._single_run(x[r.index], y[r.index], t, objective, sx, r.generator, early_stop,
+                             sub_adv, sub_fooled, sub_best, sub_loss)
+
+        restart_on_unbroken([out_adv, out_fooled, out_best], lambda: ~out_fooled, run,
+                            n_restarts=self.n_restarts, seed=self.seed, stages=plan)
         return torch.where(_view(out_fooled, x), out_adv, out_best), out_fooled
 
 
@@ -353,9 +343,10 @@ class APGDT(_APGDBase):
         if loss is not None and isinstance(loss, str):
             raise ValueError("APGDT's loss is the targeted DLR (loss=None) or a callable")
         self._setup(norm, eps, steps, n_restarts, seed, eot_iter, rho)
-        self.n_classes = check_steps("n_classes", n_classes, minimum=2)
-        self.n_target_classes = check_steps(
-            "n_target_classes", self.n_classes - 1 if n_target_classes is None else n_target_classes)
+        self.n_classes = check_int("n_classes", n_classes, 2, allow_integral_float=True)
+        self.n_target_classes = check_int(
+            "n_target_classes", self.n_classes - 1 if n_target_classes is None else n_target_classes,
+            1, allow_integral_float=True)
         if self.n_target_classes > self.n_classes - 1:
             raise ValueError(f"n_target_classes must be <= n_classes - 1 = {self.n_classes - 1}, "
                              f"got {self.n_target_classes}")

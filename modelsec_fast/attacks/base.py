@@ -35,61 +35,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 from . import saving
+from ..validation import (check_input_pixels, check_int, check_normalization, to_model_space,
+                          to_pixels)
 
-__all__ = ["Attack", "check_pixel_range", "check_positive", "check_non_negative", "check_steps",
-           "frozen_parameters"]
-
-# Pixel-space bounds of every attack (torchattacks works in [0, 1] only).
-PIXEL_LO = 0.0
-PIXEL_HI = 1.0
-# Slack for images that went through normalise -> un-normalise rounding.
-_NORMALIZED_RANGE_SLACK = 1e-5
-
-
-def check_pixel_range(pixels: torch.Tensor, slack: float = 0.0, where: str = "",
-                      hint: str = "") -> None:
-    """ValueError, naming the range found, unless ``pixels`` lie in [0, 1] (+- slack) without NaN.
-
-    ``where`` follows the range in the message (how the pixels were obtained),
-    ``hint`` ends it (what to do about normalised inputs).
-    """
-    lo, hi = float(pixels.min()), float(pixels.max())
-    if lo != lo or hi != hi:
-        raise ValueError("images contain NaN")
-    if lo < PIXEL_LO - slack or hi > PIXEL_HI + slack:
-        raise ValueError(f"images must lie in [{PIXEL_LO:g}, {PIXEL_HI:g}]{where}, found values "
-                         f"in [{lo:.4g}, {hi:.4g}]{hint}")
-
-
-def check_non_negative(name: str, value) -> float:
-    """Return ``value`` as float; ValueError if it is negative or not finite."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a number, got {value!r}") from err
-    if not value >= 0.0 or value == float("inf"):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return value
-
-
-def check_positive(name: str, value) -> float:
-    """Return ``value`` as float; ValueError unless it is finite and > 0."""
-    value = check_non_negative(name, value)
-    if value == 0.0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
-def check_steps(name: str, value, minimum: int = 1) -> int:
-    """Return ``value`` as int; ValueError unless it is an integer >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+__all__ = ["Attack", "frozen_parameters"]
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
@@ -251,34 +200,24 @@ class Attack(abc.ABC):
         Args:
             mean, std: one value per channel (sequence, array or tensor).
         Raises:
-            ValueError: lengths differ, or a std is not > 0.
+            ValueError: lengths differ, a std is not > 0, or a value is not finite.
         """
-        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean.numel() != std.numel() or mean.numel() == 0:
-            raise ValueError(
-                f"mean and std need one value per channel, got {mean.numel()} and {std.numel()}")
-        if not bool((std > 0).all()):
-            raise ValueError(f"std must be > 0, got {std.tolist()}")
+        mean, std = check_normalization((mean, std), name="mean/std")
         n = mean.numel()
         self.normalization_used = {"mean": mean.reshape(1, n, 1, 1),
                                    "std": std.reshape(1, n, 1, 1)}
         self._normalization_applied = True
 
-    def _norm_stats(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.normalization_used["mean"].to(inputs.device, inputs.dtype)
-        std = self.normalization_used["std"].to(inputs.device, inputs.dtype)
-        return mean, std
+    def _normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.normalization_used["mean"].flatten(), self.normalization_used["std"].flatten()
 
     def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
         """Pixel space -> model space: ``(x - mean) / std``."""
-        mean, std = self._norm_stats(inputs)
-        return (inputs - mean) / std
+        return to_model_space(inputs, self._normalization())
 
     def inverse_normalize(self, inputs: torch.Tensor) -> torch.Tensor:
         """Model space -> pixel space: ``x * std + mean``."""
-        mean, std = self._norm_stats(inputs)
-        return inputs * std + mean
+        return to_pixels(inputs, self._normalization())
 
     def set_autocast(self, dtype: torch.dtype | None = torch.bfloat16) -> None:
         """Run the model's forward passes under ``torch.autocast(dtype)`` (None: off).
@@ -333,7 +272,7 @@ class Attack(abc.ABC):
 
     def set_mode_targeted_least_likely(self, kth_min: int = 1, quiet: bool = True) -> None:
         """Target the class with the ``kth_min``-th smallest logit (label excluded)."""
-        self._kth_min = check_steps("kth_min", kth_min)
+        self._kth_min = check_int("kth_min", kth_min, 1, allow_integral_float=True)
         self._set_mode_targeted("targeted(least-likely)")
         self._target_map_function = self.get_least_likely_label
 
@@ -413,14 +352,6 @@ class Attack(abc.ABC):
         if images.numel() and labels.numel() and int(labels.min()) < 0:
             raise ValueError(f"labels must be >= 0, found {int(labels.min())}")
 
-    def _check_range(self, images: torch.Tensor, slack: float) -> None:
-        declared = self.normalization_used is not None
-        check_pixel_range(
-            images, slack,
-            where=" after un-normalising with the declared mean/std" if declared else "",
-            hint="" if declared else
-            "; if the images are normalised, call set_normalization_used(mean, std)")
-
     def check_labels_against_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """ValueError if ``logits`` is not (B, K) or a label is >= K."""
         if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
@@ -437,10 +368,10 @@ class Attack(abc.ABC):
         """Attack pixel-space ``images`` (B, ...) in [0, 1]; return adversarial images."""
 
     def _forward_eval(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The attack as ``robust_accuracy`` runs it: may stop early per sample.
+        """The work of :meth:`run_for_evaluation`, on pixel-space ``images``.
 
-        Returns adversarial images; a sample counts as broken once misclassified
-        (targeted: classified as its target).  Defaults to :meth:`forward`.
+        Attacks that can stop a sample once it is broken override this hook;
+        the default is :meth:`forward`.
         """
         return self.forward(images, labels)
 
@@ -453,14 +384,15 @@ class Attack(abc.ABC):
         with self._attack_context():
             if self._normalization_applied is True:
                 pixels = self.inverse_normalize(images)
-                self._check_range(pixels, _NORMALIZED_RANGE_SLACK)
+                check_input_pixels(pixels, unnormalised=True)
                 self._normalization_applied = False
                 try:
                     adv = method(pixels, labels)
                 finally:
                     self._normalization_applied = True
                 return self.normalize(adv).detach()
-            self._check_range(images, 0.0)
+            check_input_pixels(images, unnormalised=False, hint="; if the images are normalised, "
+                               "call set_normalization_used(mean, std)")
             return method(images, labels).detach()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -474,6 +406,20 @@ class Attack(abc.ABC):
             TypeError / ValueError: see the module docstring.
         """
         return self._run(self.forward, images, labels)
+
+    def run_for_evaluation(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial ``images`` for a robustness evaluation: a sample may stop once broken.
+
+        The same checks, model mode, frozen parameters and normalisation as a
+        call (``atk(images, labels)``), but the attack may stop each sample at
+        its first adversarial iterate (misclassified; targeted: classified as
+        its target) instead of spending every step on it.  Samples it does not
+        break get the full attack.  :func:`modelsec_fast.evaluate.robust_accuracy`
+        runs attacks this way; a plain call keeps torchattacks' every-step semantics.
+
+        Args and returns: as :meth:`__call__`.
+        """
+        return self._run(self._forward_eval, images, labels)
 
     def __repr__(self) -> str:
         hidden = {"model", "attack", "supported_mode", "model_name"}

@@ -25,7 +25,10 @@ import math
 
 import torch
 
-from .base import Attack, check_non_negative, check_positive, check_steps
+from ..validation import (check_choice, check_in_range, check_int, check_non_negative,
+                          check_positive)
+from .base import Attack
+from .restarts import RestartRun, restart_on_unbroken
 
 __all__ = ["FAB", "project_onto_hyperplane_in_box"]
 
@@ -110,23 +113,20 @@ class FAB(Attack):
                  multi_targeted: bool = False, n_classes: int = 10,
                  n_target_classes: int | None = None):
         super().__init__("FAB", model)
-        if norm not in ("Linf", "L2"):
-            raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
-        self.norm = norm
+        self.norm = check_choice("norm", norm, ("Linf", "L2"))
         self.eps = check_non_negative("eps", eps)
-        self.steps = check_steps("steps", steps)
-        self.n_restarts = check_steps("n_restarts", n_restarts)
+        self.steps = check_int("steps", steps, 1, allow_integral_float=True)
+        self.n_restarts = check_int("n_restarts", n_restarts, 1, allow_integral_float=True)
         self.alpha_max = check_non_negative("alpha_max", alpha_max)
         self.eta = check_positive("eta", eta)
-        self.beta = check_positive("beta", beta)
-        if self.beta > 1:
-            raise ValueError(f"beta must be in (0, 1], got {beta}")
+        self.beta = check_in_range("beta", beta, 0.0, 1.0, low_open=True)
         self.verbose = verbose
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed)
         self.multi_targeted = bool(multi_targeted)
-        self.n_classes = check_steps("n_classes", n_classes, minimum=2)
-        self.n_target_classes = check_steps(
-            "n_target_classes", self.n_classes - 1 if n_target_classes is None else n_target_classes)
+        self.n_classes = check_int("n_classes", n_classes, 2, allow_integral_float=True)
+        self.n_target_classes = check_int(
+            "n_target_classes", self.n_classes - 1 if n_target_classes is None else n_target_classes,
+            1, allow_integral_float=True)
         self.supported_mode = ["default", "targeted"]
 
     # --------------------------------------------------------- linearisation
@@ -231,7 +231,6 @@ class FAB(Attack):
 
     # --------------------------------------------------------------- driver
     def _attack(self, images: torch.Tensor, labels: torch.Tensor, early_stop: bool):
-        gen = torch.Generator(device=images.device).manual_seed(self.seed)
         with torch.no_grad():
             logits = self.get_logits(images)
         self.check_labels_against_logits(logits, labels)
@@ -257,15 +256,16 @@ class FAB(Attack):
         already = (logits.argmax(1) == targets) if reach_target else (logits.argmax(1) != labels)
         res[already] = 0.0
         best = images.clone()
-        for t in target_sets:
-            for restart in range(self.n_restarts):
-                todo = (res > self.eps).nonzero().flatten()
-                if todo.numel() == 0:
-                    break
-                sub_res, sub_best = res[todo], best[todo]
-                self._single_run(images[todo], labels[todo], None if t is None else t[todo], gen,
-                                 restart > 0, sub_res, sub_best, early_stop, reach_target)
-                res[todo], best[todo] = sub_res, sub_best
+
+        def run(r: RestartRun) -> None:
+            t = None if r.stage is None else r.stage[r.index]
+            sub_res, sub_best = r.results
+            # A restart after the first starts from a random point.
+            self._single_run(images[r.index], labels[r.index], t, r.generator, r.restart > 0,
+                             sub_res, sub_best, early_stop, reach_target)
+
+        restart_on_unbroken([res, best], lambda: res > self.eps, run,
+                            n_restarts=self.n_restarts, seed=self.seed, stages=target_sets)
         found = (res <= self.eps) & (res > 0)
         return torch.where(found.reshape((-1,) + (1,) * (images.dim() - 1)), best, images)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .base import check_non_negative, check_positive
+from ..validation import check_non_negative, check_positive
 from .gradient import GradientAttack
 
 __all__ = ["FGSM", "FFGSM"]

@@ -1,7 +1,7 @@
 """Shared machinery of the gradient attacks: the input gradient and the
 iterate-and-project loop with optional per-sample early stopping.
 
-Early stopping exists only for ``robust_accuracy`` (``_forward_eval``): a
+Early stopping exists only for ``robust_accuracy`` (``Attack.run_for_evaluation``): a
 plain attack call always runs every step on every sample, as torchattacks does.
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .base import check_non_negative, check_positive, check_steps
+from ..validation import check_int, check_non_negative, check_positive
 from .gradient import GradientAttack, uniform_linf_start
 
 __all__ = ["BIM", "PGD", "PGDL2"]
@@ -42,7 +42,7 @@ class PGD(GradientAttack):
         super().__init__("PGD", model, loss)
         self.eps = check_non_negative("eps", eps)
         self.alpha = check_positive("alpha", alpha)
-        self.steps = check_steps("steps", steps)
+        self.steps = check_int("steps", steps, 1, allow_integral_float=True)
         self.random_start = bool(random_start)
         self.supported_mode = ["default", "targeted"]
 
@@ -101,7 +101,7 @@ class PGDL2(GradientAttack):
         super().__init__("PGDL2", model, loss)
         self.eps = check_non_negative("eps", eps)
         self.alpha = check_positive("alpha", alpha)
-        self.steps = check_steps("steps", steps)
+        self.steps = check_int("steps", steps, 1, allow_integral_float=True)
         self.random_start = bool(random_start)
         self.eps_for_division = check_positive("eps_for_division", eps_for_division)
         self.supported_mode = ["default", "targeted"]

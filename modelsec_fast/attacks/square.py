@@ -31,7 +31,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, check_non_negative, check_positive, check_steps
+from ..validation import check_choice, check_in_range, check_int, check_non_negative
+from .base import Attack
+from .restarts import RestartRun, restart_on_unbroken
 
 __all__ = ["Square"]
 
@@ -100,20 +102,14 @@ class Square(Attack):
                  n_restarts: int = 1, p_init: float = 0.8, loss: str = "margin",
                  resc_schedule: bool = True, seed: int = 0, verbose: bool = False):
         super().__init__("Square", model)
-        if norm not in ("Linf", "L2"):
-            raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
-        if loss not in ("margin", "ce"):
-            raise ValueError(f"loss must be 'margin' or 'ce', got {loss!r}")
-        self.norm = norm
+        self.norm = check_choice("norm", norm, ("Linf", "L2"))
+        self.loss = check_choice("loss", loss, ("margin", "ce"))
         self.eps = check_non_negative("eps", eps)
-        self.n_queries = check_steps("n_queries", n_queries)
-        self.n_restarts = check_steps("n_restarts", n_restarts)
-        self.p_init = check_positive("p_init", p_init)
-        if self.p_init > 1:
-            raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-        self.loss = loss
+        self.n_queries = check_int("n_queries", n_queries, 1, allow_integral_float=True)
+        self.n_restarts = check_int("n_restarts", n_restarts, 1, allow_integral_float=True)
+        self.p_init = check_in_range("p_init", p_init, 0.0, 1.0, low_open=True)
         self.rescale_schedule = bool(resc_schedule)
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed)
         self.verbose = verbose
         self.supported_mode = ["default", "targeted"]
 
@@ -241,7 +237,6 @@ class Square(Attack):
         if images.dim() != 4:
             raise ValueError(f"Square needs images shaped (B, C, H, W), got {tuple(images.shape)}")
         y = self.get_target_label(images, labels) if self.targeted else labels
-        gen = torch.Generator(device=images.device).manual_seed(self.seed)
         with torch.no_grad():
             logits = self.get_logits(images)
         self.check_labels_against_logits(logits, y)
@@ -249,11 +244,10 @@ class Square(Attack):
         out_done = (pred == y) if self.targeted else (pred != labels)
         out = images.clone()
         out_loss = torch.full((images.shape[0],), math.inf, device=images.device)
-        for _ in range(self.n_restarts):
-            todo = (~out_done).nonzero().flatten()
-            if todo.numel() == 0:
-                break
-            sub_out, sub_loss, sub_done = out[todo], out_loss[todo], out_done[todo]
-            self._single_run(images[todo], y[todo], gen, sub_out, sub_loss, sub_done)
-            out[todo], out_loss[todo], out_done[todo] = sub_out, sub_loss, sub_done
+
+        def run(r: RestartRun) -> None:
+            self._single_run(images[r.index], y[r.index], r.generator, *r.results)
+
+        restart_on_unbroken([out, out_loss, out_done], lambda: ~out_done, run,
+                            n_restarts=self.n_restarts, seed=self.seed)
         return out

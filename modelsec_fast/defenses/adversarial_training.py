@@ -53,6 +53,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..validation import (PIXEL_HI, PIXEL_LO, check_in_range, check_input_pixels, check_int,
+                          check_normalization, to_model_space, to_pixels)
 from .free_at import CarriedPerturbation
 from .overfitting_guard import (CatastrophicOverfittingWarning, OverfittingGuard,
                                 accuracy_under_attack)
@@ -67,10 +69,6 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("pgd", "fgsm_rs", "free", "trades")
 _CHECKPOINT_KIND = "adversarial_trainer"
-# Pixel range of every attack in the library.
-_LO, _HI = 0.0, 1.0
-# Normalise -> un-normalise round trips may leave pixels this far outside [0, 1].
-_RANGE_SLACK = 1e-5
 # Held-out rows the overfitting guard attacks after each epoch (Wong et al.: one batch).
 _GUARD_ROWS = 512
 
@@ -98,23 +96,6 @@ def _sum_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits, labels, reduction="sum")
 
 
-def _number(name: str, value, *, low: float, high: float, low_open: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    ok = (value > low if low_open else value >= low) and value <= high and math.isfinite(value)
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value}")
-    return value
-
-
-def _integer(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 class AdversarialTrainer:
@@ -180,33 +161,35 @@ class AdversarialTrainer:
         self.device = self._check_model_and_optimizer(model, optimizer)
         self.private = is_private_optimizer(optimizer)
 
-        self.eps = _number("eps", eps, low=_LO, high=_HI - _LO)
+        self.eps = check_in_range("eps", eps, 0.0, PIXEL_HI - PIXEL_LO, low_open=True)
         if method in ("fgsm_rs", "free") and steps is not None:
             raise ValueError(f"steps is not used by method {method!r}; leave it unset")
-        self.steps = _integer("steps", 10 if steps is None else steps, 1) \
+        self.steps = check_int("steps", 10 if steps is None else steps, 1) \
             if method in ("pgd", "trades") else 1
         default_alpha = {"pgd": 2.5 * self.eps / self.steps, "trades": 2.5 * self.eps / self.steps,
                          "fgsm_rs": 1.25 * self.eps, "free": self.eps}[method]
-        self.alpha = _number("alpha", default_alpha if alpha is None else alpha,
-                             low=_LO, high=_HI - _LO)
-        self.replays = _integer("replays", replays, 1)
-        self.beta = _number("beta", beta, low=0.0, high=1e6, low_open=False)
-        self.normalization = self._check_normalization(normalization)
+        self.alpha = check_in_range("alpha", default_alpha if alpha is None else alpha,
+                                    0.0, PIXEL_HI - PIXEL_LO, low_open=True)
+        self.replays = check_int("replays", replays, 1)
+        self.beta = check_in_range("beta", beta, 0.0, 1e6)
+        self.normalization = check_normalization(normalization)
 
         self.guard_enabled = (method == "fgsm_rs") if guard is None else bool(guard)
-        self.guard_steps = _integer("guard_steps", guard_steps, 1)
-        self.guard_max_drop = _number("guard_max_drop", guard_max_drop, low=0.0, high=1.0)
+        self.guard_steps = check_int("guard_steps", guard_steps, 1)
+        self.guard_max_drop = check_in_range("guard_max_drop", guard_max_drop, 0.0, 1.0,
+                                             low_open=True)
         self.guard_data = self._check_guard_data(guard_data)
         self.validation_is_public = bool(validation_is_public)
-        self.eval_steps = _integer("eval_steps", eval_steps, 1)
+        self.eval_steps = check_int("eval_steps", eval_steps, 1)
         self.eval_max_batches = None if eval_max_batches is None \
-            else _integer("eval_max_batches", eval_max_batches, 1)
+            else check_int("eval_max_batches", eval_max_batches, 1)
         if self.private and method == "free":
             check_private_setup(method=method, guard=False, has_guard_data=False,
                                 has_eval_loader=False, validation_is_public=False)
 
         self.privacy_engine = privacy_engine
-        self.delta = None if delta is None else _number("delta", delta, low=0.0, high=1.0)
+        self.delta = None if delta is None else check_in_range("delta", delta, 0.0, 1.0,
+                                                               low_open=True)
         if scheduler_step not in ("epoch", "batch"):
             raise ValueError(f"scheduler_step must be 'epoch' or 'batch', got {scheduler_step!r}")
         self.scheduler, self.scheduler_step = scheduler, scheduler_step
@@ -216,7 +199,7 @@ class AdversarialTrainer:
         self._trades_loss = TradesAttackLoss() if method == "trades" else None
         self.attack = self._build_training_attack()
         self.eval_attack = self._pgd(self.eval_steps)
-        self._carried = CarriedPerturbation(self.eps, self.alpha, _LO, _HI) \
+        self._carried = CarriedPerturbation(self.eps, self.alpha, PIXEL_LO, PIXEL_HI) \
             if method == "free" else None
         self._guard: OverfittingGuard | None = None
         self._outputs_checked = False
@@ -249,24 +232,6 @@ class AdversarialTrainer:
             raise ValueError(f"the model's parameters are spread over several devices {devices}; "
                              "adversarial training needs them on one device")
         return devices.pop()
-
-    @staticmethod
-    def _check_normalization(normalization):
-        if normalization is None:
-            return None
-        try:
-            mean, std = normalization
-        except (TypeError, ValueError) as err:
-            raise TypeError("normalization must be a pair (mean, std) of per-channel values") from err
-        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean.numel() == 0 or mean.numel() != std.numel():
-            raise ValueError(f"normalization needs one mean and one std per channel, "
-                             f"got {mean.numel()} and {std.numel()}")
-        if not bool((std > 0).all()) or not bool(torch.isfinite(mean).all()):
-            raise ValueError(f"normalization std must be > 0 and mean finite, got "
-                             f"mean={mean.tolist()}, std={std.tolist()}")
-        return mean, std
 
     def _check_guard_data(self, guard_data):
         if guard_data is None:
@@ -341,31 +306,6 @@ class AdversarialTrainer:
                                          loss=_sum_cross_entropy))
         return None  # Free AT steps through ops.sign_step inside the training step.
 
-    # ----------------------------------------------------------- input space
-    def _to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalization is None:
-            return x
-        mean, std = (t.to(x.device, x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
-                     for t in self.normalization)
-        return x * std + mean
-
-    def _to_model(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.normalization is None:
-            return pixels
-        mean, std = (t.to(pixels.device, pixels.dtype).reshape(1, -1, *([1] * (pixels.dim() - 2)))
-                     for t in self.normalization)
-        return (pixels - mean) / std
-
-    def _check_pixel_range(self, pixels: torch.Tensor) -> None:
-        if pixels.numel() == 0:
-            return
-        lo, hi = float(pixels.min()), float(pixels.max())
-        slack = _RANGE_SLACK if self.normalization is not None else 0.0
-        if not (lo >= _LO - slack and hi <= _HI + slack):
-            hint = (" after un-normalising with the given mean/std" if self.normalization
-                    else "; pass normalization=(mean, std) if the loader normalises")
-            raise ValueError(f"images must lie in [0, 1]{hint}, found [{lo:.4g}, {hi:.4g}]")
-
     # ------------------------------------------------------------- one step
     def _reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
         # The DP engine undoes "mean" with the actual batch size; an empty batch sums to 0.
@@ -424,14 +364,15 @@ class AdversarialTrainer:
             self._trades_loss.clean_probs = None
 
     def _free_step(self, images, labels) -> StepOutput:
-        pixels = self._to_pixels(images)
-        self._check_pixel_range(pixels)
+        pixels = to_pixels(images, self.normalization)
+        check_input_pixels(pixels, unnormalised=self.normalization is not None,
+                           hint="; pass normalization=(mean, std) if the loader normalises")
         self.model.train()
         total, correct = 0.0, 0
         for _ in range(self.replays):
             x_adv = self._carried.adversarial_input(pixels)
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.model(self._to_model(x_adv))
+            logits = self.model(to_model_space(x_adv, self.normalization))
             self._check_logits(logits, labels)
             per_sample = F.cross_entropy(logits, labels, reduction="none")
             per_sample.mean().backward()  # weight gradient and input gradient, one pass
@@ -442,7 +383,7 @@ class AdversarialTrainer:
             if self.scheduler is not None and self.scheduler_step == "batch":
                 self.scheduler.step()
         return StepOutput(total / self.replays, round(correct / self.replays),
-                          int(labels.shape[0]), self._to_model(x_adv.detach()))
+                          int(labels.shape[0]), to_model_space(x_adv.detach(), self.normalization))
 
     def _optimizer_step(self) -> None:
         self.optimizer.step()
@@ -482,7 +423,7 @@ class AdversarialTrainer:
             CatastrophicOverfittingWarning (warning): the guard restored the
                 best weights and training stopped early.
         """
-        epochs = _integer("epochs", epochs, 1)
+        epochs = check_int("epochs", epochs, 1)
         passes = math.ceil(epochs / self.replays) if self.method == "free" else epochs
         if self.private:
             check_private_setup(method=self.method, guard=self.guard_enabled,

@@ -32,8 +32,9 @@ import torch.distributed as dist
 from torch import nn, optim
 from torch.nn.parallel import DistributedDataParallel
 
+from ..validation import check_non_negative, check_positive
 from .distributed import DifferentiallyPrivateDistributedDataParallel, attach_distributed
-from .optimizer import DPOptimizer, _check_positive
+from .optimizer import DPOptimizer
 from .per_sample.capture import PrivateModule
 from .validate import ModuleValidator
 
@@ -130,8 +131,8 @@ class PrivacyEngine:
                              f"{_GRAD_SAMPLE_MODES} (all run the book-keeping engine)")
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-        _check_positive("noise_multiplier", noise_multiplier, True)
-        _check_positive("max_grad_norm", max_grad_norm)
+        check_non_negative("noise_multiplier", noise_multiplier)
+        check_positive("max_grad_norm", max_grad_norm)
         model_params = {id(p) for p in module.parameters()}
         for group in optimizer.param_groups:
             for p in group["params"]:

@@ -43,6 +43,7 @@ from typing import Callable, Optional
 import torch
 from torch.optim import Optimizer
 
+from ..validation import check_non_negative, check_positive
 from .per_sample.capture import OWNER_ATTR
 from .per_sample.clipping import clip_pass
 
@@ -54,18 +55,6 @@ _ZERO_GRAD_MSG = (
 def _add_noise(grads, std, scale, generator, source):
     from modelsec_fast import ops  # lazy: keeps the import graph one-way and cheap
     ops.add_noise_(grads, std, scale=scale, generator=generator, source=source)
-
-
-def _check_positive(name, value, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
 
 
 class DPOptimizer(Optimizer):
@@ -99,14 +88,12 @@ class DPOptimizer(Optimizer):
         if isinstance(max_grad_norm, (list, tuple)):
             raise ValueError("per-layer max_grad_norm lists are not supported: only flat "
                              "clipping (one float) is implemented")
-        self.noise_multiplier = _check_positive("noise_multiplier", noise_multiplier, True)
-        self.max_grad_norm = _check_positive("max_grad_norm", max_grad_norm)
+        self.noise_multiplier = check_non_negative("noise_multiplier", noise_multiplier)
+        self.max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
         if loss_reduction == "mean":
             if expected_batch_size is None:
                 raise ValueError("You must provide expected batch size of the loss reduction is mean")
-            if isinstance(expected_batch_size, bool) or not isinstance(expected_batch_size, (int, float)) \
-                    or expected_batch_size <= 0:
-                raise ValueError(f"expected_batch_size must be a positive number, got {expected_batch_size!r}")
+            check_positive("expected_batch_size", expected_batch_size)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if generator is None:

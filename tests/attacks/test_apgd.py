@@ -69,7 +69,7 @@ def test_early_stopping_path_breaks_what_the_full_attack_breaks(digits_mlp):
     m, x, y = digits_mlp.model, digits_mlp.x, digits_mlp.y
     atk = ma.APGD(m, eps=0.1, steps=10)
     full = robust_acc(m, atk(x, y), y)
-    fast = robust_acc(m, atk._run(atk._forward_eval, x, y), y)
+    fast = robust_acc(m, atk.run_for_evaluation(x, y), y)
     assert fast <= full
 
 

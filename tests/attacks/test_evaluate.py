@@ -1,5 +1,6 @@
 """robust_accuracy: worst case, chunking, validity checks, masking warnings, errors."""
 
+import dataclasses
 import json
 import math
 
@@ -128,7 +129,7 @@ def test_never_above_the_minimum_over_its_attacks(digits_mlp):
     print("individual", singles, "worst case", result.robust_accuracy)
     assert result.robust_accuracy <= min(singles) + 1e-12
     assert result.clean_accuracy == pytest.approx(digits_mlp.clean_accuracy)
-    accs = [rec["robust_accuracy"] for rec in result.per_attack.values()]
+    accs = [rec.robust_accuracy for rec in result.per_attack.values()]
     assert accs == sorted(accs, reverse=True) and accs[-1] == result.robust_accuracy
 
 
@@ -154,6 +155,9 @@ def test_result_prints_a_table_and_round_trips_json(tmp_path, digits_mlp):
     loaded = json.loads(path.read_text())
     assert loaded["robust_accuracy"] == result.robust_accuracy
     assert set(loaded["per_attack"]) == {"PGD"} and loaded["norm"] == "Linf"
+    record = result.per_attack["PGD"]
+    assert loaded["per_attack"]["PGD"] == dataclasses.asdict(record) and record.broken > 0
+    assert "steps=5" in record.settings and loaded["restarts"] == 2
     assert result.adversarial.shape == x.shape
     assert robust_acc(m, result.adversarial, y) == pytest.approx(result.robust_accuracy)
 
@@ -162,7 +166,7 @@ def test_invalid_adversarial_examples_are_rejected(digits_mlp):
     m, x, y = digits_mlp.model, digits_mlp.x[:64], digits_mlp.y[:64]
     result = robust_accuracy(m, (x, y), [OutOfBall(m)], progress=False)
     rec = result.per_attack["OutOfBall"]
-    assert rec["broken"] == 0 and rec["rejected"] > 0
+    assert rec.broken == 0 and rec.rejected > 0
     assert result.robust_accuracy == result.clean_accuracy
     assert any("outside the eps ball" in w for w in result.warnings)
 
@@ -181,7 +185,7 @@ def test_out_of_range_and_nan_examples_are_rejected_not_broken(corrupt, digits_m
     result = robust_accuracy(m, (x, y), [atk], progress=False)
     rec = result.per_attack["PGD"]
     attacked = round(result.clean_accuracy * 64)
-    assert rec["broken"] == 0 and rec["rejected"] == attacked
+    assert rec.broken == 0 and rec.rejected == attacked
     assert result.robust_accuracy == result.clean_accuracy
     assert any(f"PGD returned {attacked} examples outside" in w for w in result.warnings)
 
@@ -204,7 +208,7 @@ def test_restarts_rerun_a_random_start_attack_on_the_samples_left(digits_mlp):
     assert sizes[3][1] == round(one.robust_accuracy * 200)  # run 2 gets what run 1 left
     assert sizes[3][2] <= sizes[3][1]
     assert three.robust_accuracy < one.robust_accuracy, f"seed {SEED}"  # 0.94 -> 0.92
-    assert three.per_attack["PGD"]["broken"] == attacked - round(three.robust_accuracy * 200)
+    assert three.per_attack["PGD"].broken == attacked - round(three.robust_accuracy * 200)
     fixed = CountingPGD(m, eps=0.1, alpha=0.01, steps=1, random_start=False)
     robust_accuracy(m, (x, y), [fixed], restarts=3, progress=False, check_masking=False)
     assert fixed.batch_sizes == [attacked]  # a deterministic attack runs once
@@ -217,9 +221,23 @@ def test_gradient_free_warning_needs_more_than_0_2_percent(budget, flagged, digi
     x = digits_mlp.x.repeat(reps, 1, 1, 1)[:1000]
     y = digits_mlp.y.repeat(reps)[:1000]
     result = robust_accuracy(m, (x, y), [Unattacked(m), FewSquare(m, budget)], progress=False)
-    assert result.per_attack["FewSquare"]["broken"] == budget
+    assert result.per_attack["FewSquare"].broken == budget
     warned = [w for w in result.warnings if "FewSquare (gradient-free) broke" in w]
     assert bool(warned) == flagged, f"{budget} of 1000 points: {result.warnings}"
+
+
+def test_gradient_free_attack_before_any_gradient_attack_is_never_flagged(digits_mlp):
+    """Only breaks beyond the gradient attacks *before* it count, in every chunk alike."""
+    m = digits_mlp.model
+    reps = -(-1000 // digits_mlp.y.shape[0])
+    x = digits_mlp.x.repeat(reps, 1, 1, 1)[:1000]
+    y = digits_mlp.y.repeat(reps)[:1000]
+    for batch_size in (1000, 100):
+        result = robust_accuracy(m, (x, y), [FewSquare(m, 200), Unattacked(m)],
+                                 batch_size=batch_size, progress=False)
+        assert result.per_attack["FewSquare"].broken > 0.002 * 1000
+        assert not [w for w in result.warnings if "gradient-free" in w], \
+            f"batch_size {batch_size}: {result.warnings}"
 
 
 def test_images_outside_the_range_raise_before_any_attack(digits_mlp):
@@ -255,7 +273,7 @@ def test_masked_gradients_are_flagged_and_square_still_breaks(digits_mlp):
     assert "zero input gradient" in text
     assert "Square (gradient-free) broke" in text
     assert "eps sweep" in text
-    assert result.per_attack["Square"]["broken"] > 0
+    assert result.per_attack["Square"].broken > 0
 
 
 def test_clean_model_raises_no_masking_warning(digits_mlp):
@@ -362,4 +380,4 @@ def test_normalised_data_and_attacks(digits_mlp):
                             [ma.PGD(digits_mlp.model, eps=0.1, alpha=0.02, steps=5,
                                     random_start=False)], progress=False)
     assert result.robust_accuracy == plain.robust_accuracy
-    assert result.per_attack["PGD"]["rejected"] == 0 and result.warnings == []
+    assert result.per_attack["PGD"].rejected == 0 and result.warnings == []

@@ -89,7 +89,7 @@ def test_pgdl2_matches_the_slow_loop(digits_mlp):
 def test_early_stopping_freezes_each_sample_at_its_first_adversarial_iterate(digits_mlp):
     m, x, y = digits_mlp.model, digits_mlp.x[:24], digits_mlp.y[:24]
     atk = ma.PGD(m, eps=0.1, alpha=0.02, steps=8, random_start=False)
-    fast = atk._run(atk._forward_eval, x, y)
+    fast = atk.run_for_evaluation(x, y)
     for i in range(24):  # slow loop: iterate one sample until it is misclassified
         xi, yi, adv = x[i:i + 1], y[i:i + 1], x[i:i + 1].clone()
         for _ in range(8):

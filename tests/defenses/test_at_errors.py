@@ -31,14 +31,14 @@ def test_unknown_method_names_the_choices():
 
 @pytest.mark.parametrize("eps", [0.0, -0.1, 1.5, float("nan"), float("inf")])
 def test_eps_out_of_range(eps):
-    with pytest.raises(ValueError, match="eps must be in"):
+    with pytest.raises(ValueError, match="eps must lie in"):
         _trainer(eps=eps)
 
 
 @pytest.mark.parametrize("alpha", [0.0, -1e-3, 2.0, float("nan")])
 @pytest.mark.parametrize("method", ["pgd", "fgsm_rs", "free", "trades"])
 def test_alpha_out_of_range(method, alpha):
-    with pytest.raises(ValueError, match="alpha must be in"):
+    with pytest.raises(ValueError, match="alpha must lie in"):
         _trainer(method, eps=0.1, alpha=alpha)
 
 
@@ -148,7 +148,7 @@ def test_bad_normalization():
 
 
 def test_bad_guard_settings(digits):
-    with pytest.raises(ValueError, match="guard_max_drop must be in"):
+    with pytest.raises(ValueError, match="guard_max_drop must lie in"):
         _trainer("fgsm_rs", eps=0.1, guard_max_drop=0.0)
     with pytest.raises(ValueError, match="guard_data is empty"):
         _trainer("fgsm_rs", eps=0.1, guard_data=(digits.x_test[:0], digits.y_test[:0]))

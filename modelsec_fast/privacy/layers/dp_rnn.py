@@ -30,7 +30,6 @@ exactly zero gradient.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import torch
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ...validation import check_in_range, check_int
 from ..per_sample.capture import OWNER_ATTR
 
 __all__ = ["DPRNNBase", "DPLSTM", "DPGRU", "DPRNN", "DPRNNCellBase", "DPLSTMCell",
@@ -135,11 +135,6 @@ def _state_dict_from_torch_names(module, state_dict, prefix, local_metadata, str
             state_dict[prefix + ours] = state_dict.pop(prefix + theirs)
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 def _check_state(owner: nn.Module, name: str, t, expected: tuple, x) -> None:
     """Raise a clear error unless ``t`` is a tensor of shape ``expected`` and x's dtype."""
     if not isinstance(t, torch.Tensor):
@@ -217,15 +212,11 @@ class DPRNNBase(_TorchCompatible, nn.Module):
         super().__init__()
         if mode not in _GATES:
             raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {list(_GATES)}")
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("num_layers", num_layers)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) \
-                or not 0 <= dropout <= 1:
-            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) \
-                or proj_size < 0:
-            raise ValueError(f"proj_size must be a non-negative integer, got {proj_size!r}")
+        input_size = check_int("input_size", input_size, 1)
+        hidden_size = check_int("hidden_size", hidden_size, 1)
+        num_layers = check_int("num_layers", num_layers, 1)
+        dropout = check_in_range("dropout", dropout, 0.0, 1.0)
+        proj_size = check_int("proj_size", proj_size, 0)
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between recurrent layers, so dropout > 0 with "
                           f"num_layers=1 has no effect (dropout={dropout})", stacklevel=3)
@@ -499,8 +490,8 @@ class DPRNNCellBase(_TorchCompatible, nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
+        input_size = check_int("input_size", input_size, 1)
+        hidden_size = check_int("hidden_size", hidden_size, 1)
         self.mode = mode
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
