@@ -21,6 +21,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .validation import check_int
+
 __all__ = [
     "OpacusMnistCNN", "MLP", "SmallCNN", "CifarGroupNormCNN", "ResNet18",
     "TransformerEncoderClassifier", "build_model", "model_names",
@@ -280,8 +282,7 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, **options)
         raise ValueError(f"in_shape must be a sequence of ints, got {in_shape!r}") from err
     if not in_shape or any(s < 1 for s in in_shape):
         raise ValueError(f"in_shape must be non-empty positive sizes, got {in_shape}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    num_classes = check_int("num_classes", num_classes, 1)
     try:
         return _REGISTRY[name](in_shape=in_shape, num_classes=num_classes, **options)
     except TypeError as err:

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn, optim
 from torch.nn.parallel import DistributedDataParallel
 
-from ..validation import check_non_negative, check_positive
+from ..validation import check_int, check_non_negative, check_positive
 from .distributed import DifferentiallyPrivateDistributedDataParallel, attach_distributed
 from .optimizer import DPOptimizer
 from .per_sample.capture import PrivateModule
@@ -252,8 +252,7 @@ class PrivacyEngine:
                 epsilon. Warns (UserWarning) when ``target_delta`` >= 1/N.
         """
         from modelsec_fast.accountants import check_delta, get_noise_multiplier
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        epochs = check_int("epochs", epochs, 1)
         target_delta = check_delta(
             target_delta, num_samples=_dataset_size(getattr(data_loader, "dataset", None)))
         sample_rate = 1.0 / len(data_loader)

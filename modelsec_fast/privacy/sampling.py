@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from ..validation import check_in_range, check_int
 from .secure import secure_bernoulli_mask
 
 __all__ = ["PoissonBatchSampler", "EmptyBatchCollate", "DPDataLoader", "BatchMemoryManager"]
@@ -85,15 +86,11 @@ class PoissonBatchSampler(Sampler[List[int]]):
         secure_mode: bool = False,
         shard: Optional[Tuple[int, int]] = None,
     ):
-        if not isinstance(num_samples, int) or num_samples <= 0:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) \
-                or not 0.0 < sample_rate <= 1.0:
-            raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}")
+        num_samples = check_int("num_samples", num_samples, 1)
+        sample_rate = check_in_range("sample_rate", sample_rate, 0.0, 1.0, low_open=True)
         if steps is None:
             steps = max(1, round(1.0 / sample_rate))
-        if not isinstance(steps, int) or steps <= 0:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        steps = check_int("steps", steps, 1)
         if secure_mode:
             _refuse_seed_in_secure_mode(seed, generator)
         rank, world = shard if shard is not None else (0, 1)
@@ -484,8 +481,7 @@ class BatchMemoryManager:
                 "BatchMemoryManager needs the DPDataLoader returned by make_private "
                 f"(Poisson sampling), got {type(data_loader).__name__}"
             )
-        if not isinstance(max_physical_batch_size, int) or max_physical_batch_size < 1:
-            raise ValueError(f"max_physical_batch_size must be an int >= 1, got {max_physical_batch_size!r}")
+        max_physical_batch_size = check_int("max_physical_batch_size", max_physical_batch_size, 1)
         if not hasattr(optimizer, "signal_skip_step"):
             raise TypeError("optimizer must be a DP optimizer with signal_skip_step()")
         self.data_loader = data_loader

@@ -18,6 +18,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from ..validation import check_in_range, check_int
+
 __all__ = ["secure_seed", "secure_uniform_uint64", "secure_bernoulli_mask", "inclusion_threshold"]
 
 _TWO_64 = 1 << 64
@@ -30,8 +32,7 @@ def secure_seed() -> int:
 
 def secure_uniform_uint64(n: int) -> np.ndarray:
     """``n`` independent uniform 64-bit words from ``os.urandom``; shape (n,), uint64."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    n = check_int("n", n, 0)
     return np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
 
 
@@ -57,10 +58,8 @@ def secure_bernoulli_mask(n: int, p: float) -> torch.Tensor:
     Raises:
         ValueError: n < 0 or p outside [0, 1].
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must lie in [0, 1], got {p}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    p = check_in_range("p", p, 0.0, 1.0)
+    n = check_int("n", n, 0)
     if p == 1.0:
         return torch.ones(n, dtype=torch.bool)
     words = secure_uniform_uint64(n)

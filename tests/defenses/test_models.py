@@ -63,12 +63,12 @@ def test_unknown_name_lists_the_known_ones():
         build_model("vgg", (3, 32, 32), 10)
 
 
-@pytest.mark.parametrize("in_shape,num_classes,match", [
-    ((1, 28), 10, "in_shape"), ((0, 8, 8), 10, "positive"), ((1, 8, 8), 0, "num_classes"),
-    ((1, 8, 8), 2.5, "num_classes"),
+@pytest.mark.parametrize("in_shape,num_classes,error,match", [
+    ((1, 28), 10, ValueError, "in_shape"), ((0, 8, 8), 10, ValueError, "positive"),
+    ((1, 8, 8), 0, ValueError, "num_classes"), ((1, 8, 8), 2.5, TypeError, "num_classes"),
 ])
-def test_bad_shapes_and_class_counts(in_shape, num_classes, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_shapes_and_class_counts(in_shape, num_classes, error, match):
+    with pytest.raises(error, match=match):
         build_model("small_cnn", in_shape, num_classes)
 
 
