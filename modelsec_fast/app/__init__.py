@@ -36,11 +36,13 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Hidden from type checkers, which read the TYPE_CHECKING imports instead and so
+# flag a misspelt name rather than typing it Any.
+if not TYPE_CHECKING:
+    def __getattr__(name):
+        if name in _EXPORTS:
+            return getattr(importlib.import_module(_EXPORTS[name]), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    def __dir__():
+        return sorted(set(globals()) | set(_EXPORTS))
