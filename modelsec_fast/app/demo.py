@@ -51,7 +51,7 @@ def run_demo(*, data: str = "digits", out: str = "report", quick: bool = False,
         data: "digits", "fashion-mnist", an IDX folder or an ``.npz`` (see
             :func:`modelsec_fast.data.load_dataset`); capped at a seeded subset of
             ``DEMO_SETTINGS["max_sizes"]`` records.
-        quick: the smaller settings of :data:`DEMO_SETTINGS` (under a minute on 2 cores).
+        quick: the smaller settings of :data:`DEMO_SETTINGS` (a first look, and the tests).
         target_epsilon, delta: the DP-SGD model's (epsilon, delta) target.
         adv: adversarial-training method ("fgsm_rs", "pgd", "trades", "free"), L-inf
             radius :data:`HEADLINE_EPS` in pixel space.
