@@ -145,6 +145,9 @@ def test_audit_json_parses(checkpoint, tmp_path, capsys):
     assert [a["attack"] for a in audit["membership"]["attacks"]] == [
         "loss threshold", "LiRA offline", "LiRA online"]
     assert os.path.getsize(tmp_path / "mi_roc.png") > 1000
+    assert audit["report"] == str(tmp_path / "report.md")
+    text = open(tmp_path / "report.md").read()
+    assert "## Privacy: what an attacker can infer" in text and "](mi_roc.png)" in text
 
 
 def test_audit_of_dp_checkpoint_with_canary(tmp_path, capsys):
