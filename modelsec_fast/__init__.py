@@ -42,7 +42,12 @@ _EXPORTS = {
     "robust_accuracy": "modelsec_fast.evaluate",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS), *sorted(_SUBMODULES)]
+__all__ = [
+    "__version__", "AdversarialTrainer", "BatchMemoryManager", "DPDDP", "DPDataLoader",
+    "DifferentiallyPrivateDistributedDataParallel", "PrivacyEngine", "robust_accuracy",
+    "accountants", "attacks", "audit", "data", "defenses", "evaluate", "models", "ops",
+    "privacy", "reference", "state", "validation",
+]
 
 
 # Hidden from type checkers, which read the TYPE_CHECKING imports instead and so

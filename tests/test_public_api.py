@@ -103,6 +103,9 @@ def test_lazy_names_have_a_type_checking_import_of_the_same_object(package):
     path = PACKAGE.parent / package.replace(".", "/") / "__init__.py"
     typed = _type_checking_imports(path, package)
     mod = importlib.import_module(package)
+    advertised = {n for n in dir(mod) if not n.startswith("_")} - set(vars(mod))
+    assert advertised <= set(mod.__all__), \
+        f"{package}: resolves lazily but leaves out of __all__: {sorted(advertised - set(mod.__all__))}"
     lazy = set(mod.__all__) - _bound_at_import(path)
     assert lazy <= set(typed), (f"{package}: lazily resolved names without a TYPE_CHECKING "
                                 f"import: {sorted(lazy - set(typed))}")

@@ -33,7 +33,10 @@ _EXPORTS = {
     "load_checkpoint": "modelsec_fast.app.checkpoint",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ModelCheckpoint", "TrainedModel", "TrainingRecipe", "load_checkpoint", "main",
+    "run_demo", "train_model",
+]
 
 
 # Hidden from type checkers, which read the TYPE_CHECKING imports instead and so

@@ -111,14 +111,7 @@ def run_demo(*, data: str = "digits", out: str = "report", quick: bool = False,
     sections.append(build_section("robustness", "Robustness: accuracy under attack",
                                   lambda: run.robustness_section(trained),
                                   raise_errors=raise_errors))
-    dp_runs = {label: t.privacy for label, t in trained.items() if t.privacy}
-    if dp_runs:
-        from .sections import AccountantSection
-
-        sections.append(AccountantSection(dp_runs))
-    else:
-        sections.append(SkippedSection("accountant", "Privacy: the accountant",
-                                       "no model was trained with DP-SGD"))
+    sections.append(run.accountant_section(trained))
     sections.append(build_section("membership", "Privacy: what an attacker can infer",
                                   lambda: run.membership_section(trained, audited),
                                   raise_errors=raise_errors))
@@ -209,6 +202,15 @@ class _DemoRun:
         return RobustnessSection(curves, attacks=DEFAULT_ATTACKS,
                                  steps=self.setting["attack_steps"], eps_grid=grid,
                                  n_test=len(self.y_test))
+
+    def accountant_section(self, trained: dict):
+        from .sections import AccountantSection
+
+        dp_runs = {label: t.privacy for label, t in trained.items() if t.privacy}
+        if not dp_runs:
+            return SkippedSection("accountant", "Privacy: the accountant",
+                                  "no model was trained with DP-SGD")
+        return AccountantSection(dp_runs)
 
     def membership_section(self, trained: dict, audited: list[str]):
         from modelsec_fast.audit.membership import membership_audit

@@ -46,4 +46,8 @@ if not TYPE_CHECKING:
         return sorted(set(globals()) | set(_EXPORTS))
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BatchMemoryManager", "DPDDP", "DPDataLoader", "DPMultiheadAttention", "DPOptimizer",
+    "DifferentiallyPrivateDistributedDataParallel", "ModuleValidator", "PrivacyEngine",
+    "PrivateModule", "UnsupportedModuleError",
+]

@@ -32,4 +32,7 @@ if not TYPE_CHECKING:
         return sorted(set(globals()) | _RNN)
 
 
-__all__ = ["DPMultiheadAttention", *sorted(_RNN)]
+__all__ = [
+    "DPMultiheadAttention", "DPGRU", "DPGRUCell", "DPLSTM", "DPLSTMCell", "DPRNN",
+    "DPRNNBase", "DPRNNCell", "DPRNNCellBase", "convert_rnn",
+]
