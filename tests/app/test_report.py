@@ -35,6 +35,14 @@ class _Note:
 
 
 @dataclass
+class _Renamed(_Note):
+    """A second _Note whose figure file keeps the first one's name."""
+
+    def blocks(self, figure_dir: str):
+        return _Note.blocks(_Note(self.text), figure_dir)
+
+
+@dataclass
 class _Broken:
     key: str = "broken"
     title: str = "Broken"
@@ -98,6 +106,13 @@ def test_section_keys_must_be_distinct(tmp_path):
     with pytest.raises(ValueError, match=r"distinct keys, repeated: \['note'\]"):
         write_report(str(tmp_path), "T", META, [_Note("a"), _Note("b")])
     assert not os.listdir(tmp_path)
+
+
+def test_a_section_may_not_overwrite_another_sections_figure(tmp_path):
+    with pytest.raises(ValueError, match="section 'second' wrote note.png, which section "
+                                         "'note' had written"):
+        write_report(str(tmp_path), "T", META,
+                     [_Note("a"), _Renamed("b", key="second")])
 
 
 def test_build_section_turns_an_error_into_a_failed_section():

@@ -125,7 +125,8 @@ class Section(Protocol):
         ...
 
     def blocks(self, figure_dir: str) -> list[Block]:
-        """What a reader sees, in order; figures are written into ``figure_dir``."""
+        """What a reader sees, in order; figures are written into ``figure_dir``, under
+        names no other section uses (best: prefixed with the section's key)."""
         ...
 
 

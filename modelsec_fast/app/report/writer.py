@@ -45,19 +45,25 @@ def write_report(out_dir: str, title: str, meta: ReportMeta, sections: Sequence[
     lets the error through instead.
 
     Raises:
-        ValueError: two sections share a key.
+        ValueError: two sections share a key, or one wrote a figure file that an
+            earlier section had written (a programming error, so not reported in
+            place).
     """
     keys = [s.key for s in sections]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         raise ValueError(f"report sections must have distinct keys, repeated: {repeated}")
     os.makedirs(out_dir, exist_ok=True)
-    rendered, entries, figures = [], {}, []
+    rendered, entries, owner = [], {}, {}
     for section in sections:
         part, entry = _render(section, out_dir, raise_errors)
+        taken = [f for f in entry["figures"] if f in owner]
+        if taken:  # it overwrote another section's figure: that section's report is wrong
+            raise ValueError(f"report section {section.key!r} wrote {taken[0]}, which section "
+                             f"{owner[taken[0]]!r} had written: name figures after the section")
+        owner.update({f: section.key for f in entry["figures"]})
         rendered.append(part)
         entries[section.key] = entry
-        figures += [os.path.join(out_dir, f) for f in entry["figures"]]
     paths = {"json": os.path.join(out_dir, "report.json"),
              "markdown": os.path.join(out_dir, "report.md")}
     with open(paths["json"], "w") as f:
@@ -65,7 +71,8 @@ def write_report(out_dir: str, title: str, meta: ReportMeta, sections: Sequence[
     with open(paths["markdown"], "w") as f:
         f.write(render_markdown(title, meta, rendered, out_dir))
     status = {key: entry["status"] for key, entry in entries.items()}
-    return ReportFiles(markdown=paths["markdown"], json=paths["json"], figures=tuple(figures),
+    figures = tuple(os.path.join(out_dir, f) for f in owner)
+    return ReportFiles(markdown=paths["markdown"], json=paths["json"], figures=figures,
                        skipped=tuple(k for k, s in status.items() if s == "skipped"),
                        failed=tuple(k for k, s in status.items() if s == "failed"))
 
