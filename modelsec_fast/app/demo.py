@@ -18,6 +18,8 @@ from modelsec_fast.validation import check_choice, check_in_range, check_int, ch
 from .recipe import ADV_METHODS, TrainingRecipe
 from .report import ReportFiles, ReportMeta, Section, SkippedSection, build_section, write_report
 from .robustness import DEFAULT_ATTACKS
+from .sections import (AccountantSection, CanaryAuditSection, MembershipSection, ModelsSection,
+                       RobustnessSection, SettingsSection, TrainingSummary)
 
 __all__ = ["DEMO_SETTINGS", "HEADLINE_EPS", "run_demo"]
 
@@ -108,11 +110,11 @@ def run_demo(*, data: str = "digits", out: str = "report", quick: bool = False,
     sections: list[Section] = [run.settings_section(quick, audited)]
     trained = run.train(recipes)
     sections.append(run.models_section(trained))
-    sections.append(build_section("robustness", "Robustness: accuracy under attack",
+    sections.append(build_section(RobustnessSection.key, RobustnessSection.title,
                                   lambda: run.robustness_section(trained),
                                   raise_errors=raise_errors))
     sections.append(run.accountant_section(trained))
-    sections.append(build_section("membership", "Privacy: what an attacker can infer",
+    sections.append(build_section(MembershipSection.key, MembershipSection.title,
                                   lambda: run.membership_section(trained, audited),
                                   raise_errors=raise_errors))
     sections.append(run.canary_section(trained))
@@ -134,8 +136,6 @@ class _DemoRun:
         self.x_test, self.y_test = ds.x_test.to(device), ds.y_test.to(device)
 
     def settings_section(self, quick: bool, audited: list[str]):
-        from .sections import SettingsSection
-
         s, ds, mask = self.setting, self.ds, self.mask
         members = int(mask.sum())
         settings = {
@@ -174,7 +174,6 @@ class _DemoRun:
         return trained
 
     def models_section(self, trained: dict):
-        from .sections import ModelsSection, TrainingSummary
         from .training import evaluate_accuracy
 
         return ModelsSection({
@@ -186,7 +185,6 @@ class _DemoRun:
 
     def robustness_section(self, trained: dict):
         from .robustness import robust_curve
-        from .sections import RobustnessSection
 
         grid, curves = self.setting["eps_grid"], {}
         for label, t in trained.items():
@@ -204,18 +202,15 @@ class _DemoRun:
                                  n_test=len(self.y_test))
 
     def accountant_section(self, trained: dict):
-        from .sections import AccountantSection
-
         dp_runs = {label: t.privacy for label, t in trained.items() if t.privacy}
         if not dp_runs:
-            return SkippedSection("accountant", "Privacy: the accountant",
+            return SkippedSection(AccountantSection.key, AccountantSection.title,
                                   "no model was trained with DP-SGD")
         return AccountantSection(dp_runs)
 
     def membership_section(self, trained: dict, audited: list[str]):
         from modelsec_fast.audit.membership import membership_audit
 
-        from .sections import MembershipSection
         from .training import shadow_trainer
 
         audits = {}
@@ -233,14 +228,13 @@ class _DemoRun:
 
     def canary_section(self, trained: dict):
         dp = [(label, t) for label, t in trained.items() if t.privacy]
-        key, title = "canary_audit", "One-run canary audit of DP-SGD"
+        key, title = CanaryAuditSection.key, CanaryAuditSection.title
         if not dp:
             return SkippedSection(key, title, "no model was trained with DP-SGD")
         label, t = dp[0]
 
         def audit():
             from .audits import replay_canary_audit
-            from .sections import CanaryAuditSection
 
             self.log(f"[{label}] one-run canary audit ({self.setting['canary_m']} canaries)")
             result = replay_canary_audit(t.privacy, self.x, self.y,
