@@ -14,6 +14,9 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install -q "numpy>=1.24" scipy pybind11 "scikit-build-core>=0.10" ninja \
     pytest hypothesis scikit-learn matplotlib tqdm
 
+# Captum (modelsec_fast.explain); the torch pin keeps pip from replacing torch.
+"$PY" -m pip install -q captum==0.9.0 torch==2.13.0
+
 # Anchors: test and benchmark cross-checks only, never imported at run time.
 "$PY" -m pip install -q opacus==1.6.0 dp-accounting==0.6.0
 # torchattacks declares torchvision etc. as requirements but imports without them;

@@ -19,5 +19,6 @@ def dynamic_metadata(field, settings=None):
         "tqdm",                  # progress bars
         "matplotlib",            # report plots
         "scikit-learn",          # the embedded digits dataset
+        "captum>=0.9",           # attributions (modelsec_fast.explain)
     ]
     return [f"torch>={MIN_TORCH}", *runtime]
