@@ -69,6 +69,10 @@ run adv_training bench/bench_adv_training.py --threads 2 --test-size 500
 run accountants bench/bench_accountants.py --rounds 3
 # Membership inference with 16 shadow models, one-run canary audit. About 3 minutes.
 run audit bench/bench_audit.py --no-progress
+# Attributions: IG and SmoothGrad (50 steps/samples) on ResNet-18, 64 images, ours against
+# Captum chunked and unchunked, peak RSS per subprocess. Without a working torchvision it
+# runs the CIFAR ResNet-18 and leaves Captum unchunked out (tens of GB); then about 45 minutes.
+run explain bench/bench_explain.py --threads 2
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "failed: ${failed[*]}"
