@@ -112,5 +112,6 @@ def run(inputs: ScanInputs):
         attack=f"L-inf PGD, eps {inputs.eps_linf:g}, {steps} steps, no random start",
         examples=examples, clean_inputs=x.cpu(), adversarial_inputs=adversarial.cpu(),
         input_range=(lo, hi), shift=attribution_shift(clean_maps.cpu(), adversarial_maps.cpu()),
-        infidelity_clean=infidelity_clean.cpu(), infidelity_adversarial=infidelity_adversarial.cpu(),
+        infidelity_clean=infidelity_clean.cpu(),
+        infidelity_adversarial=infidelity_adversarial.cpu(),
         sanity=sanity, sanity_error=sanity_error)

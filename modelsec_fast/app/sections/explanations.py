@@ -89,11 +89,10 @@ class ExplanationsSection:
                       f"({_settings_text(self.settings)}), on the clean input and on an "
                       f"adversarial one ({self.attack}; {flipped} of {k} misclassified). "
                       "Low rank correlation or top-k overlap between the two maps means the "
-                      "attack moved the evidence the model uses (Integrated Gradients multiplies by the "
-                      "input minus the baseline, so pixels at the baseline get no attribution "
-                      "in either map); infidelity (Yeh et al. 2019, "
-                      "lower is better) says how well a map predicts the model's response to "
-                      "small noise."),
+                      "attack moved the evidence the model uses"
+                      + (_IG_NOTE if self.method == "integrated_gradients" else "")
+                      + "; infidelity (Yeh et al. 2019, lower is better) says how well a map "
+                      "predicts the model's response to small noise."),
             _table(self),
             Figure(_plot_maps(self, os.path.join(figure_dir, "explanations_maps.png")),
                    "clean and adversarial inputs with their attribution maps"),
@@ -115,6 +114,10 @@ class ExplanationsSection:
 _METHOD_NAMES = {"integrated_gradients": "Integrated Gradients (Sundararajan et al. 2017)",
                  "saliency": "saliency (input gradient)",
                  "smoothgrad": "SmoothGrad (Smilkov et al. 2017)"}
+
+
+_IG_NOTE = (" (Integrated Gradients multiplies by the input minus the baseline, so pixels at "
+            "the baseline get no attribution in either map)")
 
 
 def _settings_text(settings: dict) -> str:
