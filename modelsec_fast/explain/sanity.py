@@ -2,7 +2,7 @@
 Saliency Maps"): do the maps depend on what the model learned?
 
 Cascading randomisation: the layers with parameters are randomised one group at a
-time from the top (the logits) down, on a copy of the model, and after each group
+time from the top (the last registered layer, usually the logits) down, on a copy of the model, and after each group
 the maps of the randomised copy are compared with the original maps. A method
 whose maps stay similar when the model's weights are noise explains the input
 (edges, textures), not the model, and its maps mean little for a security review.
@@ -81,7 +81,8 @@ class RandomisationCheck:
 
 
 def parameter_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every module with parameters of its own, input side first."""
+    """(name, module) of every module with parameters of its own, in registration
+    order (the input side first for models built in the order they compute)."""
     return [(name, m) for name, m in model.named_modules()
             if next(m.parameters(recurse=False), None) is not None]
 
