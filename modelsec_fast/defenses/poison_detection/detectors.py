@@ -288,36 +288,41 @@ class Spectre(FeatureDetector):
         samples: per class, the ``floor(eps_multiplier * expected_poison_rate * n)``
             highest scores (as SPECTRE's removal of 1.5 eps n).
         classes: the top eigenvalue of S over the Marchenko-Pastur edge
-            ``(1 + sqrt(dims / n))^2`` of a Gaussian class is at least ``threshold``.
-            Real features are never quite Gaussian: on the digits' clean classes the
-            ratio reaches about 70, on poisoned target classes 800 and more; the
-            default 300 was set there, so check it on your own clean data.
+            ``(1 + sqrt(dims / n))^2`` of a Gaussian class is at least ``threshold``
+            (an outlying group exists) and the spectral split that started the
+            estimate separates its two sides by at least ``separation_threshold``
+            pooled deviations (as :class:`SpectralSignatures`). Real features are never
+            quite Gaussian: a clean class with two natural styles can reach a ratio of
+            hundreds, but not that separation.
 
     Args:
         expected_poison_rate, eps_multiplier: the removal, as SpectralSignatures.
         dims: principal components kept (at most n / 10 of each class).
         alpha: the QUE parameter (> 0).
-        threshold: the eigenvalue ratio from which a class is flagged.
+        threshold: the eigenvalue ratio from which a class may be flagged.
+        separation_threshold: the spectral split's separation it also needs.
         iterations: reweighting rounds at most.
     """
 
     name = "spectre"
 
     def __init__(self, expected_poison_rate: float = 0.1, eps_multiplier: float = 1.5,
-                 dims: int = 32, alpha: float = 4.0, threshold: float = 300.0,
-                 iterations: int = 10):
+                 dims: int = 32, alpha: float = 4.0, threshold: float = 20.0,
+                 separation_threshold: float = 6.0, iterations: int = 10):
         self.expected_poison_rate = check_in_range("expected_poison_rate", expected_poison_rate,
                                                    0.0, 1.0)
         self.eps_multiplier = check_positive("eps_multiplier", eps_multiplier)
         self.dims = check_int("dims", dims, 1)
         self.alpha = check_positive("alpha", alpha)
         self.threshold = check_positive("threshold", threshold)
+        self.separation_threshold = check_positive("separation_threshold", separation_threshold)
         self.iterations = check_int("iterations", iterations, 1)
 
     def settings(self):
         return {"expected_poison_rate": self.expected_poison_rate,
                 "eps_multiplier": self.eps_multiplier, "dims": self.dims, "alpha": self.alpha,
-                "threshold": self.threshold, "iterations": self.iterations}
+                "threshold": self.threshold, "separation_threshold": self.separation_threshold,
+                "iterations": self.iterations}
 
     @staticmethod
     def _fit(z: torch.Tensor, subset: torch.Tensor):
@@ -337,7 +342,7 @@ class Spectre(FeatureDetector):
         if k < 1:
             return (torch.zeros(n, dtype=r.dtype, device=r.device),
                     torch.zeros(n, dtype=torch.bool, device=r.device), False, {"n": n})
-        _, _, poison_side, _, evidence = _oriented_split(r, others)
+        _, _, poison_side, sep, evidence = _oriented_split(r, others)
         centered = r - r.mean(0)
         basis, _ = _stats.top_directions(centered, k)
         z = centered @ basis
@@ -355,7 +360,8 @@ class Spectre(FeatureDetector):
             subset = inliers
         _, _, w = self._fit(z, subset)
         s = w.T @ w / n
-        top = float(torch.linalg.eigvalsh(s)[-1])
+        eig = torch.linalg.eigvalsh(s)
+        top = float(eig[-1])
         if top > 1.0 + 1e-9:
             u = torch.linalg.matrix_exp(self.alpha * (s - torch.eye(k, dtype=s.dtype,
                                                                    device=s.device)) / (top - 1.0))
@@ -366,6 +372,8 @@ class Spectre(FeatureDetector):
         edge = (1.0 + math.sqrt(k / n)) ** 2
         flagged = _top_k(scores, _removal_count(n, self.expected_poison_rate, self.eps_multiplier))
         stats = {"top_eigenvalue": top, "marchenko_pastur_edge": edge,
+                 "eigenvalue_gap": top / max(float(eig[-2]), 1e-30) if k > 1 else 1.0,
                  "eigenvalue_ratio": top / edge, "robust_fraction": float(subset.float().mean()),
-                 "dims": k, **evidence}
-        return scores, flagged, top / edge >= self.threshold, stats
+                 "separation": sep, "dims": k, **evidence}
+        decided = top / edge >= self.threshold and sep >= self.separation_threshold
+        return scores, flagged, decided, stats
