@@ -18,14 +18,18 @@ The whole review on a data set: :func:`poisoning_review`.
 
 from .base import EvaluationSet, PoisonedData, PoisonedDataset, PoisoningAttack, TriggerAttack
 from .clean_label import LabelConsistent, WitchesBrew
+from .dp_defence import EpsilonSweep, SweepPoint, asr_epsilon_sweep
 from .label_flip import LabelFlip
 from .metrics import BackdoorMetrics, accuracy, backdoor_metrics, defence_effectiveness_rating
-from .training import eval_mode, model_device, train_classifier, train_private
+from .review import PoisoningReview, poisoning_review
+from .training import (dp_noise_multiplier, eval_mode, model_device, train_classifier,
+                       train_private)
 from .triggers import BadNets, Blended, WaNet
 
 __all__ = [
     "PoisoningAttack", "TriggerAttack", "PoisonedData", "PoisonedDataset", "EvaluationSet",
     "LabelFlip", "BadNets", "Blended", "WaNet", "LabelConsistent", "WitchesBrew",
     "BackdoorMetrics", "backdoor_metrics", "defence_effectiveness_rating", "accuracy",
-    "train_classifier", "train_private", "eval_mode", "model_device",
+    "train_classifier", "train_private", "dp_noise_multiplier", "eval_mode", "model_device",
+    "asr_epsilon_sweep", "EpsilonSweep", "SweepPoint", "poisoning_review", "PoisoningReview",
 ]

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..validation import check_int, check_positive
 
-__all__ = ["model_device", "eval_mode", "train_classifier", "train_private"]
+__all__ = ["model_device", "eval_mode", "train_classifier", "train_private", "dp_noise_multiplier"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -79,32 +79,54 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     return model.eval()
 
 
-def train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, target_epsilon: float,
-                  delta: float, epochs: int = 20, batch_size: int = 128, lr: float = 3e-3,
-                  max_grad_norm: float = 1.0, seed: int = 0) -> tuple[nn.Module, float]:
+def dp_noise_multiplier(n: int, *, target_epsilon: float, delta: float, epochs: int,
+                        batch_size: int) -> float:
+    """The noise multiplier :func:`train_private` uses for ``n`` samples (RDP accountant,
+    sample rate 1 / ceil(n / batch_size), ``epochs`` epochs)."""
+    from ..accountants import get_noise_multiplier
+
+    batches = math.ceil(n / min(batch_size, n))
+    return get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                sample_rate=1.0 / batches, epochs=epochs, accountant="rdp")
+
+
+def train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                  target_epsilon: float | None = None, delta: float,
+                  noise_multiplier: float | None = None, epochs: int = 20,
+                  batch_size: int = 128, lr: float = 3e-3, max_grad_norm: float = 1.0,
+                  seed: int = 0) -> tuple[nn.Module, float]:
     """Train ``model`` in place with DP-SGD (our :class:`~modelsec_fast.PrivacyEngine`,
-    Poisson sampling, Adam) to ``(target_epsilon, delta)``-DP for add/remove-one
-    neighbours; ``target_epsilon=math.inf`` trains without privacy (same loop, no noise
-    or clipping).
+    RDP accountant, Poisson sampling, Adam), (epsilon, delta)-DP for add/remove-one
+    neighbours.
+
+    Exactly one of ``target_epsilon`` (``math.inf`` trains without privacy: the same
+    loop with no clipping and no noise) and ``noise_multiplier`` (e.g. from
+    :func:`dp_noise_multiplier`, to skip the calibration when training many victims).
 
     Returns:
         (the model in eval mode, the epsilon the accountant reports; inf without privacy).
     """
     _check_data(x, y)
+    if (target_epsilon is None) == (noise_multiplier is None):
+        raise ValueError("train_private needs exactly one of target_epsilon and noise_multiplier")
+    epochs = check_int("epochs", epochs, 1)
     if target_epsilon == math.inf:
         return train_classifier(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr,
                                 seed=seed), math.inf
     from ..privacy.engine import PrivacyEngine
 
+    if noise_multiplier is None:
+        noise_multiplier = dp_noise_multiplier(len(y), target_epsilon=check_positive(
+            "target_epsilon", target_epsilon), delta=delta, epochs=epochs, batch_size=batch_size)
     device = model_device(model)
     data = torch.utils.data.TensorDataset(x.to(device), y.to(device).long())
     loader = torch.utils.data.DataLoader(data, batch_size=min(batch_size, len(y)))
     optimizer = torch.optim.Adam(model.parameters(), lr=check_positive("lr", lr))
     engine = PrivacyEngine(accountant="rdp")
-    private, optimizer, loader = engine.make_private_with_epsilon(
-        module=model, optimizer=optimizer, data_loader=loader, target_epsilon=target_epsilon,
-        target_delta=delta, epochs=check_int("epochs", epochs, 1), max_grad_norm=max_grad_norm,
-        poisson_sampling=True, sampler_generator=torch.Generator().manual_seed(seed),
+    private, optimizer, loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm, poisson_sampling=True,
+        sampler_generator=torch.Generator().manual_seed(seed),
         noise_generator=torch.Generator(device=device).manual_seed(seed + 7919))
     private.train()
     for _ in range(epochs):
