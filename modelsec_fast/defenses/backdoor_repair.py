@@ -111,7 +111,8 @@ def prunable_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]
     modules = dict(model.named_modules())
     if layer is not None:
         if not isinstance(layer, str) or layer not in modules or layer == "":
-            known = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d))]
+            known = [n for n, m in modules.items()
+                     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
             raise ValueError(f"the model has no layer named {layer!r}; its prunable layers are: "
                              f"{', '.join(known)}")
         module = modules[layer]

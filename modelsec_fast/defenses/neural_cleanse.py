@@ -192,7 +192,8 @@ class NeuralCleanse:
         n, c, h, w = x.shape
         g = torch.Generator().manual_seed(self.seed)
         mask_logit = (torch.rand(k, 1, h, w, generator=g) * 2 - 3).to(device).requires_grad_(True)
-        pattern_logit = (torch.rand(k, c, h, w, generator=g) * 2 - 1).to(device).requires_grad_(True)
+        pattern_logit = (torch.rand(k, c, h, w, generator=g) * 2 - 1).to(device)
+        pattern_logit.requires_grad_(True)
         optimizer = torch.optim.Adam([mask_logit, pattern_logit], lr=self.lr, betas=(0.5, 0.9))
         targets = torch.arange(k, device=device)
         cost = torch.full((k,), self.init_cost, dtype=torch.float64, device=device)

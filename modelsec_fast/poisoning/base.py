@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..validation import check_in_range, check_input_pixels, check_int
+from ..validation import check_class, check_in_range, check_input_pixels, check_int
 
 __all__ = ["PoisonedData", "PoisonedDataset", "PoisoningAttack", "TriggerAttack",
            "EvaluationSet", "MODES"]
@@ -118,20 +118,25 @@ class PoisonedDataset(torch.utils.data.Dataset):
                 "settings": dict(self.settings), "details": dict(self.details)}
 
 
+def _kind(value) -> str:
+    """A value's type, and its dtype for a tensor, for messages."""
+    return f"{type(value).__name__} {value.dtype}" if isinstance(value, torch.Tensor) \
+        else type(value).__name__
+
+
 def check_images(x, y=None, name: str = "x") -> None:
     """TypeError/ValueError unless ``x`` is a float (N, C, H, W) tensor in [0, 1] and
     ``y`` (if given) an int64-like (N,) tensor of labels >= 0."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor of images (N, C, H, W) in [0, 1], "
-                        f"got {type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' ' + str(x.dtype)}")
+                        f"got {_kind(x)}")
     if x.dim() != 4:
         raise ValueError(f"{name} must be images shaped (N, C, H, W), got {tuple(x.shape)}")
     check_input_pixels(x, unnormalised=False)
     if y is None:
         return
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got "
-                        f"{type(y).__name__}{'' if not isinstance(y, torch.Tensor) else ' ' + str(y.dtype)}")
+        raise TypeError(f"labels must be an integer tensor, got {_kind(y)}")
     if y.shape != x.shape[:1]:
         raise ValueError(f"labels must have shape ({x.shape[0]},) to match {name}, "
                          f"got {tuple(y.shape)}")
@@ -268,14 +273,6 @@ class PoisoningAttack:
 
     def _candidate_rule(self) -> str:
         return "every sample"
-
-
-def check_class(name: str, value: int, num_classes: int) -> int:
-    """``value`` as an int; ValueError unless it is a class in [0, num_classes)."""
-    value = check_int(name, value, 0)
-    if value >= num_classes:
-        raise ValueError(f"{name} must be a class in [0, {num_classes}), got {value}")
-    return value
 
 
 class TriggerAttack(PoisoningAttack):

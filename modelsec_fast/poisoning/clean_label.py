@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import PGD
-from ..validation import check_in_range, check_int, check_non_negative, check_positive
-from .base import EvaluationSet, PoisoningAttack, TriggerAttack, check_class, check_images
+from ..validation import (check_class, check_in_range, check_int, check_non_negative,
+                          check_positive)
+from .base import EvaluationSet, PoisoningAttack, TriggerAttack, check_images
 from .training import eval_mode, model_device
 from .triggers import BadNets
 
@@ -72,7 +73,8 @@ class LabelConsistent(TriggerAttack):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.eps = check_non_negative("eps", eps)
-        self.alpha = check_positive("alpha", alpha) if alpha is not None else max(self.eps / 4, 1e-6)
+        self.alpha = (check_positive("alpha", alpha) if alpha is not None
+                      else max(self.eps / 4, 1e-6))
         self.steps = check_int("steps", steps, 1)
         self.amplitude = check_in_range("amplitude", amplitude, 0.0, 1.0, low_open=True)
         self.batch_size = check_int("batch_size", batch_size, 1)

@@ -202,7 +202,8 @@ def _explain(sweep: EpsilonSweep) -> None:
         vacuous = [p.epsilon for p in sweep.points if p.k == k and p.vacuous]
         if vacuous:
             shown = ", ".join("inf" if math.isinf(e) else f"{e:g}" for e in vacuous)
-            sweep.notes.append(f"k = {k} (k' = {2 * k}): the bound is vacuous (1) at epsilon {shown}")
+            sweep.notes.append(f"k = {k} (k' = {2 * k}): the bound is vacuous (1) "
+                               f"at epsilon {shown}")
     k10 = max(1, round(0.1 * sweep.n_train))
     finite = [e for e in sweep.epsilons if math.isfinite(e)]
     if finite:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import EvaluationSet, PoisoningAttack, check_class, check_images
+from ..validation import check_class
+from .base import EvaluationSet, PoisoningAttack, check_images
 
 __all__ = ["LabelFlip"]
 

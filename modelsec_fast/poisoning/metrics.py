@@ -33,7 +33,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.T
     """Top-1 predictions (N,) on the model's device, in eval mode (restored after)."""
     device = model_device(model)
     with eval_mode(model):
-        out = [model(x[i:i + batch_size].to(device)).argmax(1) for i in range(0, len(x), batch_size)]
+        out = [model(x[i:i + batch_size].to(device)).argmax(1)
+               for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=device)
 
 

@@ -69,7 +69,8 @@ class BadNets(TriggerAttack):
         self.position = position
         if isinstance(pattern, str):
             if pattern not in ("checkerboard", "white"):
-                raise ValueError(f"pattern must be 'checkerboard', 'white' or a tensor, got {pattern!r}")
+                raise ValueError("pattern must be 'checkerboard', 'white' or a tensor, "
+                                 f"got {pattern!r}")
             grid = torch.arange(self.size)
             self.pattern = (((grid[:, None] + grid[None, :]) % 2 == 0).float()
                             if pattern == "checkerboard" else torch.ones(self.size, self.size))

@@ -46,7 +46,8 @@ def test_badnets_all_to_one_relabels_non_target_samples_and_stamps_the_patch(dig
     assert bool((data.y_original[data.is_poison] != 2).all())
     assert bool((data.y[data.is_poison] == 2).all())
     assert bool((data.x[data.is_poison][:, :, :3, :3] == 1.0).all())
-    assert torch.equal(data.x[data.is_poison][:, :, 3:, :], digits.x_train[data.is_poison][:, :, 3:, :])
+    rest = data.x[data.is_poison][:, :, 3:, :]
+    assert torch.equal(rest, digits.x_train[data.is_poison][:, :, 3:, :])
 
 
 def test_badnets_patch_position_and_checkerboard():

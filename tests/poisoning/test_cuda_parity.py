@@ -9,13 +9,16 @@ import copy
 import pytest
 import torch
 
-from modelsec_fast.defenses.neural_cleanse import NeuralCleanse
-from modelsec_fast.defenses.poison_detection import (ActivationClustering, Spectre,
-                                                     SpectralSignatures, extract_features)
-from modelsec_fast.defenses.strip import STRIP
-from modelsec_fast.poisoning import (BadNets, Blended, WaNet, WitchesBrew, backdoor_metrics)
-
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+pytest.importorskip("sklearn", reason="the digits come from scikit-learn")
+pytest.importorskip("scipy", reason="the detectors use scipy's chi-square quantiles")
+
+from modelsec_fast.defenses.neural_cleanse import NeuralCleanse  # noqa: E402
+from modelsec_fast.defenses.poison_detection import (ActivationClustering, Spectre,  # noqa: E402
+                                                     SpectralSignatures, extract_features)
+from modelsec_fast.defenses.strip import STRIP  # noqa: E402
+from modelsec_fast.poisoning import (BadNets, Blended, WaNet, WitchesBrew,  # noqa: E402
+                                     backdoor_metrics)
 CUDA = torch.device("cuda")
 
 

@@ -198,4 +198,26 @@ def test_bad_detector_arguments_are_refused(poisoned_features, setup):
     with pytest.raises(ValueError, match="labels must have shape"):
         Spectre().detect(poisoned_features, setup.poisoned.y[:-1])
     with pytest.raises(ValueError, match="is_poison must have shape"):
-        Spectre().detect(poisoned_features, setup.poisoned.y, is_poison=setup.poisoned.is_poison[:5])
+        Spectre().detect(poisoned_features, setup.poisoned.y,
+                         is_poison=setup.poisoned.is_poison[:5])
+
+
+def test_randomized_top_directions_match_the_exact_ones_above_the_exact_size():
+    """Large classes take the randomized path; with a spectral gap it is exact."""
+    from modelsec_fast.defenses.poison_detection import _stats
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 700, 400
+    spikes = torch.linalg.qr(torch.randn(d, 3, generator=g, dtype=torch.float64)).Q
+    data = torch.randn(n, d, generator=g, dtype=torch.float64)
+    data += torch.randn(n, 3, generator=g, dtype=torch.float64) * torch.tensor(
+        [40.0, 25.0, 15.0], dtype=torch.float64) @ spikes.T
+    centered = data - data.mean(0)
+    assert min(n, d) > _stats.EXACT_SIZE
+    fast, fast_values = _stats.top_directions(centered, 3, torch.Generator().manual_seed(1))
+    exact = torch.linalg.svd(centered, full_matrices=False)
+    for j in range(3):
+        assert abs(float(fast[:, j] @ exact.Vh[j])) > 1 - 1e-9
+    torch.testing.assert_close(fast_values, exact.S[:3] ** 2, rtol=1e-9, atol=0)
+    again, _ = _stats.top_directions(centered, 3, torch.Generator().manual_seed(1))
+    assert torch.equal(again, fast)  # seeded: reproducible

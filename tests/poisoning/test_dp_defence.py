@@ -70,7 +70,8 @@ def test_the_measured_asr_never_exceeds_the_bound(setup):
                               ks=(1, 10), epsilons=(0.5, 4.0, math.inf), seeds=5, epochs=5)
     for p in sweep.points:
         print(f"seed {setup.seed} k {p.k} eps {p.epsilon}: ASR {p.asr_mean:.3f} "
-              f"[{p.asr_low:.3f}, {p.asr_high:.3f}] bound {p.bound:.3f} (p_hi {p.clean_rate_high:.3f})")
+              f"[{p.asr_low:.3f}, {p.asr_high:.3f}] bound {p.bound:.3f} "
+              f"(p_hi {p.clean_rate_high:.3f})")
         assert p.asr_low <= p.bound
         assert p.consistent
         assert len(p.asr_per_seed) == 5

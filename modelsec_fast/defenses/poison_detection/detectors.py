@@ -108,12 +108,13 @@ def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return flagged
 
 
-def _oriented_split(r: torch.Tensor, others: torch.Tensor, directions: int = 1):
+def _oriented_split(r: torch.Tensor, others: torch.Tensor, directions: int = 1,
+                    generator: torch.Generator | None = None):
     """The most bimodal of the class's top ``directions`` principal directions (the
     largest two-means separation along it), the exact 1-D split along it, the poison
     side and the projection, signed so that the poison side is high (module doc)."""
     centered = r - r.mean(0)
-    vectors, _ = _stats.top_directions(centered, directions)
+    vectors, _ = _stats.top_directions(centered, directions, generator)
     best = None
     for j in range(vectors.shape[1]):
         p = centered @ vectors[:, j]
@@ -188,7 +189,7 @@ class SpectralSignatures(FeatureDetector):
         if n < 3:
             return (torch.zeros(n, dtype=r.dtype, device=r.device),
                     torch.zeros(n, dtype=torch.bool, device=r.device), False, {"n": n})
-        _, p, poison, sep, evidence = _oriented_split(r, others, self.directions)
+        _, p, poison, sep, evidence = _oriented_split(r, others, self.directions, generator)
         if self.score == "oriented":
             scores = _standardised(p, poison)
         else:
@@ -247,7 +248,7 @@ class ActivationClustering(FeatureDetector):
                     torch.zeros(n, dtype=torch.bool, device=r.device), False, {"n": n})
         mean = r.mean(0)
         centered = r - mean
-        basis, _ = _stats.top_directions(centered, self.dims)
+        basis, _ = _stats.top_directions(centered, self.dims, generator)
         z = centered @ basis
         member = _stats.two_means(z, _stats.split_1d(z[:, 0]), generator, self.restarts)
         direction = basis @ (z[member].mean(0) - z[~member].mean(0))
@@ -342,9 +343,9 @@ class Spectre(FeatureDetector):
         if k < 1:
             return (torch.zeros(n, dtype=r.dtype, device=r.device),
                     torch.zeros(n, dtype=torch.bool, device=r.device), False, {"n": n})
-        _, _, poison_side, sep, evidence = _oriented_split(r, others)
+        _, _, poison_side, sep, evidence = _oriented_split(r, others, 1, generator)
         centered = r - r.mean(0)
-        basis, _ = _stats.top_directions(centered, k)
+        basis, _ = _stats.top_directions(centered, k, generator)
         z = centered @ basis
         subset = ~poison_side
         if int(subset.sum()) < k + 2:
@@ -354,7 +355,8 @@ class Spectre(FeatureDetector):
             _, _, w = self._fit(z, subset)
             d2 = (w ** 2).sum(1)
             # Consistency: the subset's median distance is a chi-square median.
-            inliers = d2 * (chi2.ppf(0.5, k) / float(d2[subset].median().clamp_min(1e-30))) <= cutoff
+            scale = chi2.ppf(0.5, k) / float(d2[subset].median().clamp_min(1e-30))
+            inliers = d2 * scale <= cutoff
             if int(inliers.sum()) < k + 2 or torch.equal(inliers, subset):
                 break
             subset = inliers
