@@ -41,7 +41,12 @@ __all__ = ["SpectralSignatures", "ActivationClustering", "Spectre", "FeatureDete
 
 
 def _centroids(features: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    return torch.stack([features[labels == c].mean(0) for c in classes])
+    """(len(classes), D) class means, by one scatter-add over the rows."""
+    index = torch.searchsorted(torch.tensor(classes, device=labels.device), labels)
+    sums = torch.zeros(len(classes), features.shape[1], dtype=features.dtype,
+                       device=features.device).index_add_(0, index, features)
+    counts = torch.bincount(index, minlength=len(classes)).to(features.dtype)
+    return sums / counts[:, None]
 
 
 class FeatureDetector:
@@ -67,7 +72,8 @@ class FeatureDetector:
         """
         start = time.perf_counter()
         features, labels = check_features(features, labels)
-        feats = features.double()
+        # The wide work in the features' dtype (float32 or float64), scores in float64.
+        feats = features if features.dtype in (torch.float32, torch.float64) else features.float()
         classes = labels.unique().tolist()
         centroids = _centroids(feats, labels, classes)
         scores = torch.zeros(len(labels), dtype=torch.float64, device=feats.device)
@@ -117,7 +123,7 @@ def _oriented_split(r: torch.Tensor, others: torch.Tensor, directions: int = 1,
     vectors, _ = _stats.top_directions(centered, directions, generator)
     best = None
     for j in range(vectors.shape[1]):
-        p = centered @ vectors[:, j]
+        p = (centered @ vectors[:, j]).double()
         upper = _stats.split_1d(p)
         sep = _stats.separation(p, upper)
         if best is None or sep > best[3]:
@@ -187,7 +193,7 @@ class SpectralSignatures(FeatureDetector):
     def _score_class(self, r, others, generator):
         n = r.shape[0]
         if n < 3:
-            return (torch.zeros(n, dtype=r.dtype, device=r.device),
+            return (torch.zeros(n, dtype=torch.float64, device=r.device),
                     torch.zeros(n, dtype=torch.bool, device=r.device), False, {"n": n})
         _, p, poison, sep, evidence = _oriented_split(r, others, self.directions, generator)
         if self.score == "oriented":
@@ -244,14 +250,14 @@ class ActivationClustering(FeatureDetector):
     def _score_class(self, r, others, generator):
         n = r.shape[0]
         if n < 4:
-            return (torch.zeros(n, dtype=r.dtype, device=r.device),
+            return (torch.zeros(n, dtype=torch.float64, device=r.device),
                     torch.zeros(n, dtype=torch.bool, device=r.device), False, {"n": n})
         mean = r.mean(0)
         centered = r - mean
         basis, _ = _stats.top_directions(centered, self.dims, generator)
-        z = centered @ basis
+        z = (centered @ basis).double()
         member = _stats.two_means(z, _stats.split_1d(z[:, 0]), generator, self.restarts)
-        direction = basis @ (z[member].mean(0) - z[~member].mean(0))
+        direction = basis @ (z[member].mean(0) - z[~member].mean(0)).to(basis.dtype)
         member_is_poison, evidence = _stats.poison_group(r, member, direction, others)
         poison = member if member_is_poison else ~member
         sil = _stats.silhouettes(z, poison, generator, self.max_reference)
@@ -341,12 +347,12 @@ class Spectre(FeatureDetector):
         # At least 5 samples per dimension in the robust subset (about half the class).
         k = min(self.dims, r.shape[1], n // 10)
         if k < 1:
-            return (torch.zeros(n, dtype=r.dtype, device=r.device),
+            return (torch.zeros(n, dtype=torch.float64, device=r.device),
                     torch.zeros(n, dtype=torch.bool, device=r.device), False, {"n": n})
         _, _, poison_side, sep, evidence = _oriented_split(r, others, 1, generator)
         centered = r - r.mean(0)
         basis, _ = _stats.top_directions(centered, k, generator)
-        z = centered @ basis
+        z = (centered @ basis).double()
         subset = ~poison_side
         if int(subset.sum()) < k + 2:
             subset = torch.ones(n, dtype=torch.bool, device=r.device)

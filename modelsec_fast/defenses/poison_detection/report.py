@@ -8,6 +8,7 @@ Scores are "higher = more likely poison". AUROC and TPR at a fixed FPR come from
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +42,8 @@ def check_features(features, labels) -> tuple[torch.Tensor, torch.Tensor]:
                          f"got {tuple(labels.shape)}")
     if len(labels) and int(labels.min()) < 0:
         raise ValueError(f"labels must be >= 0, found {int(labels.min())}")
-    # One float64 row sum finds any NaN or infinity (it cannot overflow); rows only then.
-    if not bool(torch.isfinite(features.sum(1, dtype=torch.float64)).all()):
+    # One min/max pass finds any NaN (it propagates) or infinity; the rows only then.
+    if not all(math.isfinite(v) for v in torch.stack(torch.aminmax(features)).tolist()):
         bad = ~torch.isfinite(features).all(1)
         raise ValueError(f"features contain NaN or infinity in {int(bad.sum())} of "
                          f"{len(labels)} rows (first at row {int(torch.nonzero(bad)[0])})")
