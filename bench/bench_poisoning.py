@@ -159,7 +159,8 @@ def art_clustering(features: np.ndarray, y: np.ndarray, k: int):
 
 
 def detection_parts(s: Setup, args, report):
-    from modelsec_fast.defenses.poison_detection import ActivationClustering, SpectralSignatures
+    from modelsec_fast.defenses.poison_detection import (ActivationClustering, Spectre,
+                                                         SpectralSignatures)
 
     k = s.ds.num_classes
     y = s.poisoned.y
@@ -174,20 +175,24 @@ def detection_parts(s: Setup, args, report):
     clustering = h.measure({"ours clustering": lambda: ours_ac.detect(s.features, y),
                             "ART clustering": lambda: art_clustering(feats_np, y_np, k)},
                            device=args.device, rounds=1, warmup=0)
+    spectre = h.measure({"ours SPECTRE": lambda: Spectre(expected_poison_rate=RATE).detect(
+        s.features, y)}, device=args.device, rounds=max(1, args.rounds // 2))
     section = report.section(
         "detection on precomputed features", baseline={"ours spectral": "ART spectral",
                                                        "ours clustering": "ART clustering"},
         note=f"the same {tuple(s.features.shape)} features ({s.layer}, flattened) for both; "
              "ART spectral: its per-class scoring and quantile cut-off; ART clustering: "
              "FastICA(10) + KMeans(2) + 'smaller' (binary flags, so its AUROC is that of "
-             "the flags), timed in one round without warm-up (minutes); ratio < 1: ours faster")
+             "the flags), timed in one round without warm-up (minutes); SPECTRE: ours only "
+             "(ART has none); ratio < 1: ours faster")
     quality = {
         "ours spectral": _quality(spectral.results["ours spectral"].scores, s.mask),
         "ART spectral": _quality(spectral.results["ART spectral"][0], s.mask),
         "ours clustering": _quality(clustering.results["ours clustering"].scores, s.mask),
         "ART clustering": _quality(clustering.results["ART clustering"], s.mask),
+        "ours SPECTRE": _quality(spectre.results["ours SPECTRE"].scores, s.mask),
     }
-    for m in (spectral, clustering):
+    for m in (spectral, clustering, spectre):
         for row in section.add(m):
             row.values.update(quality[row.contender])
             if row.ratio:
@@ -211,19 +216,26 @@ def detection_parts(s: Setup, args, report):
         return 1.0 - np.asarray(defence.detect_poison(nb_clusters=2, nb_dims=10,
                                                       reduce="FastICA")[1], dtype=np.float64)
 
+    logits = [n for n, mod in s.victim.named_modules() if isinstance(mod, torch.nn.Linear)][-1]
     e2e = {
         "ours spectral": lambda: ours_spectral.detect_model(s.victim, s.poisoned.x, y),
+        "ours spectral, logits": lambda: ours_spectral.detect_model(
+            s.victim, s.poisoned.x, y, layer=logits),
         "ART spectral": art_ss_e2e,
         "ours clustering": lambda: ours_ac.detect_model(s.victim, s.poisoned.x, y),
+        "ours clustering, logits": lambda: ours_ac.detect_model(
+            s.victim, s.poisoned.x, y, layer=logits),
         "ART clustering": art_ac_e2e,
     }
     m2 = h.measure(e2e, device=args.device, rounds=max(1, args.rounds // 2), warmup=0)
     section2 = report.section(
         "detection end to end (features included)",
-        baseline={"ours spectral": "ART spectral", "ours clustering": "ART clustering"},
-        note="ours: detect_model on the default layer; ART: detect_poison on a "
-             "PyTorchClassifier, which reads the model's last layer (the logits), with its "
-             "binary decisions as scores")
+        baseline={"ours spectral": "ART spectral", "ours spectral, logits": "ART spectral",
+                  "ours clustering": "ART clustering",
+                  "ours clustering, logits": "ART clustering"},
+        note=f"ours: detect_model on the default layer, and on the logits ({logits}), the "
+             "layer ART reads: detect_poison on a PyTorchClassifier takes the model's last "
+             "layer; ART's binary decisions are its scores")
     for row in section2.add(m2):
         result = m2.results[row.contender]
         scores = result.scores if hasattr(result, "scores") else result
@@ -351,6 +363,18 @@ def witches_brew_part(args, report):
     targets = candidates[torch.as_tensor(rng.permutation(len(candidates))[:args.wb_targets])]
     rows = {"ours": [], "ART": []}
     times = {"ours": [], "ART": []}
+    alignment = {"ours": [], "ART": []}
+    params = [p for p in surrogate.parameters() if p.requires_grad]
+
+    def alignment_loss(xp, yp, chosen, x_t, adversarial):
+        """1 - cos(grad of the poisons' loss, grad of the targets' adversarial loss)."""
+        target = torch.autograd.grad(torch.nn.functional.cross_entropy(
+            surrogate(x_t), torch.full((len(x_t),), adversarial, device=dev)), params)
+        poison = torch.autograd.grad(torch.nn.functional.cross_entropy(
+            surrogate(xp[chosen]), yp[chosen]), params)
+        dot = sum((a * b).sum() for a, b in zip(target, poison))
+        norms = torch.sqrt(sum((a * a).sum() for a in target) * sum((b * b).sum() for b in poison))
+        return float(1 - dot / norms)
     for i, t in enumerate(targets.tolist()):
         x_t, y_t = ds.x_test[t:t + 1].to(dev), ds.y_test[t:t + 1].to(dev)
         adversarial = int((int(y_t) + 1 + i % 9) % 10)
@@ -377,6 +401,8 @@ def witches_brew_part(args, report):
         for name, fn in (("ours", ours), ("ART", art)):
             sample, (xp, yp) = h.timed(fn, dev)
             times[name].append(sample.wall)
+            changed = (xp != x).flatten(1).any(1)
+            alignment[name].append(alignment_loss(xp, yp, changed, x_t, adversarial))
             victim = train_classifier(_model(ds, 100 + i, dev), xp, yp, epochs=wb_epochs,
                                       batch_size=64, seed=100 + i)
             with torch.no_grad():
@@ -386,12 +412,14 @@ def witches_brew_part(args, report):
         f"images), each with its own adversarial class; budget {rate:.0%} ({round(rate * len(y))} "
         f"images), eps 16/255, {steps} steps, {restarts} restarts, signed Adam for both (ART: "
         "its tanh-parametrised noise and step schedule); each victim retrained from scratch "
-        f"({wb_epochs} epochs); poisoning time per target")
+        f"({wb_epochs} epochs); poisoning time per target; alignment loss: 1 - cos(poisons' "
+        "gradient, targets' adversarial gradient) on the surrogate, the same formula for both")
     for name in ("ours", "ART"):
         st = h.Stats.of(times[name])
         section.add_row(labels={"contender": name},
                         values={"ASR": sum(rows[name]) / len(rows[name]),
                                 "successes": f"{sum(rows[name])}/{len(rows[name])}",
+                                "alignment loss (median)": h.Stats.of(alignment[name]).median,
                                 "poison s (median)": st.median, "poison s (IQR)": st.iqr})
 
 

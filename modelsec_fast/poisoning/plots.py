@@ -45,6 +45,9 @@ def plot_asr_vs_epsilon(data: dict, path: str) -> str:
         if non_private is not None:
             ax.axhline(non_private, color=colour, linestyle=":", linewidth=1)
     ax.set_xscale("log")
+    ticks = sorted({e for s in data["series"].values() for e in s["epsilon"]})
+    ax.set_xticks(ticks, [f"{e:g}" for e in ticks])
+    ax.minorticks_off()
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlabel("DP-SGD epsilon (log scale)")
     ax.set_ylabel("attack success rate")
