@@ -21,7 +21,7 @@ from .clean_label import LabelConsistent, WitchesBrew
 from .dp_defence import EpsilonSweep, SweepPoint, asr_epsilon_sweep
 from .label_flip import LabelFlip
 from .metrics import BackdoorMetrics, accuracy, backdoor_metrics, defence_effectiveness_rating
-from .review import PoisoningReview, poisoning_review
+from .review import PoisoningReview, ReviewSizes, poisoning_review
 from .training import (dp_noise_multiplier, eval_mode, model_device, train_classifier,
                        train_private)
 from .triggers import BadNets, Blended, WaNet
@@ -32,4 +32,5 @@ __all__ = [
     "BackdoorMetrics", "backdoor_metrics", "defence_effectiveness_rating", "accuracy",
     "train_classifier", "train_private", "dp_noise_multiplier", "eval_mode", "model_device",
     "asr_epsilon_sweep", "EpsilonSweep", "SweepPoint", "poisoning_review", "PoisoningReview",
+    "ReviewSizes",
 ]

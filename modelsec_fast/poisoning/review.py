@@ -30,7 +30,45 @@ from .metrics import BackdoorMetrics, accuracy, backdoor_metrics
 from .training import train_classifier
 from .triggers import BadNets
 
-__all__ = ["PoisoningReview", "poisoning_review"]
+__all__ = ["PoisoningReview", "ReviewSizes", "poisoning_review"]
+
+
+@dataclass(frozen=True)
+class ReviewSizes:
+    """How much work :func:`poisoning_review` does: ``epochs`` per victim, STRIP's
+    ``strip_copies`` overlays per input, Neural Cleanse's ``nc_epochs``, and the
+    epsilon sweep's ``sweep_ks`` (poison counts), ``sweep_epsilons``, ``sweep_seeds``
+    (victims per cell; at least 2 for a confidence band) and ``sweep_epochs``.
+    :meth:`quick` and :meth:`full` are the presets ``quick=True``/``False`` pick."""
+
+    epochs: int
+    strip_copies: int
+    nc_epochs: int
+    sweep_ks: tuple[int, ...]
+    sweep_epsilons: tuple[float, ...]
+    sweep_seeds: int
+    sweep_epochs: int
+
+    def __post_init__(self):
+        check_int("epochs", self.epochs, 1)
+        check_int("strip_copies", self.strip_copies, 2)
+        check_int("nc_epochs", self.nc_epochs, 1)
+        check_int("sweep_seeds", self.sweep_seeds, 2)
+        check_int("sweep_epochs", self.sweep_epochs, 1)
+        if not self.sweep_ks or not self.sweep_epsilons:
+            raise ValueError(f"sweep_ks and sweep_epsilons must be non-empty, got "
+                             f"{self.sweep_ks!r} and {self.sweep_epsilons!r}")
+
+    @classmethod
+    def quick(cls) -> "ReviewSizes":
+        return cls(epochs=20, strip_copies=20, nc_epochs=30, sweep_ks=(1, 10),
+                   sweep_epsilons=(1.0, 8.0, math.inf), sweep_seeds=5, sweep_epochs=5)
+
+    @classmethod
+    def full(cls) -> "ReviewSizes":
+        return cls(epochs=40, strip_copies=50, nc_epochs=60, sweep_ks=(1, 2, 5, 10),
+                   sweep_epsilons=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf), sweep_seeds=5,
+                   sweep_epochs=10)
 
 
 @dataclass
@@ -116,7 +154,7 @@ def poisoning_review(data="digits", *, model: str = "small_cnn", target: int = 0
                      rate: float = 0.1, trigger_size: int = 3, seed: int = 0, quick: bool = True,
                      device: str | torch.device = "cpu", dp_sweep: bool = True,
                      defender_fraction: float = 0.2, train_size: int | None = None,
-                     test_size: int | None = None,
+                     test_size: int | None = None, sizes: ReviewSizes | None = None,
                      progress: Callable[[str], None] | None = None) -> PoisoningReview:
     """Runs the poisoning review (see the module docstring) and returns its record.
 
@@ -127,6 +165,7 @@ def poisoning_review(data="digits", *, model: str = "small_cnn", target: int = 0
         target, rate, trigger_size: the BadNets attack (all-to-one).
         seed: seeds everything (the split, the poisons, the weights, the defences).
         quick: smaller settings (seconds on the digits); False: the full review.
+        sizes: the work done (:class:`ReviewSizes`); default the preset ``quick`` picks.
         device: where the models train and the defences run.
         dp_sweep: run the ASR-against-epsilon sweep (MLP victims; the slowest stage).
         defender_fraction: the held-out clean share of the training set, in (0, 0.5].
@@ -154,9 +193,13 @@ def poisoning_review(data="digits", *, model: str = "small_cnn", target: int = 0
         clock = now
         say(f"poisoning review: {name} ({timings[name]:.1f} s)")
 
+    if sizes is None:
+        sizes = ReviewSizes.quick() if quick else ReviewSizes.full()
+    elif not isinstance(sizes, ReviewSizes):
+        raise TypeError(f"sizes must be a ReviewSizes, got {type(sizes).__name__}")
     ds = _load(data, train_size, test_size, seed)
     device = torch.device(device)
-    epochs = 20 if quick else 40
+    epochs = sizes.epochs
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(ds.y_train), generator=g)
     n_def = max(int(round(defender_fraction * len(order))), 1)
@@ -194,14 +237,14 @@ def poisoning_review(data="digits", *, model: str = "small_cnn", target: int = 0
     # Overlays and calibration from separate halves: an input blended with itself is
     # confidently classified, which would lower the clean entropies and the threshold.
     half = len(y_def) // 2
-    strip = STRIP(victim, x_def[:half], n_copies=20 if quick else 50, seed=seed,
+    strip = STRIP(victim, x_def[:half], n_copies=sizes.strip_copies, seed=seed,
                   frr=0.01 if len(y_def) - half >= 100 else 0.05)
     strip.calibrate(x_def[half:])
     evaluation = attack.evaluation_set(x_te, y_te)
     strip_eval = strip.evaluate(x_te, evaluation.x)
     lap("strip")
 
-    nc = NeuralCleanse(victim, epochs=30 if quick else 60, batch_size=32, seed=seed)
+    nc = NeuralCleanse(victim, epochs=sizes.nc_epochs, batch_size=32, seed=seed)
     nc_result = nc.reverse_engineer(x_def, y_def)
     lap("neural_cleanse")
 
@@ -230,9 +273,9 @@ def poisoning_review(data="digits", *, model: str = "small_cnn", target: int = 0
                                hidden=(64,) if flat <= 256 else (256,)).to(device)
 
         sweep = asr_epsilon_sweep(
-            mlp, x_tr, y_tr, x_te, y_te, ks=(1, 10) if quick else (1, 2, 5, 10),
-            epsilons=(1.0, 8.0, math.inf) if quick else (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf),
-            seeds=5, target=target, trigger_size=trigger_size, epochs=5 if quick else 10)
+            mlp, x_tr, y_tr, x_te, y_te, ks=sizes.sweep_ks, epsilons=sizes.sweep_epsilons,
+            seeds=sizes.sweep_seeds, target=target, trigger_size=trigger_size,
+            epochs=sizes.sweep_epochs)
         figures["asr_vs_epsilon"] = {
             "series": {k: sweep.series(k) for k in sweep.ks},
             "non_private": {p.k: p.asr_mean for p in sweep.points if math.isinf(p.epsilon)},
@@ -246,6 +289,7 @@ def poisoning_review(data="digits", *, model: str = "small_cnn", target: int = 0
     if backdoor.asr is not None and backdoor.asr < 0.9:
         notes.append(f"the backdoor is weak (ASR {backdoor.asr:.1%}): detection figures mean less")
     settings = {"seed": seed, "quick": quick, "device": str(device), "target": target,
+                "nc_epochs": sizes.nc_epochs, "strip_copies": sizes.strip_copies,
                 "rate": rate, "trigger_size": trigger_size, "epochs": epochs,
                 "n_train": len(y_tr), "n_defender": n_def, "n_test": len(y_te),
                 "feature_side": side}
