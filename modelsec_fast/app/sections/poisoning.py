@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..report.document import Block, BulletList, Figure, Paragraph, Subheading, Table
+from ..report.document import Block, BulletList, Figure, Paragraph, Skipped, Subheading, Table
 from .formatting import percent
 
 __all__ = ["PoisoningSection", "BackdoorScanSection"]
@@ -42,14 +42,16 @@ def _mitigation_row(m) -> tuple[str, ...]:
 @dataclass
 class PoisoningSection:
     """``review``: a :class:`~modelsec_fast.poisoning.PoisoningReview` (BadNets victim,
-    detectors, STRIP, Neural Cleanse, mitigations, optional epsilon sweep)."""
+    detectors, STRIP, Neural Cleanse, mitigations, optional epsilon sweep);
+    ``sweep_skipped``: why the review has no epsilon sweep (rendered in its place)."""
 
     review: Any
+    sweep_skipped: str | None = None
     key = "poisoning"
     title = _TITLE
 
     def to_json(self) -> dict:
-        return self.review.to_json()
+        return {**self.review.to_json(), "dp_sweep_skipped": self.sweep_skipped}
 
     def blocks(self, figure_dir: str) -> list[Block]:
         from modelsec_fast.poisoning.plots import save_figures
@@ -120,6 +122,9 @@ class PoisoningSection:
             ]
             if "asr_vs_epsilon" in figures:
                 blocks.append(Figure(figures["asr_vs_epsilon"], "ASR against epsilon"))
+        elif self.sweep_skipped:
+            blocks += [Subheading("DP-SGD as a defence: ASR against epsilon"),
+                       Skipped(self.sweep_skipped)]
         if r.notes:
             blocks.append(BulletList(r.notes))
         return blocks
