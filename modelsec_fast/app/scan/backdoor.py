@@ -32,6 +32,9 @@ __all__ = ["run", "MIN_INPUTS"]
 SALT = 14  # this stage's generator salt (issue 14)
 MIN_INPUTS = 60  # a third of them calibrates STRIP at a 5% false rejection rate
 STRIP_COPIES = 20
+# Neural Cleanse feeds every input through all K triggers at once: a step holds
+# K x batch triggered images; this caps their pixel count (batch shrinks to fit).
+MAX_TRIGGERED_VALUES = 1 << 22
 MAX_TRAIN = 2000  # training records the unlearning fine-tunes on
 UNLEARN_BATCH = 128
 
@@ -62,7 +65,8 @@ def _trigger_success(model: nn.Module, nc, x: torch.Tensor, label: int) -> float
 def run(inputs: ScanInputs):
     """Neural Cleanse, STRIP and (when possible) unlearning on the user's model; a
     :class:`~modelsec_fast.app.sections.poisoning.BackdoorScanSection`, or a
-    ``SkippedSection`` for non-image data, fewer than 3 classes or too few test inputs."""
+    ``SkippedSection`` for non-image data, fewer than 3 classes, too few test inputs,
+    or a single input through all K triggers above :data:`MAX_TRIGGERED_VALUES`."""
     from modelsec_fast.defenses.neural_cleanse import NeuralCleanse, unlearn
     from modelsec_fast.defenses.strip import STRIP
 
@@ -77,12 +81,18 @@ def run(inputs: ScanInputs):
     if len(x) < MIN_INPUTS:
         return SkippedSection(key, title, f"needs at least {MIN_INPUTS} test inputs, got "
                               f"{len(x)}")
+    per_input = inputs.num_classes * x[0].numel()
+    if per_input > MAX_TRIGGERED_VALUES:
+        return SkippedSection(key, title, f"Neural Cleanse's batched search needs "
+                              f"{inputs.num_classes} triggered copies of each "
+                              f"{'x'.join(map(str, x.shape[1:]))} input at once "
+                              f"({per_input} values, above the {MAX_TRIGGERED_VALUES} allowed)")
     lo, hi = (float(v) for v in inputs.input_range)
     model = inputs.model if (lo, hi) == (0.0, 1.0) else _UnitRange(inputs.model, lo, hi)
     u = _to_unit(x, lo, hi)
     seed = int(torch.randint(2**31 - 1, (1,), generator=inputs.generator(SALT)))
 
-    batch = min(32, len(u))
+    batch = min(32, len(u), MAX_TRIGGERED_VALUES // per_input)
     steps = inputs.budget.optimisation_steps
     epochs = max(1, round(steps / math.ceil(len(u) / batch)))
     inputs.log(f"backdoor: Neural Cleanse over {inputs.num_classes} classes, {epochs} epochs "

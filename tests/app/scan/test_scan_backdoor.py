@@ -14,6 +14,7 @@ from torch import nn
 
 from modelsec_fast.app.report import Figure, Paragraph, SkippedSection, Table
 from modelsec_fast.app.scan import Budget, ScanInputs
+from modelsec_fast.app.scan import backdoor
 from modelsec_fast.app.scan.backdoor import run
 from modelsec_fast.app.sections.poisoning import BackdoorScanSection
 
@@ -113,7 +114,10 @@ def test_backdoor_stage_maps_another_input_range(random_seed):
     model = nn.Sequential(_Affine(), inner).eval()  # takes v in [-1, 1], feeds (v + 1) / 2
     inputs = _inputs(model, random_seed)
     inputs.x, inputs.input_range = 2 * inputs.x - 1, (-1.0, 1.0)
-    assert run(inputs).neural_cleanse.flagged == [TARGET]
+    mapped = run(inputs).neural_cleanse
+    direct = run(_inputs(inner, random_seed)).neural_cleanse  # the same model on [0, 1]
+    assert mapped.flagged == direct.flagged == [TARGET]
+    assert mapped.l1_norms == pytest.approx(direct.l1_norms, rel=1e-3)
 
 
 class _Affine(nn.Module):
@@ -121,7 +125,7 @@ class _Affine(nn.Module):
         return (v + 1) / 2
 
 
-def test_backdoor_stage_skips_what_it_cannot_inspect():
+def test_backdoor_stage_skips_what_it_cannot_inspect(monkeypatch):
     tabular = _inputs(_model(backdoor=True), 0)
     tabular.x, tabular.is_image = tabular.x.flatten(1), False
     skipped = run(tabular)
@@ -130,3 +134,13 @@ def test_backdoor_stage_skips_what_it_cannot_inspect():
     few.x, few.y = few.x[:30], few.y[:30]
     skipped = run(few)
     assert isinstance(skipped, SkippedSection) and "at least 60 test inputs" in skipped.reason
+    monkeypatch.setattr(backdoor, "MAX_TRIGGERED_VALUES", CLASSES * SIDE * SIDE - 1)
+    skipped = run(_inputs(_model(backdoor=True), 0))
+    assert isinstance(skipped, SkippedSection) and "9 triggered copies of each 1x14x14" \
+        in skipped.reason
+
+
+def test_backdoor_stage_shrinks_its_batch_to_the_memory_cap(monkeypatch):
+    monkeypatch.setattr(backdoor, "MAX_TRIGGERED_VALUES", 8 * CLASSES * SIDE * SIDE)
+    section = run(_inputs(_model(backdoor=True), 0))
+    assert section.settings["batch_size"] == 8
