@@ -9,7 +9,7 @@
 #
 # Run it on a quiet host: on 2 cores, any other process stalls 2-thread torch code (see
 # RESULTS.md). The durations below are estimates for the 2-vCPU host of RESULTS.md, quiet;
-# about 40 minutes in all, 22 of them the interleaved-floor run. Fashion-MNIST
+# about 55 minutes in all, 22 of them the interleaved-floor run. Fashion-MNIST
 # (/usr/share/datasets/fashion-mnist) should be installed: without it the attacks'
 # evaluation, the adversarial training and the audit fall back to sklearn digits (and say so).
 # To repeat a run with freed memory kept in the process (RESULTS.md, attacks), put
@@ -73,6 +73,10 @@ run audit bench/bench_audit.py --no-progress
 # Captum chunked and unchunked, peak RSS per subprocess. Without a working torchvision it
 # runs the CIFAR ResNet-18 and leaves Captum unchunked out (tens of GB); then about 45 minutes.
 run explain bench/bench_explain.py --threads 2
+# Poisoning against ART 1.20: detectors (precomputed features and end to end), STRIP, BadNets,
+# Witches' Brew over 10 retrained victims, Neural Cleanse and mitigations on Fashion-MNIST,
+# the DP-SGD ASR-vs-epsilon sweep with its plot. About 15 minutes.
+run poisoning bench/bench_poisoning.py --threads 1 --plot bench/poisoning_asr_vs_epsilon.png
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "failed: ${failed[*]}"

@@ -23,7 +23,7 @@ import torch
 
 __all__ = [
     "check_real", "check_positive", "check_non_negative", "check_in_range", "check_int",
-    "check_choice", "check_pixel_range", "check_input_pixels", "check_normalization", "to_pixels", "to_model_space",
+    "check_class", "check_choice", "check_pixel_range", "check_input_pixels", "check_normalization", "to_pixels", "to_model_space",
     "PIXEL_LO", "PIXEL_HI", "NORMALIZED_RANGE_SLACK",
 ]
 
@@ -103,6 +103,15 @@ def check_int(name: str, value, minimum: int | None = None, *, maximum: int | No
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_class(name: str, value, num_classes: int) -> int:
+    """``value`` as an int; TypeError for a non-integer, ValueError unless it is a class
+    index in [0, num_classes) (a target or source label of an attack)."""
+    value = check_int(name, value, 0)
+    if value >= num_classes:
+        raise ValueError(f"{name} must be a class in [0, {num_classes}), got {value}")
     return value
 
 

@@ -2,14 +2,16 @@
 
 :func:`run_demo` trains a baseline, a DP-SGD model and an adversarially trained
 model on one dataset, attacks each (FGSM, PGD, APGD) over a grid of L-inf radii,
-runs the membership-inference audit (loss threshold and LiRA with shadow models)
-and the one-run canary audit of the DP-SGD recipe, and writes the report
+runs the membership-inference audit (loss threshold and LiRA with shadow models),
+the one-run canary audit of the DP-SGD recipe and the poisoning review (a BadNets
+victim, its detection and repair, DP-SGD as a defence), and writes the report
 (``report.md``, ``report.json`` and PNG plots), one section per analysis. The
 sizes it uses are fixed in :data:`DEMO_SETTINGS` and printed in the report.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -20,6 +22,7 @@ from .report import ReportFiles, ReportMeta, Section, SkippedSection, build_sect
 from .robustness import DEFAULT_ATTACKS
 from .sections import (AccountantSection, CanaryAuditSection, MembershipSection, ModelsSection,
                        RobustnessSection, SettingsSection, TrainingSummary)
+from .sections.poisoning import PoisoningSection
 
 __all__ = ["DEMO_SETTINGS", "HEADLINE_EPS", "run_demo"]
 
@@ -36,6 +39,13 @@ DEMO_SETTINGS = {
     "audited": (("baseline", "dp", "adv"), ("baseline", "dp")),
     # Caps on (training pool, test set): a fixed seeded subset of larger data.
     "max_sizes": ((4000, 1000), (1000, 300)),
+    # The poisoning review's ReviewSizes (its victims are small_cnn whatever the model);
+    # quick mode skips its DP-SGD sweep (dozens of private trainings).
+    "poisoning": (dict(epochs=20, strip_copies=20, nc_epochs=30, sweep_ks=(1, 10),
+                       sweep_epsilons=(1.0, 8.0, math.inf), sweep_seeds=5, sweep_epochs=5),
+                  dict(epochs=8, strip_copies=10, nc_epochs=10, sweep_ks=(1,),
+                       sweep_epsilons=(1.0, math.inf), sweep_seeds=2, sweep_epochs=1)),
+    "poisoning_sweep": (True, False),
 }
 HEADLINE_EPS = 0.1  # the adversarial-training radius and the log's headline eps
 TITLE = "modelsec-fast report"
@@ -118,6 +128,8 @@ def run_demo(*, data: str = "digits", out: str = "report", quick: bool = False,
                                   lambda: run.membership_section(trained, audited),
                                   raise_errors=raise_errors))
     sections.append(run.canary_section(trained))
+    sections.append(build_section(PoisoningSection.key, PoisoningSection.title,
+                                  run.poisoning_section, raise_errors=raise_errors))
     meta.total_time_s = time.perf_counter() - started
     files = write_report(out, TITLE, meta, sections, raise_errors=raise_errors)
     log(f"report: {files.markdown} ({meta.total_time_s:.0f} s)")
@@ -245,3 +257,15 @@ class _DemoRun:
             return CanaryAuditSection(result, label)
 
         return build_section(key, title, audit, raise_errors=self.raise_errors)
+
+    def poisoning_section(self):
+        from modelsec_fast.poisoning import ReviewSizes, poisoning_review
+
+        sizes, sweep = ReviewSizes(**self.setting["poisoning"]), self.setting["poisoning_sweep"]
+        self.log(f"[poisoning] BadNets victim (small_cnn, {sizes.epochs} epochs), detectors, "
+                 "STRIP, Neural Cleanse, mitigations"
+                 + (f", DP-SGD sweep ({sizes.sweep_seeds} seeds)" if sweep else ""))
+        review = poisoning_review(self.ds, model="small_cnn", seed=self.seed, sizes=sizes,
+                                  device=self.device, dp_sweep=sweep, progress=self.log)
+        return PoisoningSection(review, sweep_skipped=None if sweep else (
+            "quick mode: the full demo runs it"))

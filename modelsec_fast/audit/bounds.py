@@ -24,7 +24,7 @@ import numpy as np
 from scipy.stats import beta as beta_dist
 
 __all__ = ["DESIGNS", "EpsilonBound", "clopper_pearson", "epsilon_from_counts",
-           "empirical_epsilon"]
+           "empirical_epsilon", "group_distance", "group_privacy_bound"]
 
 # Membership designs, and whether Clopper-Pearson DP bounds are valid under them.
 DESIGNS = {"coin_flip": True, "repeated_runs": True, "split": False}
@@ -132,3 +132,57 @@ def _halves(a: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     order = rng.permutation(len(a))
     half = len(a) // 2
     return a[order[:half]], a[order[half:]]
+
+
+# ------------------------------------------------------------------ group privacy
+def group_distance(k: int, replaced: bool) -> int:
+    """How many add/remove-one steps separate a data set from its poisoned version:
+    ``k`` inserted records are k steps away, ``k`` replaced records 2k (remove, add)."""
+    from ..validation import check_int
+
+    k = check_int("k", k, 0)
+    return 2 * k if replaced else k
+
+
+def group_privacy_bound(p: float, epsilon: float, delta: float, k: int, *,
+                        replaced: bool = True) -> float:
+    """Upper bound on an event's probability once ``k`` records are poisoned.
+
+    A mechanism that is (epsilon, delta)-DP for add/remove-one neighbours is
+    ``(k' epsilon, k' e^{(k'-1) epsilon} delta)``-DP for data sets ``k'`` steps apart
+    (group privacy), with ``k' = k`` for inserted and ``2k`` for replaced records
+    (:func:`group_distance`). An event of probability ``p`` on the clean data (e.g.
+    "the model sends this triggered input to the target class") then has probability
+    at most ``min(1, e^{k' epsilon} p + k' e^{(k'-1) epsilon} delta)`` on the poisoned
+    data. By linearity and the concavity of this bound in ``p``, it also bounds the
+    expected attack success rate given the clean model's expected rate ``p``.
+    The bound is vacuous (1) once ``k' epsilon`` is large: a 10% poison rate makes
+    ``k'`` hundreds, and then only ``epsilon`` far below 1 keeps it informative.
+
+    Args:
+        p: the event's probability on the clean data, in [0, 1].
+        epsilon: >= 0 (``math.inf`` gives 1). delta: in [0, 1].
+        k: poisoned records (>= 0); ``replaced``: True for replaced records (BadNets,
+            label flips, clean-label perturbations), False for inserted ones.
+
+    Raises:
+        TypeError / ValueError: arguments out of range.
+    """
+    from ..validation import check_in_range
+
+    p = check_in_range("p", p, 0.0, 1.0)
+    if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+            and epsilon == math.inf):
+        epsilon = check_in_range("epsilon", epsilon, 0.0, math.inf, high_open=True)
+    delta = check_in_range("delta", delta, 0.0, 1.0)
+    kk = group_distance(k, replaced)
+    if kk == 0:
+        return p
+    if epsilon == math.inf:
+        return 1.0
+    # In logs first: e^{k' eps} overflows long before the bound stops being 1.
+    log_terms = [kk * epsilon + math.log(p) if p > 0 else -math.inf,
+                 math.log(kk) + (kk - 1) * epsilon + math.log(delta) if delta > 0 else -math.inf]
+    if max(log_terms) >= 0.0:
+        return 1.0
+    return min(1.0, sum(math.exp(t) for t in log_terms))

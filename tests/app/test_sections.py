@@ -102,7 +102,10 @@ def test_demo_with_a_failing_analysis_writes_the_rest_and_exits_1(tmp_path, monk
     from modelsec_fast.app import demo, robustness
 
     for name, quick in {"epochs": 2, "dp_epochs": 2, "adv_epochs": 1, "canary_m": 50,
-                        "canary_r": 10, "max_sizes": (200, 60)}.items():
+                        "canary_r": 10, "max_sizes": (200, 60),
+                        "poisoning": dict(epochs=2, strip_copies=2, nc_epochs=1, sweep_ks=(1,),
+                                          sweep_epsilons=(1.0,), sweep_seeds=2,
+                                          sweep_epochs=1)}.items():
         monkeypatch.setitem(demo.DEMO_SETTINGS, name, (demo.DEMO_SETTINGS[name][0], quick))
 
     def broken_curve(*args, **kwargs):
@@ -117,7 +120,8 @@ def test_demo_with_a_failing_analysis_writes_the_rest_and_exits_1(tmp_path, monk
     report = json.load(open(os.path.join(out, "report.json")))
     status = {k: s["status"] for k, s in report["sections"].items()}
     assert status == {"settings": "ok", "models": "ok", "robustness": "failed",
-                      "accountant": "ok", "membership": "ok", "canary_audit": "ok"}
+                      "accountant": "ok", "membership": "ok", "canary_audit": "ok",
+                      "poisoning": "ok"}
     assert report["sections"]["robustness"]["error"] == "RuntimeError: attack diverged"
     text = open(os.path.join(out, "report.md")).read()
     assert "## Robustness: accuracy under attack\n\n**Failed:** RuntimeError: attack diverged" \

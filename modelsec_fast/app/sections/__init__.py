@@ -8,6 +8,7 @@ threat family adds its own module here and the pipelines that run it append it.
 * :class:`AccountantSection`: the DP accountant's epsilon.
 * :class:`MembershipSection`: membership inference (loss threshold, LiRA).
 * :class:`CanaryAuditSection`: the one-run canary audit of DP-SGD.
+* :class:`PoisoningSection`, :class:`BackdoorScanSection`: data poisoning and backdoors.
 """
 
 from .accountant import AccountantSection
@@ -16,6 +17,8 @@ from .membership import MembershipSection
 from .models import ModelsSection, TrainingSummary
 from .robustness import RobustnessSection
 from .settings import SettingsSection
+from .poisoning import BackdoorScanSection, PoisoningSection
 
 __all__ = ["SettingsSection", "ModelsSection", "TrainingSummary", "RobustnessSection",
-           "AccountantSection", "MembershipSection", "CanaryAuditSection"]
+           "AccountantSection", "MembershipSection", "CanaryAuditSection",
+           "PoisoningSection", "BackdoorScanSection"]
