@@ -76,6 +76,8 @@ class FunctionallyEquivalentExtraction:
         scale, line_range: the unbounded domain's input scale and line half-length
             (default ``20 * scale * sqrt(d)``).
         query_dtype: dtype of the inputs sent to the victim (float64 for exactness).
+        max_hidden: the most hidden units expected; a line that bends more often
+            means the victim is not such a network, and the attack stops.
         verify_points: fresh random queries the result is checked on.
         tol: relative tolerance of the linearity checks (float64 rounding: 1e-7).
         seed: the lines and the random fit and verification points.
@@ -90,7 +92,8 @@ class FunctionallyEquivalentExtraction:
                  domain: tuple[float, float] | None = None, lines: int = 3,
                  max_lines: int = 12, grid: int = 256, scale: float = 1.0,
                  line_range: float | None = None, query_dtype: torch.dtype = torch.float64,
-                 verify_points: int = 1000, tol: float = 1e-7, seed: int = 0):
+                 max_hidden: int = 512, verify_points: int = 1000, tol: float = 1e-7,
+                 seed: int = 0):
         if not isinstance(victim, Victim):
             raise TypeError(f"victim must be a Victim, got {type(victim).__name__}")
         if victim.output not in ("logits", "probabilities"):
@@ -112,6 +115,7 @@ class FunctionallyEquivalentExtraction:
         self.line_range = (20.0 * self.scale * math.sqrt(self.d) if line_range is None
                            else check_positive("line_range", line_range))
         self.query_dtype = query_dtype
+        self.max_hidden = check_int("max_hidden", max_hidden, 1)
         self.verify_points = check_int("verify_points", verify_points, 1)
         self.tol = check_positive("tol", tol)
         self.seed = check_int("seed", seed)
@@ -198,6 +202,13 @@ class FunctionallyEquivalentExtraction:
             split = ~linear & ~single
             if not bool(split.any()):
                 break
+            if int(split.sum()) > 4 * self.grid:
+                # A ReLU network bends once per hidden unit along a line; a victim that
+                # needs ever more intervals is curved, and the search would not end.
+                raise RuntimeError(
+                    f"the victim is not piecewise linear along a line ({int(split.sum())} "
+                    "intervals still bend after refining): not a one-hidden-layer ReLU "
+                    "network")
             a, b, fa, fb, sa, sb = a[split], b[split], fa[split], fb[split], sa[split], sb[split]
             m = (a + b) / 2
             eps = 1e-4 * (b - a)
@@ -253,6 +264,11 @@ class FunctionallyEquivalentExtraction:
             for _ in range(self.lines if lines_done == 0 else 1):
                 x0, v, tmin, tmax = self._line()
                 ts = self._bends(x0, v, tmin, tmax)
+                if len(ts) > self.max_hidden:
+                    raise RuntimeError(
+                        f"the victim is not piecewise linear with at most max_hidden="
+                        f"{self.max_hidden} pieces along a line ({len(ts)} bends found): not "
+                        "a one-hidden-layer ReLU network of that size")
                 if len(ts):
                     units.append(self._units(x0, v, ts, tmin, tmax))
                 self._searched.append((x0, v))
