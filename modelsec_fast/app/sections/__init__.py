@@ -8,6 +8,8 @@ threat family adds its own module here and the pipelines that run it append it.
 * :class:`AccountantSection`: the DP accountant's epsilon.
 * :class:`MembershipSection`: membership inference (loss threshold, LiRA).
 * :class:`CanaryAuditSection`: the one-run canary audit of DP-SGD.
+* :class:`StealingSection`: model stealing, output defences, PRADA, ownership.
+* :class:`InversionSection`: gradient inversion, plain and through DP-SGD.
 """
 
 from .accountant import AccountantSection
@@ -16,6 +18,9 @@ from .membership import MembershipSection
 from .models import ModelsSection, TrainingSummary
 from .robustness import RobustnessSection
 from .settings import SettingsSection
+from .inversion import InversionSection
+from .stealing import DefendedExtraction, StealingSection
 
 __all__ = ["SettingsSection", "ModelsSection", "TrainingSummary", "RobustnessSection",
-           "AccountantSection", "MembershipSection", "CanaryAuditSection"]
+           "AccountantSection", "MembershipSection", "CanaryAuditSection",
+           "StealingSection", "DefendedExtraction", "InversionSection"]
