@@ -4,11 +4,14 @@ Part 1, extraction: a victim MLP is trained on one half of the training data; th
 attacker's pool is the other half, the held-out set the test data. At each query
 budget, a fresh thief (the victim's architecture, one init seed for all) is stolen
 by our ``Copycat`` (labels) and ``KnockoffNets`` (random sampling, probabilities),
-and by ART's ``CopycatCNN`` and ``KnockoffNets`` (random, ``use_probability=True``)
-twice: with ART's default batch sizes (1 to query, 1 to fit) and at our batch sizes
-(256 to query, 64 to fit). Every contender trains the same number of epochs.
+and by ART's ``CopycatCNN`` and ``KnockoffNets`` (random, ``use_probability=True``;
+ART's victim ends in a softmax, so that it answers probabilities as ours does).
+Contenders: ours with its defaults (``ThiefTraining()``: 30 epochs, at least 300
+steps of 64) against ART with its defaults (10 epochs, batch size 1 to query and
+to fit), then both at equal settings (``--epochs`` epochs, 256 to query, 64 to fit).
 Reported: the thief's accuracy and fidelity (agreement with the victim) on the
-held-out set, wall and CPU time, ratios to our attack.
+held-out set, wall and CPU time; ratios: ART's defaults to ours with its defaults,
+equal settings to ours at equal settings.
 
 Part 2, gradient inversion (no ART counterpart): one-image updates of untrained
 digits models; Inverting Gradients on a small ConvNet, iDLG and the analytic
@@ -63,9 +66,9 @@ def extraction_part(args, report) -> None:
     pool = ds.x_train[pool_idx]
     budgets = [b for b in args.budgets if b <= len(pool)]
     art = h.optional_import("art", report, "ART's extraction attacks")
-    training = ThiefTraining(epochs=args.epochs, batch_size=64, min_steps=0)
+    equal = ThiefTraining(epochs=args.epochs, batch_size=64, min_steps=0)
 
-    def ours(kind, budget):
+    def ours(kind, budget, training):
         def run():
             v = Victim.from_model(victim, budget=budget,
                                   output="labels" if kind == "copycat" else "probabilities")
@@ -77,7 +80,7 @@ def extraction_part(args, report) -> None:
             return result.accuracy, result.fidelity
         return run
 
-    def theirs(kind, budget, query_batch, fit_batch):
+    def theirs(kind, budget, query_batch, fit_batch, epochs):
         from art.attacks.extraction import CopycatCNN
         from art.attacks.extraction import KnockoffNets as ArtKnockoff
         from art.estimators.classification import PyTorchClassifier
@@ -90,15 +93,15 @@ def extraction_part(args, report) -> None:
 
         def run():
             np.random.seed(0)
-            victim_art = classifier(victim)
+            victim_art = classifier(nn.Sequential(victim, nn.Softmax(dim=1)))
             thief = _mlp(shape, 1)
             if kind == "copycat":
                 attack = CopycatCNN(victim_art, batch_size_fit=fit_batch,
-                                    batch_size_query=query_batch, nb_epochs=args.epochs,
+                                    batch_size_query=query_batch, nb_epochs=epochs,
                                     nb_stolen=budget)
             else:
                 attack = ArtKnockoff(victim_art, batch_size_fit=fit_batch,
-                                     batch_size_query=query_batch, nb_epochs=args.epochs,
+                                     batch_size_query=query_batch, nb_epochs=epochs,
                                      nb_stolen=budget, sampling_strategy="random",
                                      use_probability=True, verbose=False)
             attack.extract(pool.numpy(), thieved_classifier=classifier(thief))
@@ -107,17 +110,22 @@ def extraction_part(args, report) -> None:
 
     for kind, title in (("copycat", "Copycat (labels)"),
                         ("knockoff", "KnockoffNets (random, probabilities)")):
+        mine = f"ours ({args.epochs} epochs)"
+        baseline = {"ours": "ours", "ART (defaults)": "ours", mine: mine,
+                    f"ART ({args.epochs} epochs, batch 256/64)": mine}
         section = report.section(
-            f"{title} against ART 1.20", baseline="ours",
+            f"{title} against ART 1.20", baseline=baseline,
             note=f"{ds.describe()}; victim MLP (256 hidden) on {len(private)} images, "
-                 f"held-out accuracy {100 * victim_acc:.1f}%; pool {len(pool)} images; every "
-                 f"thief trains {args.epochs} epochs; ours queries 256 and fits 64 per batch")
+                 f"held-out accuracy {100 * victim_acc:.1f}%; pool {len(pool)} images; ours "
+                 "queries 256 per batch")
         for budget in budgets:
-            contenders = {"ours": ours(kind, budget)}
+            contenders = {"ours": ours(kind, budget, ThiefTraining())}
+            if art is not None and budget <= args.art_default_max:
+                contenders["ART (defaults)"] = theirs(kind, budget, 1, 1, 10)
+            contenders[mine] = ours(kind, budget, equal)
             if art is not None:
-                contenders["ART (batch 256/64)"] = theirs(kind, budget, 256, 64)
-                if budget <= args.art_default_max:
-                    contenders["ART (default batch 1/1)"] = theirs(kind, budget, 1, 1)
+                contenders[f"ART ({args.epochs} epochs, batch 256/64)"] = theirs(
+                    kind, budget, 256, 64, args.epochs)
             measured = h.measure(contenders, device="cpu", rounds=args.rounds, warmup=0)
             for row in section.add(measured, labels={"queries": budget}):
                 acc, fid = measured.results[row.contender]
@@ -191,7 +199,7 @@ def main(argv=None) -> dict:
                         help="query budgets, comma-separated (default 250,1000,5000; "
                              "quick 100,400)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="thief epochs, every contender (default 10, ART's; quick 5)")
+                        help="thief epochs at equal settings (default 10, ART's; quick 5)")
     parser.add_argument("--victim-epochs", type=int, default=None, help="default 20 (quick 10)")
     parser.add_argument("--art-default-max", type=int, default=None,
                         help="largest budget ART runs at batch size 1 (default 1000; quick 400)")
