@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from modelsec_fast.app.report import Figure, Table
 from modelsec_fast.app.scan.extraction import measure_stealing

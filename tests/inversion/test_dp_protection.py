@@ -3,7 +3,6 @@ multiplier 1 and clipping bound 1, a reconstruction is no closer to its image th
 another image of the same class; from the plain gradient it is far closer."""
 
 import pytest
-import torch
 
 from modelsec_fast.inversion import IDLG, AnalyticLinearRecovery, dp_protection
 from tests.inversion.inversion_helpers import mlp, same_class_pairs

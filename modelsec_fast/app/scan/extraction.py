@@ -148,7 +148,8 @@ def pixel_model(inputs: ScanInputs) -> tuple[nn.Module, Callable[[torch.Tensor],
     low, high = (float(v) for v in inputs.input_range)
     if (low, high) == (0.0, 1.0):
         return inputs.model, lambda x: x
-    return _UnitBox(inputs.model, low, high).eval(), lambda x: ((x - low) / (high - low)).clamp(0, 1)
+    unit = _UnitBox(inputs.model, low, high).eval()
+    return unit, lambda x: ((x - low) / (high - low)).clamp(0, 1)
 
 
 def generic_thief(inputs: ScanInputs) -> tuple[Callable[[], nn.Module], str]:

@@ -4,8 +4,9 @@
 test images is the batch of one training step on the model; the analytic recovery
 of the first layer's input (a model that begins with a fully connected layer) or
 else iDLG reconstructs it from the plain gradient and from the update the DP-SGD
-engine releases at each noise multiplier (:func:`~modelsec_fast.inversion.dp_protection`), and the PSNR
-against another test image of the same class is the baseline. :func:`run` feeds it
+engine releases at each noise multiplier
+(:func:`~modelsec_fast.inversion.dp_protection`); the PSNR against another test
+image of the same class is the baseline. :func:`run` feeds it
 the scan's inputs.
 """
 

@@ -72,7 +72,9 @@ class StealingSection:
                 "Dataset inference (Maini et al. 2021): a model derived from ours has "
                 "lower loss on our private training data than on public data of the same "
                 "distribution; the p-value is a one-sided Welch t-test. A small p-value is "
-                "evidence that the suspect was derived from our model or data."),
+                "evidence that the suspect was derived from our model or data; the test's "
+                "power grows with our model's gap between training and test loss, so a "
+                "model that barely overfits may leave even a copy unflagged."),
                 self._ownership_table()]
         if self.notes:
             blocks.append(BulletList([f"note: {n}" for n in self.notes]))
