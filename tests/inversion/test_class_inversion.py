@@ -9,9 +9,12 @@ from modelsec_fast.inversion import ClassInversion, total_variation
 
 
 def _logistic(seed):
-    """A binary logistic model on 4x4 images: logits (0, w.x + b)."""
+    """A binary logistic model on 4x4 images: logits (0, w.x + b). |w_i| in [0.1, 0.2] and
+    |b| <= 0.5 keep p(1 - p), the gradient's scale, away from 0 on the whole box, so
+    that every pixel reaches its bound in a few hundred steps."""
     g = torch.Generator().manual_seed(seed)
-    w, b = torch.randn(16, generator=g) * 0.5, torch.randn(1, generator=g) * 0.5
+    w = torch.sign(torch.randn(16, generator=g)) * (0.1 + 0.1 * torch.rand(16, generator=g))
+    b = (torch.rand(1, generator=g) - 0.5)
     layer = nn.Linear(16, 2)
     with torch.no_grad():
         layer.weight.copy_(torch.stack([torch.zeros(16), w]))
