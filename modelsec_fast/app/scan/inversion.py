@@ -26,7 +26,8 @@ from .inputs import ScanInputs
 
 __all__ = ["NOISE_MULTIPLIERS", "attack_for", "measure_inversion", "same_class_pairs", "run"]
 
-NOISE_MULTIPLIERS = (0.1, 1.0)
+# From barely any noise, where the image still leaks, to DP-SGD's usual range.
+NOISE_MULTIPLIERS = (0.001, 0.01, 0.1, 1.0)
 
 
 def same_class_pairs(x: torch.Tensor, y: torch.Tensor, n: int

@@ -45,7 +45,8 @@ class InversionSection:
                       f"releases reconstructs the image ({p.attack}{steps}). The plain "
                       "gradient is what federated learning sends without protection; the DP "
                       f"rows are the update the DP-SGD engine releases (clipped to {clip:g}, "
-                      "Gaussian noise of std sigma times the clip). PSNR against another image "
+                      "Gaussian noise of std sigma times the clip; each image's noise is one "
+                      "draw, scaled by sigma). PSNR against another image "
                       "of the same class is the baseline: a reconstruction no closer to its "
                       "own image than to that one reveals nothing beyond the class."),
             Table(["update", "PSNR (dB)", "PSNR vs same-class image (dB)", "SSIM",
