@@ -23,6 +23,8 @@ from .robustness import DEFAULT_ATTACKS
 from .sections import (AccountantSection, CanaryAuditSection, MembershipSection, ModelsSection,
                        RobustnessSection, SettingsSection, TrainingSummary)
 from .sections.poisoning import PoisoningSection
+from .sections.inversion import InversionSection
+from .sections.stealing import StealingSection
 
 __all__ = ["DEMO_SETTINGS", "HEADLINE_EPS", "run_demo"]
 
@@ -46,6 +48,12 @@ DEMO_SETTINGS = {
                   dict(epochs=8, strip_copies=10, nc_epochs=10, sweep_ks=(1,),
                        sweep_epsilons=(1.0, math.inf), sweep_seeds=2, sweep_epochs=1)),
     "poisoning_sweep": (True, False),
+    # Model stealing: the thief's query budgets and training (epochs, batch, least
+    # steps); gradient inversion: images reconstructed, iDLG's iterations (non-MLPs).
+    "query_budgets": ((50, 200, 600), (100, 400)),
+    "thief_training": ((20, 64, 300), (10, 128, 40)),
+    "inversion_images": (8, 6),
+    "inversion_iterations": (100, 30),
 }
 HEADLINE_EPS = 0.1  # the adversarial-training radius and the log's headline eps
 TITLE = "modelsec-fast report"
@@ -130,6 +138,12 @@ def run_demo(*, data: str = "digits", out: str = "report", quick: bool = False,
     sections.append(run.canary_section(trained))
     sections.append(build_section(PoisoningSection.key, PoisoningSection.title,
                                   run.poisoning_section, raise_errors=raise_errors))
+    sections.append(build_section(StealingSection.key, StealingSection.title,
+                                  lambda: run.stealing_section(trained),
+                                  raise_errors=raise_errors))
+    sections.append(build_section(InversionSection.key, InversionSection.title,
+                                  lambda: run.inversion_section(trained),
+                                  raise_errors=raise_errors))
     meta.total_time_s = time.perf_counter() - started
     files = write_report(out, TITLE, meta, sections, raise_errors=raise_errors)
     log(f"report: {files.markdown} ({meta.total_time_s:.0f} s)")
@@ -269,3 +283,46 @@ class _DemoRun:
                                   device=self.device, dp_sweep=sweep, progress=self.log)
         return PoisoningSection(review, sweep_skipped=None if sweep else (
             "quick mode: the full demo runs it"))
+
+    def stealing_section(self, trained: dict):
+        """KnockoffNets against the baseline, with and without each output defence, from
+        the non-members (the attacker's pool); PRADA; dataset inference on the copy."""
+        from modelsec_fast.models import build_model
+        from modelsec_fast.stealing import ThiefTraining
+
+        from .scan.extraction import measure_stealing
+
+        label, t = next(iter(trained.items()))
+        pool = ~self.mask
+        shape = tuple(self.ds.x_train.shape[1:])
+
+        def make_thief():
+            return build_model(self.model, shape, self.ds.num_classes).to(self.device)
+
+        epochs, batch, steps = self.setting["thief_training"]
+        return measure_stealing(
+            t.model, pool_x=self.ds.x_train[pool].to(self.device), held_x=self.x_test,
+            held_y=self.y_test, make_thief=make_thief,
+            thief=f"a fresh {self.model}, the {label} model's architecture",
+            budgets=self.setting["query_budgets"],
+            training=ThiefTraining(epochs=epochs, batch_size=batch, min_steps=steps),
+            private=(self.x.to(self.device), self.y.to(self.device)),
+            independent_data=(self.ds.x_train[pool].to(self.device),
+                              self.ds.y_train[pool].to(self.device)),
+            jacobian_queries=max(self.setting["query_budgets"]), seed=self.seed, log=self.log)
+
+    def inversion_section(self, trained: dict):
+        """Gradient inversion of one-image updates of the baseline, plain and at DP noise
+        multipliers (the DP-SGD model's own among them)."""
+        from .scan.inversion import NOISE_MULTIPLIERS, measure_inversion
+
+        label, t = next(iter(trained.items()))
+        sigmas = set(NOISE_MULTIPLIERS)
+        sigmas.update(round(float(m.privacy["noise_multiplier"]), 3)
+                      for m in trained.values() if m.privacy)
+        return measure_inversion(t.model, self.x_test, self.y_test,
+                                 model_label=f"the {label} model",
+                                 iterations=self.setting["inversion_iterations"],
+                                 noise_multipliers=sorted(sigmas),
+                                 images=self.setting["inversion_images"], seed=self.seed,
+                                 log=self.log)

@@ -186,7 +186,8 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
     report = json.load(open(os.path.join(out_dir, "report.json")))
     sections = report["sections"]
     assert list(sections) == ["settings", "models", "robustness", "accountant", "membership",
-                              "canary_audit", "poisoning"]
+                              "canary_audit", "poisoning",
+                              "stealing", "inversion"]
     assert all(s["status"] == "ok" for s in sections.values()), sections
     assert len(sections["models"]["result"]["models"]) == 3
     assert len(sections["robustness"]["result"]["models"]) == 3
@@ -198,7 +199,8 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
     assert poisoning["dp_sweep_skipped"].startswith("quick mode")
     assert sections["poisoning"]["figures"] == ["poisoning_detection_roc.png",
                                                 "poisoning_nc_anomaly.png"]
-    for name in ("accuracy_vs_eps.png", "epsilon_vs_steps.png", "mi_roc.png", "report.md"):
+    for name in ("accuracy_vs_eps.png", "epsilon_vs_steps.png", "mi_roc.png", "report.md",
+                 "stealing_fidelity.png", "inversion_reconstructions.png"):
         assert os.path.getsize(os.path.join(out_dir, name)) > 500
     text = open(os.path.join(out_dir, "report.md")).read()
     assert "shadow models per audited model (LiRA): 2" in text and "## One-run canary" in text

@@ -9,6 +9,8 @@ threat family adds its own module here and the pipelines that run it append it.
 * :class:`MembershipSection`: membership inference (loss threshold, LiRA).
 * :class:`CanaryAuditSection`: the one-run canary audit of DP-SGD.
 * :class:`PoisoningSection`, :class:`BackdoorScanSection`: data poisoning and backdoors.
+* :class:`StealingSection`: model stealing, output defences, PRADA, ownership.
+* :class:`InversionSection`: gradient inversion, plain and through DP-SGD.
 """
 
 from .accountant import AccountantSection
@@ -17,8 +19,11 @@ from .membership import MembershipSection
 from .models import ModelsSection, TrainingSummary
 from .robustness import RobustnessSection
 from .settings import SettingsSection
+from .inversion import InversionSection
 from .poisoning import BackdoorScanSection, PoisoningSection
+from .stealing import DefendedExtraction, StealingSection
 
 __all__ = ["SettingsSection", "ModelsSection", "TrainingSummary", "RobustnessSection",
            "AccountantSection", "MembershipSection", "CanaryAuditSection",
-           "PoisoningSection", "BackdoorScanSection"]
+           "PoisoningSection", "BackdoorScanSection",
+           "StealingSection", "DefendedExtraction", "InversionSection"]
