@@ -230,7 +230,7 @@ class DPOptimizer(Optimizer):
             scale = float(self._grad_scaler.get_scale())
         sums, norms, layout = clip_pass(pending, max_grad_norm=self.max_grad_norm,
                                         loss_reduction=self.loss_reduction, grad_scale=scale,
-                                        batch_dim=state.batch_dim)
+                                        batch_dim=state.batch_dim, shared=state.shared)
         if norms.numel() and not bool(torch.isfinite(norms).all()):
             self._nonfinite = True
             if self._grad_scaler is None:

@@ -90,6 +90,15 @@ class LayerRule:
     def forward(self, module, recorder, *args, **kwargs):
         raise RuntimeError(f"{type(self).__name__} defines no forward")
 
+    def example_input(self, module) -> torch.Tensor | None:
+        """A small batched input for ``module`` (probes a subclass's forward; None: none)."""
+        return None
+
+    def per_sample_grads(self, module, calls: list[Call], mask: dict[str, bool],
+                         batch_dim: int) -> dict[str, torch.Tensor]:
+        """name -> (B, *param.shape) materialised per-sample gradients (shared parameters)."""
+        raise RuntimeError(f"{type(self).__name__} defines no per_sample_grads")
+
     def compact(self, module, call: Call, mask: dict[str, bool], batch_dim: int) -> None:
         """At capture: optionally replace ``call.tensors`` by ``call.parts`` (default: keep)."""
 

@@ -17,7 +17,7 @@ import torch
 
 from modelsec_fast.reference import CLIP_EPS  # one value for the kernels and the engine
 
-from .base import opmath, release
+from .base import flat_rows, opmath, release, row_sq_norms
 
 
 def group_calls(pending):
@@ -66,13 +66,15 @@ def layout_evidence(groups, batch: int):
 
 
 def clip_pass(pending, *, max_grad_norm: float, loss_reduction: str,
-              grad_scale: float, batch_dim: int):
+              grad_scale: float, batch_dim: int, shared=frozenset()):
     """Clip one backward pass.
 
     Returns (sums, norms, layout): sums is a list of (parameter, clipped sum in
     the parameter's dtype and shape, still multiplied by ``grad_scale``); norms
     is (B,) in fp32 (fp64 for fp64 models), the unclipped per-sample norms;
-    layout is :func:`layout_evidence`.
+    layout is :func:`layout_evidence`. ``shared`` holds the ids of parameters
+    used by several layers: the layers using one materialise their per-sample
+    gradients, which are summed per parameter before the norm.
     """
     groups = group_calls(pending)
     batch = _batch_size(groups)
@@ -80,19 +82,36 @@ def clip_pass(pending, *, max_grad_norm: float, loss_reduction: str,
     acc = opmath(first.dtype)
     sq = torch.zeros(batch, dtype=acc, device=first.device)
     caches = []
+    tied: dict[int, list] = {}  # id(param) -> [param, summed per-sample gradient]
     for rec, calls, mask in groups:
+        if any(id(p) in shared and mask.get(n) for n, p in rec.params):
+            parts = rec.rule.per_sample_grads(rec.module, calls, mask, batch_dim)
+            for n, p in rec.params:
+                if mask.get(n):
+                    entry = tied.setdefault(id(p), [p, None])
+                    entry[1] = parts[n] if entry[1] is None else entry[1] + parts[n]
+            caches.append(None)
+            continue
         s, cache = rec.rule.sq_norms(rec.module, calls, mask, batch_dim)
         sq += s.to(acc)
         caches.append(cache)
+    for _, per in tied.values():
+        sq += row_sq_norms(per).to(acc)
     loss_factor = float(batch) if loss_reduction == "mean" else 1.0
     norms = sq.sqrt() * (loss_factor / grad_scale)
     factors = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0) * loss_factor
     sums = []
     caches.reverse()  # popped in group order: a layer's cache and records are freed
     for rec, calls, mask in groups:  # as soon as its clipped sum is formed
-        out = rec.rule.clipped_sums(rec.module, calls, mask, batch_dim, caches.pop(), factors)
+        cache = caches.pop()
+        if cache is None:
+            continue
+        out = rec.rule.clipped_sums(rec.module, calls, mask, batch_dim, cache, factors)
         release(calls)
         for pname, p in rec.params:
             if mask.get(pname):
                 sums.append((p, out[pname].to(p.dtype).reshape(p.shape)))
+    for p, per in tied.values():
+        total = factors.to(per.dtype) @ flat_rows(per)
+        sums.append((p, total.to(p.dtype).reshape(p.shape)))
     return sums, norms, layout_evidence(groups, batch)

@@ -305,6 +305,27 @@ class ConvRule(LayerRule):
             release(calls)  # the clipped sums need only the cache
         return sq, cache
 
+    def example_input(self, module):
+        n = module.weight.dim() - 2
+        size = [(k - 1) * d + 1 + s for k, d, s in
+                zip(module.kernel_size, module.dilation, module.stride)]
+        return torch.randn(2, module.in_channels, *size[:n], dtype=module.weight.dtype,
+                           device=module.weight.device)
+
+    def per_sample_grads(self, module, calls, mask, batch_dim):
+        acc = opmath(calls[0].tensors[1].dtype)
+        batch = calls[0].batch_size
+        parts = {}
+        if mask.get("weight"):
+            sq = torch.zeros(batch, dtype=acc, device=module.weight.device)
+            parts["weight"] = _materialised_sq_norms(calls, tuple(module.weight.shape), acc, sq,
+                                                     keep=True)
+        if mask.get("bias"):
+            parts["bias"] = sum(c.tensors[1].to(acc).reshape(batch, c.tensors[1].shape[1], -1)
+                                .sum(2) for c in calls)
+        release(calls)
+        return parts
+
     def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
         out = {}
         acc = factors.dtype
