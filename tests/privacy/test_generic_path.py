@@ -277,3 +277,68 @@ def test_subclass_with_the_same_function_uses_the_rule_else_the_generic_path(ran
 def test_batchnorm_is_refused_with_the_reason_even_without_affine():
     errors = ModuleValidator.validate(nn.Sequential(nn.BatchNorm1d(4, affine=False)))
     assert len(errors) == 1 and "statistics of the other samples" in errors[0]
+
+
+def _opacus_layers():
+    return pytest.importorskip("opacus.layers")
+
+
+class _RecurrentNet(nn.Module):
+    def __init__(self, cls):
+        super().__init__()
+        self.rnn = cls(4, 5, batch_first=True)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("name", ["DPLSTM", "DPGRU", "DPRNN"])
+def test_opacus_recurrent_layers_are_accepted_as_they_are(name, random_seed):
+    cls = getattr(_opacus_layers(), name)
+    assert ModuleValidator.validate(_RecurrentNet(cls)) == []
+    gen = torch.Generator().manual_seed(random_seed)
+    x = torch.randn(6, 3, 4, generator=gen, dtype=torch.float64)
+    check_parity(_f64(lambda: _RecurrentNet(cls)), x, torch.randint(0, 3, (6,), generator=gen),
+                 max_grad_norm=0.1, **F64)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_opacus_sequence_bias_is_accepted_as_it_is(batch_first, random_seed):
+    from opacus.layers.dp_multihead_attention import SequenceBias
+    _opacus_layers()
+    dim = 1 if batch_first else 0
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sb = SequenceBias(4, batch_first=batch_first)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.sb(x)).mean(dim))
+
+    torch.manual_seed(random_seed)
+    model = Net().double()
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    if not batch_first:
+        x = x.transpose(0, 1).contiguous()
+    y = torch.randint(0, 3, (6,))
+    C = 0.05
+    per = []
+    for i in range(6):
+        xi = x[i:i + 1] if batch_first else x[:, i:i + 1]
+        per.append(torch.autograd.grad(F.cross_entropy(model(xi), y[i:i + 1]),
+                                       list(model.parameters())))
+    truth = [sum(min(1.0, C / (float(torch.sqrt(sum((g ** 2).sum() for g in gs))) + 1e-6))
+                 * gs[k] for gs in per) / 6 for k in range(len(per[0]))]
+    pm = PrivateModule(model, batch_first=batch_first)
+    opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
+                      max_grad_norm=C, expected_batch_size=6)
+    opt.zero_grad()
+    F.cross_entropy(pm(x), y).backward()
+    opt.step()
+    for p, t in zip(model.parameters(), truth):
+        torch.testing.assert_close(p.grad, t, rtol=1e-10, atol=1e-13)
+    pm.cleanup()

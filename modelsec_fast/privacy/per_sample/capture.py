@@ -140,11 +140,10 @@ class CaptureState:
             except RuntimeError:  # tensors without storage (meta, some subclasses)
                 pass
         self.forward_batch = None
-        if self.batch_dim == 0:
-            for t in leaves:
-                if t.dim() >= 1:
-                    self.forward_batch = int(t.shape[0])
-                    break
+        for t in leaves:  # sequence-first models (batch_dim 1) take (T, B, ...) inputs
+            if t.dim() > self.batch_dim:
+                self.forward_batch = int(t.shape[self.batch_dim])
+                break
 
     def views_model_input(self, t: torch.Tensor) -> bool:
         """Whether ``t`` shares storage with a tensor the model's forward was given."""
@@ -163,7 +162,7 @@ class CaptureState:
         the batch (a per-sample loop in forward) is refused instead.
         """
         batch = self.forward_batch
-        if not args or batch is None or batch <= 1:
+        if not args or batch is None or batch <= 1 or self.batch_dim != 0:
             return args
         x = args[0]
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] != 1:
