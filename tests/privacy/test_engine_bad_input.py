@@ -96,7 +96,11 @@ def test_non_finite_per_sample_gradient_raises():
     ({"max_grad_norm": -1.0}, "max_grad_norm must be > 0"),
     ({"max_grad_norm": float("nan")}, "max_grad_norm must be finite"),
     ({"noise_multiplier": -0.1}, "noise_multiplier must be >= 0"),
-    ({"clipping": "per_layer"}, "only 'flat'"),
+    ({"clipping": "per_layer"}, "per_layer' needs max_grad_norm as a list of one bound per "
+                                "trainable parameter \\(2\\)"),
+    ({"clipping": "per_layer", "max_grad_norm": [1.0, 1.0, 1.0]}, r"parameter \(2\), got \[1"),
+    ({"clipping": "percentile"}, "clipping must be 'flat', 'per_layer' or 'adaptive'"),
+    ({"clipping": "adaptive"}, "needs .*target_unclipped_quantile"),
     ({"grad_sample_mode": "magic"}, "unknown grad_sample_mode"),
     ({"loss_reduction": "avg"}, "loss_reduction"),
 ])
