@@ -255,3 +255,28 @@ def parity_problems(model, batch, loss_fn, *, rtol=1e-4, atol=1e-5, atol_floor=1
             problems.append(f"{name}: max abs err {(g - t).abs().max().item():.3e}, "
                             f"|truth| max {t.abs().max().item():.3e}")
     return problems
+
+
+class LSTMTextClassifier(nn.Module):
+    """Embedding, one nn.LSTM layer and a linear head (ModuleValidator.fix swaps in DPLSTM)."""
+
+    def __init__(self, vocab=1000, dim=64, hidden=128, classes=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.lstm = nn.LSTM(dim, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.emb(x))
+        return self.head(out[:, -1])
+
+
+def lstm_text(batch=4, seed=0, seq=32):
+    torch.manual_seed(seed)
+    model = LSTMTextClassifier()
+    gen = torch.Generator().manual_seed(seed)
+    return model, {"x": torch.randint(0, 1000, (batch, seq), generator=gen),
+                   "y": _labels(batch, gen, 2)}, _classifier_loss
+
+
+MODELS["lstm_text"] = lstm_text
