@@ -234,7 +234,8 @@ def engine_update(model, batch, loss_fn, *, max_grad_norm, expected_batch_size):
     return out
 
 
-def parity_problems(model, batch, loss_fn, *, rtol=1e-4, atol=1e-5, atol_floor=1e-9):
+def parity_problems(model, batch, loss_fn, *, rtol=1e-4, atol=1e-5, atol_floor=1e-9,
+                    device=None):
     """Mismatches between the engine and the torch.func ground truth, one line each.
 
     C is the median per-sample norm, so that some samples are clipped and some not.
@@ -242,6 +243,9 @@ def parity_problems(model, batch, loss_fn, *, rtol=1e-4, atol=1e-5, atol_floor=1
     ``atol_floor`` for a tensor whose exact gradient is 0 (an attention key bias).
     """
     size = next(iter(batch.values())).shape[0]
+    if device is not None:
+        model = copy.deepcopy(model).to(device)
+        batch = {k: v.to(device) for k, v in batch.items()}
     per_sample = per_sample_truth(model, batch, loss_fn)
     norms = torch.sqrt(sum(g.double().flatten(1).square().sum(1) for g in per_sample.values()))
     max_grad_norm = float(norms.median())

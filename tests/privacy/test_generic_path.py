@@ -163,9 +163,20 @@ class ParameterOutput(nn.Module):
         return self.lin(x), self.w * 2  # the second output is the same for every sample
 
 
-def test_impure_generic_module_gets_a_clear_error_naming_the_layer():
-    pm = PrivateModule(nn.Sequential(InPlaceUpdate(), nn.Linear(4, 3)))
-    with pytest.raises(ValueError, match=r"layer '0' \(InPlaceUpdate\).*updated in place"):
+class SetItem(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        self.w[0] = 2.0
+        return x * self.w
+
+
+@pytest.mark.parametrize("module", [InPlaceUpdate, SetItem])
+def test_impure_generic_module_gets_a_clear_error_naming_the_layer(module):
+    pm = PrivateModule(nn.Sequential(module(), nn.Linear(4, 3)))
+    with pytest.raises(ValueError, match=rf"layer '0' \({module.__name__}\).*updated in place"):
         pm(torch.randn(5, 4))
     pm.cleanup()
 

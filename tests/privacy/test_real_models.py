@@ -75,3 +75,11 @@ def test_lora_with_trainable_base_warns_with_the_parameter_count():
     base.weight.requires_grad_(True)
     with pytest.warns(UserWarning, match=rf"trains {base.weight.numel()} parameters of its base"):
         ModuleValidator.validate(model)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["vit", "gpt2", "gpt2_lora", "custom", "bilinear"])
+def test_update_equals_torch_func_ground_truth_on_cuda(name):
+    model, batch, loss_fn = _build(name)
+    problems = rm.parity_problems(model, batch, loss_fn, device="cuda", **F32)
+    assert not problems, "engine != torch.func ground truth on CUDA:\n" + "\n".join(problems)

@@ -42,6 +42,9 @@ _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__
         torch.div, torch.Tensor.div, torch.Tensor.__truediv__, torch.Tensor.__rtruediv__}
 _EXPAND = {torch.Tensor.expand, torch.Tensor.expand_as}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
+_IN_PLACE_DUNDERS = {f"__i{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod",
+                                             "pow", "and", "or", "xor", "lshift", "rshift",
+                                             "matmul")} | {"__setitem__"}
 
 
 class _PerSampleTap(torch.autograd.Function):
@@ -120,7 +123,7 @@ class GenericContext:
     # ------------------------------------------------------------ dispatching
     def handle(self, func, flat, spec, tapped):
         name = getattr(func, "__name__", str(func))
-        if name.endswith("_") and not name.startswith("__") or name in ("copy_", "set_"):
+        if (name.endswith("_") and not name.startswith("__")) or name in _IN_PLACE_DUNDERS:
             raise ValueError(
                 f"{self._where()}: parameter(s) {self._names(tapped)} are updated in place "
                 f"({name}) in forward: the generic per-sample path needs a forward that is "
