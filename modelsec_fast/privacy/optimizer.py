@@ -21,8 +21,8 @@ Differences from Opacus, on purpose:
   logical Poisson batch: their clipped sums add up and are divided by E[B]
   (Opacus divides by k * E[B] and accounts one step of rate q, which is not a
   valid Poisson step when the k batches were sampled independently). When the
-  data loader exposes ``batches_yielded``, folding two logical batches into one
-  step raises.
+  data loader exposes ``batches_yielded``, the backward pass of a second logical
+  batch before the step raises (as Opacus's does), and so does the step.
 * When the data loader also exposes ``logical_batch_samples`` (our
   DPDataLoader does), a step must clip exactly that many samples. More or
   fewer means a ``batch_first`` that does not match the model, or samples
@@ -51,6 +51,11 @@ from .per_sample.clipping import clip_pass
 _ZERO_GRAD_MSG = (
     "Gradients haven't been cleared since the last optimizer step. In order to "
     "obtain privacy guarantees you must call optimizer.zero_grad() on each step")
+_FOLDING_MSG = (
+    "this step folds backward passes from several logical Poisson batches; several "
+    "backward calls before one step must be splits of ONE logical batch (use "
+    "BatchMemoryManager), otherwise the step is not a valid Poisson-sampled step and the "
+    "reported epsilon would be wrong")
 
 
 def _add_noise(grads, std, scale, generator, source):
@@ -263,6 +268,12 @@ class DPOptimizer(Optimizer):
         if self._needs_zero_grad:
             self._error = self._error or ValueError(_ZERO_GRAD_MSG)
             raise ValueError(_ZERO_GRAD_MSG)
+        batch_id = getattr(self.logical_batch_source, "batches_yielded", None)
+        if (self.accumulation == "logical" and batch_id is not None
+                and any(b is not None and b != batch_id for b in self._batches)):
+            # raised at the backward of the second batch, where Opacus raises too
+            self._error = self._error or ValueError(_FOLDING_MSG)
+            raise ValueError(_FOLDING_MSG)
         scale = 1.0
         if self._grad_scaler is not None and self._grad_scaler.is_enabled():
             scale = float(self._grad_scaler.get_scale())
@@ -353,11 +364,7 @@ class DPOptimizer(Optimizer):
                 "with requires_grad_(False) or remove them from the optimizer")
         batch_ids = [b for b in self._batches if b is not None]
         if len(batch_ids) > 1:
-            raise ValueError(
-                "this step folds backward passes from several logical Poisson batches; "
-                "several backward calls before one step must be splits of ONE logical "
-                "batch (use BatchMemoryManager), otherwise the step is not a valid "
-                "Poisson-sampled step and the reported epsilon would be wrong")
+            raise ValueError(_FOLDING_MSG)
         self._check_sample_count(self._batches[batch_ids[0]] if batch_ids else None)
 
     def _check_sample_count(self, expected: Optional[int]) -> None:
