@@ -100,8 +100,8 @@ def main() -> int:
         print(f"{rel}: {f_passed} passed, {len(f_failed)} failed of {f_total}", flush=True)
     expected = _read_expected()
     if args.files:  # a partial run checks only its files' entries
-        expected = {k: v for k, v in expected.items()
-                    if any(k.startswith(_module_of(f, suite)) for f in files)}
+        ran = {_module_of(f, suite) for f in files}
+        expected = {k: v for k, v in expected.items() if _module_of_entry(k) in ran}
     new = sorted(failed - set(expected))
     fixed = sorted(set(expected) - failed)
     print(f"\n{passed} passed, {len(failed)} failed of {total} collected "
@@ -111,7 +111,7 @@ def main() -> int:
         ran = {_module_of(f, suite) for f in files}
         lines = [l for l in EXPECTED.read_text().splitlines() if l.startswith("#")] \
             if EXPECTED.exists() else []
-        entries = {k: v for k, v in keep.items() if not any(k.startswith(m) for m in ran)}
+        entries = {k: v for k, v in keep.items() if _module_of_entry(k) not in ran}
         for nodeid in failed:
             entries[nodeid] = keep.get(nodeid, "TODO")
         lines += [f"{k} # {v}" for k, v in sorted(entries.items())]
@@ -127,6 +127,15 @@ def main() -> int:
 def _module_of(path: Path, suite: Path) -> str:
     """The junit classname prefix of a test file: dotted path without .py."""
     return str(path.relative_to(suite).with_suffix("")).replace("/", ".")
+
+
+def _module_of_entry(nodeid: str) -> str:
+    """The test module of an entry: its classname up to the test class."""
+    classname = nodeid.partition("::")[0]
+    parts = classname.split(".")
+    while parts and parts[-1][:1].isupper():  # drop the test class (CamelCase)
+        parts.pop()
+    return ".".join(parts)
 
 
 if __name__ == "__main__":
