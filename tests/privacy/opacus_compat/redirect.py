@@ -7,8 +7,11 @@ is copied; Opacus's internals (GradSampleModule, its optimizers and
 accountants) stay Opacus's, so tests of those test Opacus itself.
 """
 
+import os
 import sys
 from pathlib import Path
+
+import hypothesis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from real_models import import_torchvision  # noqa: E402  (some Opacus tests use torchvision)
@@ -31,3 +34,9 @@ REDIRECTED = {
 opacus.PrivacyEngine = modelsec_fast.PrivacyEngine
 opacus.privacy_engine.PrivacyEngine = modelsec_fast.PrivacyEngine
 opacus.utils.batch_memory_manager.BatchMemoryManager = BatchMemoryManager
+
+# run_opacus_suite.py --max-examples N: fewer Hypothesis examples per test (a quicker run)
+if os.environ.get("OPACUS_COMPAT_MAX_EXAMPLES"):
+    hypothesis.settings.register_profile(
+        "opacus_compat", max_examples=int(os.environ["OPACUS_COMPAT_MAX_EXAMPLES"]))
+    hypothesis.settings.load_profile("opacus_compat")

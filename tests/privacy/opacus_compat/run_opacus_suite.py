@@ -10,7 +10,8 @@ user-facing names at ours (no test is copied). Every failure must be listed,
 with its reason, in ``expected_failures.txt`` next to this file; the script
 exits 1 on any failure not listed there, and prints listed tests that now
 pass (remove them). Each test file runs in its own pytest process, user-facing
-files first; ``--files a_test.py,b_test.py`` runs a subset. ``--record``
+files first; ``--files a_test.py,b_test.py`` runs a subset, ``--max-examples N``
+caps Hypothesis's examples per test (quicker, weaker). ``--record``
 rewrites the entries of the files that ran (keeping the reasons of known
 entries; new ones get "TODO").
 """
@@ -69,6 +70,8 @@ def main() -> int:
                         help="rewrite expected_failures.txt from this run")
     parser.add_argument("--files", default="",
                         help="comma list of test files (relative to opacus/tests) to run")
+    parser.add_argument("--max-examples", type=int, default=0,
+                        help="Hypothesis examples per test (default: Opacus's, 100)")
     args = parser.parse_args()
     import opacus
     suite = Path(opacus.__file__).parent / "tests"
@@ -76,6 +79,8 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(HERE), os.environ.get("PYTHONPATH", "")]))
+    if args.max_examples:
+        env["OPACUS_COMPAT_MAX_EXAMPLES"] = str(args.max_examples)
     files = _test_files(suite)
     if args.files:
         wanted = set(args.files.split(","))
