@@ -1,6 +1,7 @@
 """Opacus 1.6's own test suite against our PrivacyEngine (not part of the default suite).
 
-Usage (from the repository root; about 15 minutes on 2 cores)::
+Usage (from the repository root; slow: on 2 shared cores privacy_engine_test.py alone
+ran 46 minutes without finishing, see --max-examples)::
 
     PYTHONPATH=$PWD python3 tests/privacy/opacus_compat/run_opacus_suite.py
 
