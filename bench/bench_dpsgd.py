@@ -11,6 +11,7 @@ Opacus is optional: without it its configurations are skipped, with a message.
     python bench/bench_dpsgd.py --quick
     python bench/bench_dpsgd.py --memory --json bench/out/dpsgd.json
     python bench/bench_dpsgd.py --device cuda --models mlp,mnist_cnn
+    python bench/bench_dpsgd.py --models resnet18,vit,bert,gpt2,gpt2_lora,lstm_text
 """
 
 from __future__ import annotations
@@ -27,9 +28,28 @@ import torch
 from torch import nn
 
 CONFIGS = ("nonprivate", "opacus_hooks", "opacus_ghost", "opacus_ew", "ours")
-MODELS = ("mlp", "mnist_cnn", "cifar_gn", "transformer")
-BATCH = {"mlp": 256, "mnist_cnn": 256, "cifar_gn": 128, "transformer": 32}
-QUICK_BATCH = {"mlp": 16, "mnist_cnn": 16, "cifar_gn": 8, "transformer": 4}
+# the real models of tests/privacy/real_models.py (torchvision, timm, transformers, peft:
+# scripts/install.sh); opt in with --models
+REAL_MODELS = ("resnet18", "vit", "bert", "gpt2", "gpt2_lora", "lstm_text")
+MODELS = ("mlp", "mnist_cnn", "cifar_gn", "transformer") + REAL_MODELS
+DEFAULT_MODELS = ("mlp", "mnist_cnn", "cifar_gn", "transformer")
+BATCH = {"mlp": 256, "mnist_cnn": 256, "cifar_gn": 128, "transformer": 32, "resnet18": 32,
+         "vit": 16, "bert": 16, "gpt2": 16, "gpt2_lora": 16, "lstm_text": 32}
+QUICK_BATCH = {"mlp": 16, "mnist_cnn": 16, "cifar_gn": 8, "transformer": 4, "resnet18": 4,
+               "vit": 4, "bert": 4, "gpt2": 4, "gpt2_lora": 4, "lstm_text": 4}
+# BERT / GPT-2: 2 layers of width 128 over 64 tokens (the builders' other defaults)
+REAL_OPTIONS = {"bert": dict(seq=64, hidden=128), "gpt2": dict(seq=64, hidden=128),
+                "gpt2_lora": dict(seq=64, hidden=128)}
+
+
+def build_real(name: str, batch: int):
+    """(model, batch dict, loss_fn(model, batch)) of a real model (tests/privacy/real_models.py)."""
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "privacy"))
+    import real_models
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return real_models.MODELS[name](batch=batch, **REAL_OPTIONS.get(name, {}))
 
 
 def build_model(name: str) -> nn.Module:
@@ -66,18 +86,30 @@ def _loader(x, y, batch):
 def make_step(config: str, name: str, device, batch: int):
     """A zero-argument callable doing one full training step of ``config``."""
     torch.manual_seed(0)
-    model = build_model(name).to(device)
-    x, y = make_batch(name, batch, device)
-    loss_fn = nn.CrossEntropyLoss()
+    if name in REAL_MODELS:
+        model, data, real_loss = build_real(name, batch)
+        model = model.to(device)
+        data = {k: v.to(device) for k, v in data.items()}
+        x, y, loss_fn = data, None, nn.CrossEntropyLoss()
+
+        def run(m):  # the model computes its loss as users call it
+            return real_loss(m, data)
+    else:
+        model = build_model(name).to(device)
+        x, y = make_batch(name, batch, device)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def run(m):
+            return loss_fn(m(x), y)
     if config == "nonprivate":
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
         def step():
             opt.zero_grad()
-            loss_fn(model(x), y).backward()
+            run(model).backward()
             opt.step()
         return step
-    loader = _loader(torch.cat([x] * 4), torch.cat([y] * 4), batch)
+    loader = _loader(torch.zeros(4 * batch, 1), torch.zeros(4 * batch, dtype=torch.long), batch)
     if config == "ours":
         from modelsec_fast import PrivacyEngine
         from modelsec_fast.privacy import ModuleValidator
@@ -91,7 +123,7 @@ def make_step(config: str, name: str, device, batch: int):
 
         def step():
             dpo.zero_grad()
-            loss_fn(pm(x), y).backward()
+            run(pm).backward()
             dpo.step()
         return step
     with warnings.catch_warnings():
@@ -108,6 +140,10 @@ def make_step(config: str, name: str, device, batch: int):
                 noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False,
                 grad_sample_mode="ghost")
 
+            if name in REAL_MODELS:
+                raise ValueError("ghost mode needs a criterion on model outputs; these "
+                                 "models compute their own loss")
+
             def step():
                 dpo.zero_grad()
                 crit(gm(x), y).backward()
@@ -119,7 +155,7 @@ def make_step(config: str, name: str, device, batch: int):
 
         def step():
             dpo.zero_grad()
-            loss_fn(gm(x), y).backward()
+            run(gm).backward()
             dpo.step()
         return step
 
@@ -191,7 +227,8 @@ def measure_memory(name, config, device, steps, batch):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="bench_dpsgd.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                    help=f"comma list from {','.join(MODELS)}")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS per config")
     ap.add_argument("--steps", type=int, default=2, help="training steps per timed sample")

@@ -26,6 +26,17 @@ PY=${PYTHON:-python3}
 # its two dependencies pinned; --no-deps: none of them may touch torch.
 "$PY" -m pip install -q --no-deps torch-abi-audit==0.3.0 abi3info==2026.9.25 pycxxfilt==1.2.0
 
+# Model libraries for the DP drop-in parity tests and benchmark
+# (tests/privacy/real_models.py), with torch held at its pin by a constraints
+# file so that no dependency can replace it. PyPI's torchvision 0.28.0 wheel is
+# a CUDA build: its ops library cannot load next to the CPU torch, and
+# real_models.import_torchvision() defines the two op schemas its import needs.
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+echo "torch==2.13.0" > "$constraints"
+"$PY" -m pip install -q -c "$constraints" transformers==5.25.0 timm==1.0.31 peft==0.21.2 \
+    torchvision==0.28.0
+
 # The extension, built against the torch installed above: --no-build-isolation
 # stops pip from fetching a second torch into a throwaway build environment.
 "$PY" -m pip install -q --no-build-isolation -e .

@@ -7,6 +7,7 @@ import.
 """
 
 from .base import Accountant
+from .gdp import GaussianAccountant
 from .noise_multiplier import get_noise_multiplier
 from .pld import PLDAccountant
 from .rdp import RDPAccountant
@@ -23,6 +24,7 @@ __all__ = [
     "RDPAccountant",
     "PLDAccountant",
     "PRVAccountant",
+    "GaussianAccountant",
     "create_accountant",
     "register_accountant",
     "get_noise_multiplier",

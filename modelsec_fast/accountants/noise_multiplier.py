@@ -29,7 +29,7 @@ def get_noise_multiplier(
     sample_rate: float,
     epochs: Optional[float] = None,
     steps: Optional[int] = None,
-    accountant: str = "pld",
+    accountant: str = "rdp",
     epsilon_tolerance: float = 0.01,
     num_samples: Optional[int] = None,
     **kwargs,
@@ -38,10 +38,10 @@ def get_noise_multiplier(
     ``target_epsilon`` at ``target_delta``.
 
     Brackets sigma by doubling / halving, then bisects. The returned sigma
-    satisfies eps(sigma) <= target_epsilon and is within 1% (in practice 0.5%)
-    of the smallest sigma that does. ``epsilon_tolerance`` is accepted for
-    Opacus compatibility; the stopping rule is the relative sigma bracket,
-    which is what guarantees the 1% bound.
+    satisfies eps(sigma) <= target_epsilon, is within 1% (in practice 0.5%)
+    of the smallest sigma that does, and, as Opacus guarantees,
+    target_epsilon - eps(sigma) <= ``epsilon_tolerance``: the search stops
+    only when both hold.
 
     Args:
         target_epsilon: budget epsilon, finite and > 0.
@@ -49,8 +49,10 @@ def get_noise_multiplier(
         sample_rate: Poisson sample rate q in (0, 1].
         epochs: number of epochs; steps = int(epochs / q) as in Opacus.
         steps: number of steps (give exactly one of ``epochs`` / ``steps``).
-        accountant: "pld" (default), "prv" (= "pld") or "rdp". Opacus defaults
-            to "prv", so sigma may differ slightly from Opacus's.
+        accountant: "rdp" (the default, as in Opacus's ``get_noise_multiplier``:
+            the same call returns the same sigma to within the tolerances),
+            "pld" or "prv" (= "pld"), or "gdp".
+        epsilon_tolerance: > 0, how far below the target eps(sigma) may be.
         num_samples: dataset size, if known, to warn when delta >= 1/N.
         **kwargs: passed to the accountant's ``get_epsilon`` (e.g. ``alphas``).
 
@@ -69,6 +71,7 @@ def get_noise_multiplier(
         epochs = check_positive("epochs", epochs)
         steps = max(1, int(epochs / sample_rate))
     steps = check_steps(steps)
+    epsilon_tolerance = check_positive("epsilon_tolerance", epsilon_tolerance)
     acc = create_accountant(accountant)
 
     def epsilon(sigma: float) -> float:
@@ -111,7 +114,8 @@ def get_noise_multiplier(
     # (log eps is nearly linear in log sigma) alternate with bisection, so the
     # bracket shrinks geometrically even where interpolation is poor.
     interpolate = True
-    while sigma_high / sigma_low > _BRACKET_RATIO:
+    while sigma_high / sigma_low > _BRACKET_RATIO or \
+            (target_epsilon - eps_high > epsilon_tolerance and sigma_high / sigma_low > 1 + 1e-12):
         sigma = _next_trial(sigma_low, eps_low, sigma_high, eps_high, target_epsilon, interpolate)
         eps = epsilon(sigma)
         if eps <= target_epsilon:

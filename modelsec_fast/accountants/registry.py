@@ -1,4 +1,4 @@
-"""Accountant registry: ``create_accountant("rdp" | "pld" | "prv")``.
+"""Accountant registry: ``create_accountant("rdp" | "pld" | "prv" | "gdp")``.
 
 ``"prv"`` is an alias of ``"pld"``. Opacus's PRV accountant (Gopi et al. 2021)
 and dp-accounting's privacy-loss-distribution accountant are two
@@ -14,6 +14,7 @@ import logging
 from typing import Dict, Type
 
 from .base import Accountant
+from .gdp import GaussianAccountant
 from .pld import PLDAccountant
 from .rdp import RDPAccountant
 
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 _ACCOUNTANTS: Dict[str, Type[Accountant]] = {
     "rdp": RDPAccountant,
     "pld": PLDAccountant,
+    "gdp": GaussianAccountant,  # approximate, warns; never a default
 }
 
 # Names accepted for Opacus compatibility, mapped to the accountant that implements them.
@@ -46,7 +48,7 @@ def register_accountant(mechanism: str, accountant: Type[Accountant], force: boo
 
 
 def create_accountant(mechanism: str = "pld") -> Accountant:
-    """A fresh accountant for ``mechanism``: "rdp", "pld" or "prv" (= "pld").
+    """A fresh accountant for ``mechanism``: "rdp", "pld", "prv" (= "pld") or "gdp".
 
     Raises:
         ValueError: unknown mechanism (the message lists the known ones).

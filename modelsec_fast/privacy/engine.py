@@ -41,6 +41,9 @@ from .validate import ModuleValidator
 # Opacus forwards these to its GradSampleModule; they tune machinery this engine
 # does not have, so they are accepted (for unchanged Opacus code) and ignored.
 _OPACUS_MODEL_KWARGS = frozenset({"strict", "force_functorch", "rand_on_empty"})
+# Opacus's adaptive-clipping arguments (make_private(clipping="adaptive", ...))
+_ADAPTIVE_KWARGS = frozenset({"target_unclipped_quantile", "clipbound_learning_rate",
+                              "max_clipbound", "min_clipbound", "unclipped_num_std"})
 _GRAD_SAMPLE_MODES = (None, "hooks", "ghost", "functorch", "ew", "bookkeeping")
 
 
@@ -124,15 +127,16 @@ class PrivacyEngine:
             raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
         if not isinstance(optimizer, optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if clipping != "flat":
-            raise ValueError(f"clipping={clipping!r} is not supported; only 'flat' clipping is")
+        if clipping not in ("flat", "per_layer", "adaptive"):
+            raise ValueError(f"clipping must be 'flat', 'per_layer' or 'adaptive', got {clipping!r}")
         if grad_sample_mode not in _GRAD_SAMPLE_MODES:
             raise ValueError(f"unknown grad_sample_mode {grad_sample_mode!r}; accepted: "
                              f"{_GRAD_SAMPLE_MODES} (all run the book-keeping engine)")
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         check_non_negative("noise_multiplier", noise_multiplier)
-        check_positive("max_grad_norm", max_grad_norm)
+        if clipping != "per_layer":
+            check_positive("max_grad_norm", max_grad_norm)
         model_params = {id(p) for p in module.parameters()}
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -146,14 +150,28 @@ class PrivacyEngine:
                      poisson_sampling: bool = True, clipping: str = "flat",
                      noise_generator=None, grad_sample_mode: Optional[str] = None,
                      expected_batch_size: Optional[int] = None, grad_scaler=None,
-                     wrap_model: bool = True, sampler_generator=None, **kwargs):
+                     wrap_model: bool = True, sampler_generator=None,
+                     keep_grad_sample: bool = False, **kwargs):
         """Make ``module``, ``optimizer`` and ``data_loader`` private (Opacus signature).
 
         Returns ``(module, optimizer, data_loader)``, or Opacus's 4-tuple
         ``(module, optimizer, criterion, data_loader)`` for ``grad_sample_mode="ghost"``
         (the criterion is returned unchanged: one ordinary backward suffices here).
 
+        ``clipping``: ``"flat"``, ``"per_layer"`` (``max_grad_norm`` a list,
+        one bound per trainable parameter) or ``"adaptive"`` (Andrew et al.
+        2021; pass Opacus's ``target_unclipped_quantile``,
+        ``clipbound_learning_rate``, ``max_clipbound``, ``min_clipbound``,
+        ``unclipped_num_std``; see :mod:`modelsec_fast.privacy.adaptive`).
+        With ``poisson_sampling=False``, k backward passes before one step
+        are divided by k * E[B] and charged as one step, as Opacus does; the
+        sampler uses the DataLoader's ``generator`` when it has one (Opacus
+        too), and torch's global generator seeds the noise, so
+        ``torch.manual_seed`` reproduces a run outside secure mode.
+
         Extra options: ``expected_batch_size`` (public E[B]; default int(N/len(loader))),
+        ``keep_grad_sample`` (store per-sample gradients as ``p.grad_sample``,
+        Opacus's attribute; opt-in because they cost memory),
         ``grad_scaler`` (a ``torch.amp.GradScaler`` to unscale before clipping),
         ``sampler_generator`` (a ``torch.Generator`` that draws the Poisson
         sampler's base seed; default torch's global generator; refused in
@@ -184,9 +202,18 @@ class PrivacyEngine:
             (a ValueError) for models the engine cannot train; torch's own
             ``DistributedDataParallel`` (use DPDDP).
         """
-        unknown = set(kwargs) - _OPACUS_MODEL_KWARGS
+        unknown = set(kwargs) - _OPACUS_MODEL_KWARGS - _ADAPTIVE_KWARGS
         if unknown:
             raise TypeError(f"make_private() got unexpected keyword arguments {sorted(unknown)}")
+        adaptive = {k: kwargs[k] for k in _ADAPTIVE_KWARGS if k in kwargs}
+        if clipping == "adaptive" and set(adaptive) != _ADAPTIVE_KWARGS:
+            raise ValueError(f"clipping='adaptive' needs {sorted(_ADAPTIVE_KWARGS - set(adaptive))}")
+        if clipping != "adaptive" and adaptive:
+            raise ValueError(f"{sorted(adaptive)} apply only to clipping='adaptive'")
+        if sampler_generator is None and not self.secure_mode:
+            # Opacus samples with the DataLoader's own generator when it has one
+            sampler_generator = getattr(data_loader, "generator", None) \
+                if poisson_sampling else None
         if noise_generator is not None and self.secure_mode:
             raise ValueError("Passing seed is prohibited in secure mode")
         self._check_args(module, optimizer, noise_multiplier, max_grad_norm, loss_reduction,
@@ -213,11 +240,17 @@ class PrivacyEngine:
                 raise ValueError("expected batch size int(N * q) is 0; pass expected_batch_size")
         private_module = PrivateModule(module, batch_first=batch_first,
                                        loss_reduction=loss_reduction)
+        options = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                       expected_batch_size=expected_batch_size, loss_reduction=loss_reduction,
+                       generator=noise_generator, secure_mode=self.secure_mode,
+                       keep_grad_sample=keep_grad_sample,
+                       accumulation="logical" if poisson_sampling else "opacus")
         try:
-            dp_optimizer = DPOptimizer(
-                optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                expected_batch_size=expected_batch_size, loss_reduction=loss_reduction,
-                generator=noise_generator, secure_mode=self.secure_mode)
+            if clipping == "adaptive":
+                from .adaptive import AdaptiveClipDPOptimizer
+                dp_optimizer = AdaptiveClipDPOptimizer(optimizer, **options, **adaptive)
+            else:
+                dp_optimizer = DPOptimizer(optimizer, clipping=clipping, **options)
         except Exception:
             private_module.cleanup()
             raise

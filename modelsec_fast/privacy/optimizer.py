@@ -21,8 +21,8 @@ Differences from Opacus, on purpose:
   logical Poisson batch: their clipped sums add up and are divided by E[B]
   (Opacus divides by k * E[B] and accounts one step of rate q, which is not a
   valid Poisson step when the k batches were sampled independently). When the
-  data loader exposes ``batches_yielded``, folding two logical batches into one
-  step raises.
+  data loader exposes ``batches_yielded``, the backward pass of a second logical
+  batch before the step raises (as Opacus's does), and so does the step.
 * When the data loader also exposes ``logical_batch_samples`` (our
   DPDataLoader does), a step must clip exactly that many samples. More or
   fewer means a ``batch_first`` that does not match the model, or samples
@@ -37,6 +37,7 @@ Differences from Opacus, on purpose:
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable, Optional
 
@@ -50,6 +51,11 @@ from .per_sample.clipping import clip_pass
 _ZERO_GRAD_MSG = (
     "Gradients haven't been cleared since the last optimizer step. In order to "
     "obtain privacy guarantees you must call optimizer.zero_grad() on each step")
+_FOLDING_MSG = (
+    "this step folds backward passes from several logical Poisson batches; several "
+    "backward calls before one step must be splits of ONE logical batch (use "
+    "BatchMemoryManager), otherwise the step is not a valid Poisson-sampled step and the "
+    "reported epsilon would be wrong")
 
 
 def _add_noise(grads, std, scale, generator, source):
@@ -67,9 +73,22 @@ class DPOptimizer(Optimizer):
         max_grad_norm: clipping bound C > 0 on each sample's total gradient norm.
         expected_batch_size: public E[B], the divisor for ``loss_reduction="mean"``.
         loss_reduction: ``"mean"`` or ``"sum"``, the reduction of the training loss.
-        generator: ``torch.Generator`` for the noise; a fresh one seeded from OS
-            entropy when None. Its state is the noise (seed, offset) for checkpoints.
+        generator: ``torch.Generator`` for the noise; when None, a fresh one
+            seeded from torch's global generator (so ``torch.manual_seed``
+            reproduces a run, as in Opacus). Its state is the noise (seed,
+            offset) for checkpoints.
         secure_mode: draw noise from the ChaCha20 CSPRNG (``source="secure"``).
+        clipping: ``"flat"`` (one C over all parameters) or ``"per_layer"``
+            (``max_grad_norm`` a list with one C_k per trainable parameter, in
+            the optimizer's order; each parameter is clipped by its own bound
+            and the noise std is sigma * sqrt(sum C_k^2), as in Opacus).
+        keep_grad_sample: also store each parameter's per-sample gradients
+            as ``p.grad_sample`` (B, *p.shape) (Opacus's attribute; costs the
+            memory of materialising them, so it is opt-in).
+        accumulation: ``"logical"`` (several backward passes before a step
+            are the physical parts of one logical batch: divide by E[B]) or
+            ``"opacus"`` (k passes are k batches: divide by k * E[B], as
+            Opacus does; ``make_private(poisson_sampling=False)`` sets it).
 
     Raises:
         ValueError / TypeError: bad hyperparameters, or parameters that no
@@ -79,17 +98,36 @@ class DPOptimizer(Optimizer):
     def __init__(self, optimizer: Optimizer, *, noise_multiplier: float,
                  max_grad_norm: float, expected_batch_size: Optional[int],
                  loss_reduction: str = "mean", generator=None, secure_mode: bool = False,
-                 **kwargs):
+                 clipping: str = "flat", keep_grad_sample: bool = False,
+                 accumulation: str = "logical", **kwargs):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"Unexpected value for loss_reduction: {loss_reduction!r} "
                              "(expected 'mean' or 'sum')")
-        if isinstance(max_grad_norm, (list, tuple)):
-            raise ValueError("per-layer max_grad_norm lists are not supported: only flat "
-                             "clipping (one float) is implemented")
+        if clipping not in ("flat", "per_layer"):
+            raise ValueError(f"clipping must be 'flat' or 'per_layer' here, got {clipping!r} "
+                             "(adaptive clipping: AdaptiveClipDPOptimizer)")
+        if accumulation not in ("logical", "opacus"):
+            raise ValueError(f"accumulation must be 'logical' or 'opacus', got {accumulation!r}")
         self.noise_multiplier = check_non_negative("noise_multiplier", noise_multiplier)
+        self.max_grad_norms = None
+        if clipping == "per_layer":
+            n_params = sum(p.requires_grad for g in optimizer.param_groups for p in g["params"])
+            if not isinstance(max_grad_norm, (list, tuple)) or len(max_grad_norm) != n_params:
+                raise ValueError(
+                    f"clipping='per_layer' needs max_grad_norm as a list of one bound per "
+                    f"trainable parameter ({n_params}), got {max_grad_norm!r}")
+            self.max_grad_norms = [check_positive(f"max_grad_norm[{i}]", c)
+                                   for i, c in enumerate(max_grad_norm)]
+            max_grad_norm = math.sqrt(sum(c * c for c in self.max_grad_norms))
+        elif isinstance(max_grad_norm, (list, tuple)):
+            raise ValueError("a list max_grad_norm needs clipping='per_layer'; flat clipping "
+                             f"takes one float, got {max_grad_norm!r}")
         self.max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
+        self.clipping = clipping
+        self.keep_grad_sample = bool(keep_grad_sample)
+        self.accumulation = accumulation
         if loss_reduction == "mean":
             if expected_batch_size is None:
                 raise ValueError("You must provide expected batch size of the loss reduction is mean")
@@ -97,8 +135,13 @@ class DPOptimizer(Optimizer):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if generator is None:
+            # from torch's global generator: torch.manual_seed reproduces the noise
+            # (secure mode draws from the CSPRNG and never reads this generator)
             generator = torch.Generator()
-            generator.seed()
+            if secure_mode:
+                generator.seed()
+            else:
+                generator.manual_seed(int(torch.randint(0, 2 ** 62, (1,)).item()))
         self.original_optimizer = optimizer
         self.loss_reduction = loss_reduction
         self.expected_batch_size = expected_batch_size
@@ -225,12 +268,27 @@ class DPOptimizer(Optimizer):
         if self._needs_zero_grad:
             self._error = self._error or ValueError(_ZERO_GRAD_MSG)
             raise ValueError(_ZERO_GRAD_MSG)
+        batch_id = getattr(self.logical_batch_source, "batches_yielded", None)
+        if (self.accumulation == "logical" and batch_id is not None
+                and any(b is not None and b != batch_id for b in self._batches)):
+            # raised at the backward of the second batch, where Opacus raises too
+            self._error = self._error or ValueError(_FOLDING_MSG)
+            raise ValueError(_FOLDING_MSG)
         scale = 1.0
         if self._grad_scaler is not None and self._grad_scaler.is_enabled():
             scale = float(self._grad_scaler.get_scale())
-        sums, norms, layout = clip_pass(pending, max_grad_norm=self.max_grad_norm,
-                                        loss_reduction=self.loss_reduction, grad_scale=scale,
-                                        batch_dim=state.batch_dim)
+        bound = self.max_grad_norm
+        if self.max_grad_norms is not None:
+            bound = {id(p): c for p, c in zip(self.params, self.max_grad_norms)}
+        sums, norms, layout, per_sample = clip_pass(
+            pending, max_grad_norm=bound, loss_reduction=self.loss_reduction, grad_scale=scale,
+            batch_dim=state.batch_dim, shared=state.shared, materialise=self.keep_grad_sample)
+        self.observe_norms(norms)
+        if self.keep_grad_sample:
+            for p, per in per_sample.values():
+                per = per.to(p.dtype)
+                old = getattr(p, "grad_sample", None)
+                p.grad_sample = per if old is None else torch.cat([old, per])
         if norms.numel() and not bool(torch.isfinite(norms).all()):
             self._nonfinite = True
             if self._grad_scaler is None:
@@ -255,6 +313,24 @@ class DPOptimizer(Optimizer):
         if src is not None:
             self._batches[getattr(src, "batches_yielded", None)] = getattr(
                 src, "logical_batch_samples", None)
+
+    def after_step(self) -> None:
+        """Hook for subclasses: runs once per real step, after noise and the step hooks."""
+
+    def gradient_noise_std(self) -> float:
+        """Std of the Gaussian noise added to the clipped sum: sigma * C."""
+        return self.noise_multiplier * self.max_grad_norm
+
+    def observe_norms(self, norms: torch.Tensor) -> None:
+        """Hook for subclasses: the unclipped per-sample norms of one backward pass."""
+
+    @property
+    def grad_samples(self) -> list:
+        """Opacus's list of ``p.grad_sample`` (needs ``keep_grad_sample=True``)."""
+        if not self.keep_grad_sample:
+            raise AttributeError("per-sample gradients are kept only with "
+                                 "keep_grad_sample=True (make_private(keep_grad_sample=True))")
+        return [getattr(p, "grad_sample", None) for p in self.params]
 
     # ----------------------------------------------------------- the step
     def _check_before_step(self):
@@ -288,11 +364,7 @@ class DPOptimizer(Optimizer):
                 "with requires_grad_(False) or remove them from the optimizer")
         batch_ids = [b for b in self._batches if b is not None]
         if len(batch_ids) > 1:
-            raise ValueError(
-                "this step folds backward passes from several logical Poisson batches; "
-                "several backward calls before one step must be splits of ONE logical "
-                "batch (use BatchMemoryManager), otherwise the step is not a valid "
-                "Poisson-sampled step and the reported epsilon would be wrong")
+            raise ValueError(_FOLDING_MSG)
         self._check_sample_count(self._batches[batch_ids[0]] if batch_ids else None)
 
     def _check_sample_count(self, expected: Optional[int]) -> None:
@@ -338,8 +410,10 @@ class DPOptimizer(Optimizer):
                     p.grad = p.summed_grad if p.grad is None else p.grad.add_(p.summed_grad)
                     p.summed_grad = None
                 grads.append(p.grad)
-            std = self.noise_multiplier * self.max_grad_norm if self.adds_noise else 0.0
+            std = self.gradient_noise_std() if self.adds_noise else 0.0
             scale = 1.0 / self.expected_batch_size if self.loss_reduction == "mean" else 1.0
+            if self.accumulation == "opacus" and self.loss_reduction == "mean":
+                scale /= max(self._fresh_passes, 1)  # Opacus: k passes are k batches
             if std > 0:
                 _add_noise(grads, std, scale, self.noise_generator, self.noise_source)
             elif scale != 1.0:
@@ -348,6 +422,7 @@ class DPOptimizer(Optimizer):
                 self.grad_all_reduce(grads)
         for fn in self._step_hooks:
             fn(self)
+        self.after_step()
         self._is_last_step_skipped = False
         self._needs_zero_grad = True
         self._reset_window()
@@ -376,4 +451,7 @@ class DPOptimizer(Optimizer):
         for state in self._states:
             state.error = None
             state.leaked.clear()
+        for p in self.params:
+            if hasattr(p, "grad_sample"):
+                p.grad_sample = None
         self.original_optimizer.zero_grad(set_to_none)

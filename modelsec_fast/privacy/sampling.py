@@ -470,17 +470,20 @@ class BatchMemoryManager:
         ...         optimizer.step()
         ...         optimizer.zero_grad()
 
+    Any other DataLoader (``make_private(poisson_sampling=False)`` returns the
+    user's own) works too, as in Opacus: each batch it yields is cut along
+    dim 0 into near-equal physical batches of at most
+    ``max_physical_batch_size``, with the same skip signals.
+
     Raises:
-        TypeError: ``data_loader`` is not a :class:`DPDataLoader`.
+        TypeError: ``data_loader`` is not a DataLoader.
         ValueError: ``max_physical_batch_size`` < 1.
     """
 
-    def __init__(self, data_loader: DPDataLoader, max_physical_batch_size: int, optimizer):
-        if not isinstance(data_loader, DPDataLoader):
+    def __init__(self, data_loader: DataLoader, max_physical_batch_size: int, optimizer):
+        if not isinstance(data_loader, DataLoader):
             raise TypeError(
-                "BatchMemoryManager needs the DPDataLoader returned by make_private "
-                f"(Poisson sampling), got {type(data_loader).__name__}"
-            )
+                f"BatchMemoryManager needs a DataLoader, got {type(data_loader).__name__}")
         max_physical_batch_size = check_int("max_physical_batch_size", max_physical_batch_size, 1)
         if not hasattr(optimizer, "signal_skip_step"):
             raise TypeError("optimizer must be a DP optimizer with signal_skip_step()")
@@ -488,7 +491,10 @@ class BatchMemoryManager:
         self.max_physical_batch_size = max_physical_batch_size
         self.optimizer = optimizer
 
-    def __enter__(self) -> "_PhysicalBatchLoader":
+    def __enter__(self):
+        if not isinstance(self.data_loader, DPDataLoader):
+            return _SplitBatchLoader(self.data_loader, self.max_physical_batch_size,
+                                     self.optimizer)
         return _PhysicalBatchLoader(self.data_loader, self.max_physical_batch_size, self.optimizer)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -520,3 +526,47 @@ class _PhysicalBatchLoader:
                 self.loader.batches_yielded += 1
             self.optimizer.signal_skip_step(do_skip=not is_last)
             yield batch
+
+
+def _split(batch, chunks: int) -> list:
+    """A batch (tensors, or lists/tuples/dicts of them) cut into ``chunks`` along dim 0."""
+    if isinstance(batch, torch.Tensor):
+        return list(batch.tensor_split(chunks))
+    if isinstance(batch, collections.abc.Mapping):
+        parts = {k: _split(v, chunks) for k, v in batch.items()}
+        return [type(batch)({k: v[i] for k, v in parts.items()}) for i in range(chunks)]
+    if isinstance(batch, (list, tuple)):
+        parts = [_split(v, chunks) for v in batch]
+        rows = [[p[i] for p in parts] for i in range(chunks)]
+        if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+            return [type(batch)(*r) for r in rows]
+        return [type(batch)(r) for r in rows]
+    raise TypeError(f"BatchMemoryManager cannot split a batch leaf of type {type(batch).__name__}")
+
+
+def _batch_length(batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, collections.abc.Mapping):
+        return _batch_length(next(iter(batch.values())))
+    return _batch_length(batch[0])
+
+
+class _SplitBatchLoader:
+    """Physical batches of a plain DataLoader: each of its batches cut into chunks."""
+
+    def __init__(self, loader: DataLoader, max_batch_size: int, optimizer):
+        self.loader = loader
+        self.max_batch_size = max_batch_size
+        self.optimizer = optimizer
+
+    def __len__(self) -> int:
+        size = self.loader.batch_size or self.max_batch_size
+        return len(self.loader) * math.ceil(size / self.max_batch_size)
+
+    def __iter__(self):
+        for batch in self.loader:
+            chunks = max(1, math.ceil(_batch_length(batch) / self.max_batch_size))
+            for c, part in enumerate(_split(batch, chunks)):
+                self.optimizer.signal_skip_step(do_skip=c < chunks - 1)
+                yield part

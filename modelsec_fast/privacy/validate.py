@@ -12,15 +12,19 @@ returns (or with ``strict=True`` raises) the list of problems,
   from :mod:`modelsec_fast.privacy.layers.dp_rnn`, weights copied.
 * InstanceNorm with ``track_running_stats=True`` -> ``track_running_stats=False``.
 
-Rejected: BatchNorm; any trainable layer without a per-sample rule (frozen
-ones are fine); a parameter shared between layers; rule-specific
-configurations (e.g. Embedding ``sparse=True``).
+Rejected: BatchNorm (its batch statistics mix the samples, which no
+per-sample method can undo); torch's fused recurrent layers and
+nn.MultiheadAttention (``fix`` swaps in DP versions); rule-specific
+configurations (e.g. Embedding ``sparse=True``). Trainable layers without a
+rule take the generic per-sample path; parameters shared between layers
+(tied weights) are supported. Warns when a LoRA model trains its base layers.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 from torch import nn
 
@@ -37,6 +41,21 @@ class UnsupportedModuleError(ValueError):
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
 _RECURRENT = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+
+
+def _warn_trainable_lora_base(module: nn.Module) -> None:
+    """Warn when a LoRA model (peft) also trains its base weights, usually by mistake."""
+    count = 0
+    for sub in module.modules():
+        base = getattr(sub, "base_layer", None)
+        if isinstance(base, nn.Module) and hasattr(sub, "lora_A"):
+            count += sum(p.numel() for p in base.parameters() if p.requires_grad)
+    if count:
+        warnings.warn(
+            f"this LoRA model also trains {count} parameters of its base layers "
+            "(requires_grad=True): they are clipped and noised like the adapters, which "
+            "costs memory and utility; freeze them unless that is intended "
+            "(peft's get_peft_model does)", UserWarning, stacklevel=4)
 
 
 def _describe(name: str, module: nn.Module) -> str:
@@ -56,13 +75,14 @@ class ModuleValidator:
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
         errors: list[str] = []
-        owners: dict[int, str] = {}
         for name, sub in module.named_modules():
             where = _describe(name, sub)
             if isinstance(sub, _BATCHNORM):
                 errors.append(
                     f"{where}: BatchNorm normalises each sample with statistics of the other "
-                    "samples in its batch, which breaks per-sample privacy. Fix: "
+                    "samples in its batch (running statistics too, even without affine "
+                    "parameters), so a sample's influence is not confined to its own "
+                    "gradient and per-sample clipping cannot bound it. Fix: "
                     "ModuleValidator.fix(model) replaces it with GroupNorm")
                 continue
             if isinstance(sub, nn.MultiheadAttention):
@@ -79,30 +99,19 @@ class ModuleValidator:
                     "(DPLSTM / DPGRU / DPRNN and cells), built from nn.Linear")
                 continue
             own = list(sub.named_parameters(recurse=False))
-            for pname, p in own:
-                full = f"{name}.{pname}" if name else pname
-                if id(p) in owners and owners[id(p)] != full:
-                    errors.append(
-                        f"parameter {full!r} is the same tensor as {owners[id(p)]!r}: a "
-                        "parameter shared between layers is not supported (its per-sample "
-                        "gradient would span two layers); untie the weights")
-                owners.setdefault(id(p), full)
             trainable = [pname for pname, p in own if p.requires_grad]
             if not trainable:
                 continue
             rule = rule_for(sub)
             if rule is None:
-                errors.append(
-                    f"{where}: no per-sample rule for this trainable layer (parameters "
-                    f"{trainable}). Fix: freeze it (requires_grad_(False)), replace it with "
-                    "a supported layer, or register a rule (per_sample.register_rule)")
-                continue
+                continue  # the generic per-sample path (per_sample/generic.py)
             known = {n for n, _ in rule.present_params(sub)}
             extra = [n for n in trainable if n not in known]
             if extra:
                 errors.append(f"{where}: parameters {extra} are not covered by its rule")
             for msg in rule.validate(sub):
                 errors.append(f"{where}: {msg}")
+        _warn_trainable_lora_base(module)
         if strict and errors:
             raise UnsupportedModuleError(errors)
         return errors

@@ -240,9 +240,11 @@ def test_folding_two_logical_batches_into_one_step_raises():
     _, (m, o, dl), _ = private()
     it = iter(dl)
     o.zero_grad()
-    for _ in range(2):
-        xb, yb = next(it)
-        nn.functional.cross_entropy(m(xb), yb).backward()
+    xb, yb = next(it)
+    nn.functional.cross_entropy(m(xb), yb).backward()
+    xb, yb = next(it)
+    with pytest.raises(ValueError, match="several logical Poisson batches"):
+        nn.functional.cross_entropy(m(xb), yb).backward()  # Opacus raises here too
     with pytest.raises(ValueError, match="several logical Poisson batches"):
         o.step()
 

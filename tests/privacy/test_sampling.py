@@ -286,10 +286,15 @@ def test_batch_memory_manager_yields_an_empty_logical_batch_once_as_a_step():
     assert dp.batches_yielded == 3
 
 
-def test_batch_memory_manager_refuses_a_non_poisson_loader_and_bad_sizes():
+def test_batch_memory_manager_splits_a_plain_loader_and_refuses_bad_input():
+    # a non-Poisson loader (make_private(poisson_sampling=False)) is split as in Opacus
     opt = _RecordingOptimizer()
-    with pytest.raises(TypeError, match="DPDataLoader"):
-        BatchMemoryManager(data_loader=DataLoader(_dataset(4)), max_physical_batch_size=2, optimizer=opt)
+    with BatchMemoryManager(data_loader=DataLoader(_dataset(5), batch_size=5),
+                            max_physical_batch_size=2, optimizer=opt) as loader:
+        sizes = [len(x) for x, _ in loader]
+    assert sizes == [2, 2, 1] and opt.signals[:3] == [True, True, False]
+    with pytest.raises(TypeError, match="needs a DataLoader"):
+        BatchMemoryManager(data_loader=[1, 2], max_physical_batch_size=2, optimizer=opt)
     dp = DPDataLoader(_dataset(4), sample_rate=0.5)
     with pytest.raises(ValueError, match="max_physical_batch_size"):
         BatchMemoryManager(data_loader=dp, max_physical_batch_size=0, optimizer=opt)

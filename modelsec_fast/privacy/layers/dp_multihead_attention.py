@@ -5,8 +5,11 @@ rule sees it. This module computes the same function with separate q/k/v and
 output ``nn.Linear`` projections, applied in the caller's layout (so with
 ``batch_first=False`` the model must be made private with
 ``make_private(batch_first=False)``, as in Opacus). Same constructor and forward signature as
-``nn.MultiheadAttention``; ``add_bias_kv=True`` is not supported (its raw
-bias parameters would need a rule of their own).
+``nn.MultiheadAttention``. ``add_bias_kv=True`` keeps torch's ``bias_k`` and
+``bias_v`` (1, 1, E) parameters, appended to every sample's keys and values;
+the generic per-sample path handles them (an additive broadcast). A state
+dict of ``nn.MultiheadAttention`` (``in_proj_weight``/``in_proj_bias`` or the
+separate ``q/k/v_proj_weight``) loads directly.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ class DPMultiheadAttention(nn.Module):
                  add_zero_attn=False, kdim=None, vdim=None, batch_first=False,
                  device=None, dtype=None):
         super().__init__()
-        if add_bias_kv:
-            raise ValueError("DPMultiheadAttention: add_bias_kv=True is not supported")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         kw = {"device": device, "dtype": dtype}
@@ -46,16 +47,37 @@ class DPMultiheadAttention(nn.Module):
         self.in_proj_weight = None
         self.in_proj_bias = None
         self._qkv_same_embed_dim = False
-        self.bias_k = self.bias_v = None
+        if add_bias_kv:
+            self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **kw))
+            self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **kw))
+            nn.init.xavier_normal_(self.bias_k)
+            nn.init.xavier_normal_(self.bias_v)
+        else:
+            self.bias_k = self.bias_v = None
+        self._register_load_state_dict_pre_hook(self._from_torch_layout)
+
+    def _from_torch_layout(self, state_dict, prefix, *args):
+        """Rename nn.MultiheadAttention's packed projection keys to this module's Linears."""
+        packed_w = state_dict.pop(prefix + "in_proj_weight", None)
+        if packed_w is not None:
+            for name, part in zip("qkv", packed_w.chunk(3, dim=0)):
+                state_dict[f"{prefix}{name}linear.weight"] = part
+        for name in "qkv":
+            w = state_dict.pop(f"{prefix}{name}_proj_weight", None)
+            if w is not None:
+                state_dict[f"{prefix}{name}linear.weight"] = w
+        packed_b = state_dict.pop(prefix + "in_proj_bias", None)
+        if packed_b is not None:
+            for name, part in zip("qkv", packed_b.chunk(3)):
+                state_dict[f"{prefix}{name}linear.bias"] = part
 
     @classmethod
     def from_multihead_attention(cls, mha: nn.MultiheadAttention) -> "DPMultiheadAttention":
         """A DPMultiheadAttention computing the same function as ``mha`` (weights copied)."""
-        if mha.bias_k is not None:
-            raise ValueError("cannot convert nn.MultiheadAttention with add_bias_kv=True")
         ref = mha.out_proj.weight
         new = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout,
-                  bias=mha.in_proj_bias is not None, add_zero_attn=mha.add_zero_attn,
+                  bias=mha.in_proj_bias is not None, add_bias_kv=mha.bias_k is not None,
+                  add_zero_attn=mha.add_zero_attn,
                   kdim=mha.kdim, vdim=mha.vdim, batch_first=mha.batch_first,
                   device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
@@ -74,6 +96,9 @@ class DPMultiheadAttention(nn.Module):
             new.out_proj.weight.copy_(mha.out_proj.weight)
             if mha.out_proj.bias is not None:
                 new.out_proj.bias.copy_(mha.out_proj.bias)
+            if mha.bias_k is not None:
+                new.bias_k.copy_(mha.bias_k)
+                new.bias_v.copy_(mha.bias_v)
         new.train(mha.training)
         return new
 
@@ -105,6 +130,16 @@ class DPMultiheadAttention(nn.Module):
         # Projections run in the caller's layout, so every Linear sees the sample
         # index where the rest of the model has it (make_private(batch_first=...)).
         q, k, v = self.qlinear(query), self.klinear(key), self.vlinear(value)
+        if self.bias_k is not None:  # one more key/value per sample, in the caller's layout
+            bdim = 0 if self.batch_first else 1
+            shape = list(k.shape)
+            shape[bdim], shape[1 - bdim] = k.shape[bdim], 1
+            k = torch.cat([k, self.bias_k.expand(shape)], 1 - bdim)
+            v = torch.cat([v, self.bias_v.expand(shape)], 1 - bdim)
+            if attn_mask is not None:
+                attn_mask = F.pad(attn_mask, (0, 1))
+            if key_padding_mask is not None:
+                key_padding_mask = F.pad(key_padding_mask, (0, 1))
         if not self.batch_first:
             q, k, v = (t.transpose(0, 1) for t in (q, k, v))
         batch, tgt, _ = q.shape

@@ -90,6 +90,15 @@ class LayerRule:
     def forward(self, module, recorder, *args, **kwargs):
         raise RuntimeError(f"{type(self).__name__} defines no forward")
 
+    def example_input(self, module) -> torch.Tensor | None:
+        """A small batched input for ``module`` (probes a subclass's forward; None: none)."""
+        return None
+
+    def per_sample_grads(self, module, calls: list[Call], mask: dict[str, bool],
+                         batch_dim: int) -> dict[str, torch.Tensor]:
+        """name -> (B, *param.shape) materialised per-sample gradients (shared parameters)."""
+        raise RuntimeError(f"{type(self).__name__} defines no per_sample_grads")
+
     def compact(self, module, call: Call, mask: dict[str, bool], batch_dim: int) -> None:
         """At capture: optionally replace ``call.tensors`` by ``call.parts`` (default: keep)."""
 
@@ -139,13 +148,68 @@ def prefer_ghost(time_steps: int, out_features: int, in_features: int, *,
 
 
 def ghost_sq_norm(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """||G^T A||_F^2 per sample without forming G^T A.
+    """||G^T A||_F^2 per sample without forming G^T A, never negative nor underestimated.
 
-    a: (N, T, d), g: (N, T, p) -> (N,) = <A A^T, G G^T>.
+    a: (N, T, d), g: (N, T, p) -> (N,) = <A A^T, G G^T>, clamped at 0. The
+    inner product cancels when a sample's time steps pull against each other,
+    and its rounding error (see :func:`guard_sq_norms`) can then exceed the
+    result: such samples are recomputed in float64, plus the error bound, so
+    that a clip factor computed from the norm never lets a sample exceed C.
     """
+    sq = _raw_ghost(a, g)
+    scale = torch.linalg.vecdot(torch.linalg.vector_norm(a, dim=2),
+                                torch.linalg.vector_norm(g, dim=2)).square()
+    terms = a.shape[2] + g.shape[2] + a.shape[1] * a.shape[1]
+    return guard_sq_norms(sq, scale, terms, a.dtype,
+                          lambda idx: _raw_ghost(a[idx].double(), g[idx].double()))
+
+
+def _raw_ghost(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     aat = torch.bmm(a, a.transpose(1, 2))
     ggt = torch.bmm(g, g.transpose(1, 2))
     return (aat * ggt).sum(dim=(1, 2))
+
+
+#: relative error of a squared norm we tolerate without recomputing (1e-6 on the norm)
+GUARD_RELATIVE = 2e-6
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Unit roundoff of matrix products in ``dtype`` (TF32 when float32 matmuls allow it)."""
+    if dtype == torch.float64:
+        return 2.0 ** -53
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return 2.0 ** -24
+    return 2.0 ** -11 if dtype == torch.float32 else float(torch.finfo(dtype).eps) / 2
+
+
+def guard_sq_norms(sq: torch.Tensor, scale: torch.Tensor, terms: int, dtype: torch.dtype,
+                   recompute) -> torch.Tensor:
+    """Clamp squared norms at 0 and repair the samples whose rounding error may be large.
+
+    A sum of ``terms`` products computed in ``dtype`` is off by at most
+    terms * u * ``scale`` (``scale`` bounds the sum of the products' absolute
+    values). Where that bound exceeds ``GUARD_RELATIVE`` of the result, the
+    sample is recomputed by ``recompute(indices)`` in float64 and its bound
+    added, so the returned value is never below the exact squared norm (it
+    over-clips such a sample slightly instead of under-clipping it).
+    """
+    sq = sq.clamp(min=0)
+    gamma = terms * unit_roundoff(dtype)
+    risky = (gamma * scale) > GUARD_RELATIVE * sq
+    if not bool(risky.any()):
+        return sq
+    idx = risky.nonzero().reshape(-1)
+    if dtype == torch.float64:
+        fixed = sq[idx] + gamma * scale[idx]
+    else:
+        bound = terms * unit_roundoff(torch.float64) * scale[idx].double()
+        fixed = recompute(idx).clamp(min=0) + bound
+        # float64 -> float32 rounds to nearest: step up one ulp so it never rounds down
+        fixed = torch.nextafter(fixed.to(sq.dtype), sq.new_tensor(float("inf")))
+    sq = sq.clone()
+    sq[idx] = fixed.to(sq.dtype)
+    return sq
 
 
 def batch_first(t: torch.Tensor, batch_dim: int) -> torch.Tensor:

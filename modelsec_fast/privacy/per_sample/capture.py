@@ -23,7 +23,10 @@ import weakref
 import torch
 from torch import nn
 
+from torch.utils._pytree import tree_flatten
+
 from .base import Call
+from .generic import GENERIC
 from .registry import rule_for
 
 _will_execute = torch._C._will_engine_execute_node
@@ -66,6 +69,29 @@ class LayerRecorder:
                     self._acc_nodes[pname] = (p, node)
                     self.watch_trainable()
 
+    def capture_parts(self, ctx, parts: dict, batch_size: int, need) -> None:
+        """From a generic-path tap's backward: one use's per-sample gradients, name -> (B, ...)."""
+        pname = next(iter(parts))
+        node = self._acc_nodes.get(pname)
+        if not (bool(need) and node is not None and _will_execute(node[1])):
+            return
+        if not self._new_in_window(ctx):
+            return
+        call = Call((), batch_size, {}, parts=parts)
+        self.state.add(self, call, {n: n in parts for n, _ in self.params})
+
+    def _new_in_window(self, ctx) -> bool:
+        window = self.state.window
+        if getattr(ctx, "_modelsec_window", None) == window:
+            self.state.fail(ValueError(
+                f"layer {self.name or type(self.module).__name__!r}: a second backward "
+                "pass went through the same forward call before optimizer.step(). "
+                "The samples' gradients would be clipped separately and their "
+                "sensitivity doubled; sum the losses and call backward once."))
+            return False
+        ctx._modelsec_window = window
+        return True
+
     def capture(self, ctx, tensors: tuple, batch_size: int, needs, meta=None) -> None:
         """Called from a rule's backward: keep ``tensors`` if this pass trains the layer.
 
@@ -78,17 +104,8 @@ class LayerRecorder:
             ok = bool(need) and node is not None and _will_execute(node[1])
             mask[pname] = ok
             keep = keep or ok
-        if not keep:
+        if not keep or not self._new_in_window(ctx):
             return
-        window = self.state.window
-        if getattr(ctx, "_modelsec_window", None) == window:
-            self.state.fail(ValueError(
-                f"layer {self.name or type(self.module).__name__!r}: a second backward "
-                "pass went through the same forward call before optimizer.step(). "
-                "The samples' gradients would be clipped separately and their "
-                "sensitivity doubled; sum the losses and call backward once."))
-            return
-        ctx._modelsec_window = window
         call = Call(tensors, batch_size, meta or {})
         with torch.no_grad():  # backward under create_graph runs with grad mode on
             self.rule.compact(self.module, call, mask, self.state.batch_dim)
@@ -107,6 +124,56 @@ class CaptureState:
         self._queued = False
         self.leaked: set[str] = set()
         self.error: Exception | None = None
+        #: samples in the model's current forward (its first batched tensor input)
+        self.forward_batch: int | None = None
+        self._input_storages: set[int] = set()
+        #: id(parameter) of parameters used by several layers (tied weights)
+        self.shared: set[int] = set()
+
+    def note_forward(self, args, kwargs) -> None:
+        """Record the batch size and input storages of the model's forward call."""
+        leaves = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        self._input_storages = set()
+        for t in leaves:
+            try:
+                self._input_storages.add(t.untyped_storage().data_ptr())
+            except RuntimeError:  # tensors without storage (meta, some subclasses)
+                pass
+        self.forward_batch = None
+        for t in leaves:  # sequence-first models (batch_dim 1) take (T, B, ...) inputs
+            if t.dim() > self.batch_dim:
+                self.forward_batch = int(t.shape[self.batch_dim])
+                break
+
+    def views_model_input(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` shares storage with a tensor the model's forward was given."""
+        try:
+            return t.untyped_storage().data_ptr() in self._input_storages
+        except RuntimeError:
+            return False
+
+    def broadcast_input(self, rec: "LayerRecorder", args: tuple) -> tuple:
+        """A layer input with batch 1 inside a batch of B: expand it over the batch.
+
+        A position embedding called with (1, T) ids, its output broadcast over
+        the samples, has a per-sample gradient (each sample's own output
+        gradient), but the broadcast sums those before the layer sees them; an
+        input expanded to (B, T) keeps them apart. One sample sliced out of
+        the batch (a per-sample loop in forward) is refused instead.
+        """
+        batch = self.forward_batch
+        if not args or batch is None or batch <= 1 or self.batch_dim != 0:
+            return args
+        x = args[0]
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] != 1:
+            return args
+        base = x._base
+        if base is not None and base.dim() == x.dim() and base.shape[0] == batch:
+            raise ValueError(
+                f"layer {rec.name or type(rec.module).__name__!r} got one sample sliced "
+                f"out of the batch of {batch} (a per-sample loop in forward?): per-sample "
+                "clipping needs each layer to see the whole batch in one call")
+        return (x.expand((batch,) + tuple(x.shape[1:])),) + tuple(args[1:])
 
     def note_autograd_grad(self, name: str, grad) -> None:
         """Leaf hook: a defined gradient here bypassed the layer's rule (unclipped)."""
@@ -177,19 +244,28 @@ class _PrivateForward:
         if not torch.is_grad_enabled():
             return type(module).forward(module, *args, **kwargs)
         rec.prepare_forward()
+        if rec.rule is not GENERIC:
+            args = rec.state.broadcast_input(rec, args)
         return rec.rule.forward(module, rec, *args, **kwargs)
 
 
 def attach(module: nn.Module, *, batch_dim: int = 0) -> CaptureState:
-    """Route every supported layer of ``module`` through its rule.
+    """Route every layer of ``module`` that owns parameters through its rule.
 
-    Returns the shared state. Layers without parameters are left alone; the
-    validator (``ModuleValidator``) must have accepted ``module`` first.
+    Layers without a rule whose own parameters are trainable take the generic
+    path (:mod:`.generic`). A parameter used by several layers (tied weights)
+    is recorded in ``state.shared``: its per-sample gradients from every use
+    are summed before the norm. Returns the shared state. The validator
+    (``ModuleValidator``) must have accepted ``module`` first.
     """
     state = CaptureState(batch_dim)
     for name, sub in module.named_modules():
         rule = rule_for(sub)
-        if rule is None or not rule.present_params(sub):
+        if rule is None:
+            if not any(p.requires_grad for p in sub.parameters(recurse=False)):
+                continue
+            rule = GENERIC
+        if not rule.present_params(sub):
             continue
         if isinstance(sub.__dict__.get("forward"), _PrivateForward):
             raise ValueError(
@@ -199,18 +275,28 @@ def attach(module: nn.Module, *, batch_dim: int = 0) -> CaptureState:
         sub.forward = _PrivateForward(rec)
         for pname, p in rec.params:
             full = f"{name}.{pname}" if name else pname
-            if getattr(p, OWNER_ATTR, None) is not None:
-                raise ValueError(
-                    f"parameter {full!r} is already managed by a privacy engine "
-                    "(shared between layers, or make_private called twice)")
+            owner = getattr(p, OWNER_ATTR, None)
+            if owner is not None:
+                if owner[0] is not state:
+                    raise ValueError(
+                        f"parameter {full!r} is already managed by a privacy engine "
+                        "(make_private called twice?)")
+                state.shared.add(id(p))
+                continue
             setattr(p, OWNER_ATTR, _Owner((state, full)))
         rec.watch_trainable()
         state.recorders.append(rec)
+    state.pre_hook = module.register_forward_pre_hook(
+        lambda mod, args, kwargs: state.note_forward(args, kwargs), with_kwargs=True)
     return state
 
 
 def detach(state: CaptureState) -> None:
     """Undo :func:`attach`: restore class forwards and remove the hooks."""
+    hook = getattr(state, "pre_hook", None)
+    if hook is not None:
+        hook.remove()
+        state.pre_hook = None
     for rec in state.recorders:
         if isinstance(rec.module.__dict__.get("forward"), (_PrivateForward, _PlainForward)):
             del rec.module.forward

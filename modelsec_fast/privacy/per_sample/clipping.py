@@ -17,7 +17,7 @@ import torch
 
 from modelsec_fast.reference import CLIP_EPS  # one value for the kernels and the engine
 
-from .base import opmath, release
+from .base import flat_rows, opmath, release, row_sq_norms
 
 
 def group_calls(pending):
@@ -65,34 +65,73 @@ def layout_evidence(groups, batch: int):
     return "ambiguous" if alts and batch > 1 else None
 
 
-def clip_pass(pending, *, max_grad_norm: float, loss_reduction: str,
-              grad_scale: float, batch_dim: int):
+def clip_pass(pending, *, max_grad_norm, loss_reduction: str,
+              grad_scale: float, batch_dim: int, shared=frozenset(),
+              materialise: bool = False):
     """Clip one backward pass.
 
-    Returns (sums, norms, layout): sums is a list of (parameter, clipped sum in
-    the parameter's dtype and shape, still multiplied by ``grad_scale``); norms
-    is (B,) in fp32 (fp64 for fp64 models), the unclipped per-sample norms;
-    layout is :func:`layout_evidence`.
+    Returns (sums, norms, layout, per_sample): sums is a list of (parameter,
+    clipped sum in the parameter's dtype and shape, still multiplied by
+    ``grad_scale``); norms is (B,) in fp32 (fp64 for fp64 models), the
+    unclipped per-sample norms over all parameters; layout is
+    :func:`layout_evidence`; per_sample maps id(parameter) to (parameter, its
+    unscaled per-sample gradients (B, *shape)) for the layers that
+    materialised them (all of them when ``materialise``).
+
+    ``max_grad_norm`` is C (flat clipping), or a dict id(parameter) -> C_k
+    (per-parameter clipping: each parameter clipped by its own bound; the
+    per-sample gradients are then materialised). ``shared`` holds the ids of
+    parameters used by several layers: the layers using one materialise their
+    per-sample gradients, which are summed per parameter before the norm.
     """
+    per_param = isinstance(max_grad_norm, dict)
+    materialise = materialise or per_param
     groups = group_calls(pending)
     batch = _batch_size(groups)
     first = groups[0][0].params[0][1]
     acc = opmath(first.dtype)
     sq = torch.zeros(batch, dtype=acc, device=first.device)
     caches = []
+    tied: dict[int, list] = {}  # id(param) -> [param, summed per-sample gradient]
     for rec, calls, mask in groups:
+        if materialise or any(id(p) in shared and mask.get(n) for n, p in rec.params):
+            parts = rec.rule.per_sample_grads(rec.module, calls, mask, batch_dim)
+            for n, p in rec.params:
+                if mask.get(n):
+                    entry = tied.setdefault(id(p), [p, None])
+                    entry[1] = parts[n] if entry[1] is None else entry[1] + parts[n]
+            caches.append(None)
+            continue
         s, cache = rec.rule.sq_norms(rec.module, calls, mask, batch_dim)
         sq += s.to(acc)
         caches.append(cache)
+    param_sq = {}
+    for key, (_, per) in tied.items():
+        param_sq[key] = row_sq_norms(per).to(acc)
+        sq += param_sq[key]
     loss_factor = float(batch) if loss_reduction == "mean" else 1.0
-    norms = sq.sqrt() * (loss_factor / grad_scale)
-    factors = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0) * loss_factor
+    unscale = loss_factor / grad_scale
+    norms = sq.sqrt() * unscale
     sums = []
-    caches.reverse()  # popped in group order: a layer's cache and records are freed
-    for rec, calls, mask in groups:  # as soon as its clipped sum is formed
-        out = rec.rule.clipped_sums(rec.module, calls, mask, batch_dim, caches.pop(), factors)
-        release(calls)
-        for pname, p in rec.params:
-            if mask.get(pname):
-                sums.append((p, out[pname].to(p.dtype).reshape(p.shape)))
-    return sums, norms, layout_evidence(groups, batch)
+    if per_param:
+        for key, (p, per) in tied.items():
+            f = (max_grad_norm[key] / (param_sq[key].sqrt() * unscale + CLIP_EPS)).clamp(max=1.0)
+            total = (f * loss_factor).to(per.dtype) @ flat_rows(per)
+            sums.append((p, total.to(p.dtype).reshape(p.shape)))
+    else:
+        factors = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0) * loss_factor
+        caches.reverse()  # popped in group order: a layer's cache and records are freed
+        for rec, calls, mask in groups:  # as soon as its clipped sum is formed
+            cache = caches.pop()
+            if cache is None:
+                continue
+            out = rec.rule.clipped_sums(rec.module, calls, mask, batch_dim, cache, factors)
+            release(calls)
+            for pname, p in rec.params:
+                if mask.get(pname):
+                    sums.append((p, out[pname].to(p.dtype).reshape(p.shape)))
+        for p, per in tied.values():
+            total = factors.to(per.dtype) @ flat_rows(per)
+            sums.append((p, total.to(p.dtype).reshape(p.shape)))
+    per_sample = {key: (p, per * unscale) for key, (p, per) in tied.items()}
+    return sums, norms, layout_evidence(groups, batch), per_sample

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (MATERIALISE_BUDGET, LayerRule, flat_rows, opmath, prefer_ghost, release,
-                   row_sq_norms, scale_rows)
+from .base import (MATERIALISE_BUDGET, LayerRule, flat_rows, ghost_sq_norm, opmath,
+                   prefer_ghost, release, row_sq_norms, scale_rows)
 from .registry import register_rule
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -285,10 +285,9 @@ class ConvRule(LayerRule):
                 a = _patches(x.to(acc), tuple(weight.shape[2:]), stride, padding, dilation,
                              groups)
                 gg = g.to(acc).reshape(batch * groups, p, steps)
-                aat = torch.bmm(a.transpose(1, 2), a)
-                ggt = torch.bmm(gg.transpose(1, 2), gg)
-                # (B*groups, T, T) -> per sample: sum over groups of <A_g A_g^T, G_g G_g^T>
-                sq += torch.linalg.vecdot(aat.reshape(batch, -1), ggt.reshape(batch, -1))
+                # per sample: sum over groups of <A_g A_g^T, G_g G_g^T> (clamped, guarded)
+                sq += ghost_sq_norm(a.transpose(1, 2), gg.transpose(1, 2)).reshape(
+                    batch, groups).sum(1)
             else:
                 kept = _materialised_sq_norms(calls, tuple(weight.shape), acc, sq,
                                               keep=_keep_per_sample(batch, weight, steps, acc))
@@ -305,6 +304,27 @@ class ConvRule(LayerRule):
         if "weight" in cache or not mask.get("weight"):
             release(calls)  # the clipped sums need only the cache
         return sq, cache
+
+    def example_input(self, module):
+        n = module.weight.dim() - 2
+        size = [(k - 1) * d + 1 + s for k, d, s in
+                zip(module.kernel_size, module.dilation, module.stride)]
+        return torch.randn(2, module.in_channels, *size[:n], dtype=module.weight.dtype,
+                           device=module.weight.device)
+
+    def per_sample_grads(self, module, calls, mask, batch_dim):
+        acc = opmath(calls[0].tensors[1].dtype)
+        batch = calls[0].batch_size
+        parts = {}
+        if mask.get("weight"):
+            sq = torch.zeros(batch, dtype=acc, device=module.weight.device)
+            parts["weight"] = _materialised_sq_norms(calls, tuple(module.weight.shape), acc, sq,
+                                                     keep=True)
+        if mask.get("bias"):
+            parts["bias"] = sum(c.tensors[1].to(acc).reshape(batch, c.tensors[1].shape[1], -1)
+                                .sum(2) for c in calls)
+        release(calls)
+        return parts
 
     def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
         out = {}

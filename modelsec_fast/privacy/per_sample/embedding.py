@@ -51,6 +51,16 @@ class EmbeddingRule(LayerRule):
     def forward(self, module, recorder, input):
         if input.dim() < 1:
             raise ValueError(f"Embedding layer {recorder.name!r}: needs a batched index tensor")
+        if input.dim() == 1 and not recorder.state.views_model_input(input):
+            # (B,) token ids and (T,) position ids broadcast over the batch look alike,
+            # and agree in size when B == T: accepting the latter clips positions
+            raise ValueError(
+                f"Embedding layer {recorder.name!r} got a 1-D index tensor of length "
+                f"{input.shape[0]} that is not a view of the model's input, so it cannot "
+                "be shown to carry the sample index: ids shared by all samples (e.g. "
+                "positions from torch.arange(T)) have no per-sample gradient in that "
+                "shape. Give it a batch dimension: (1, T) for ids shared by every sample "
+                "(the engine expands them over the batch), (B, ...) for per-sample ids")
         return _EmbeddingFunction.apply(input, module.weight, recorder, module.padding_idx,
                                         module.max_norm, module.norm_type)
 
@@ -85,6 +95,16 @@ class EmbeddingRule(LayerRule):
         summed = rows.new_zeros(keys.shape[0], rows.shape[1]).index_add_(0, inverse, rows)
         sq = rows.new_zeros(batch).index_add_(0, keys // vocab, row_sq_norms(summed))
         return sq, (idx, rows, owner)
+
+    def example_input(self, module):
+        return torch.randint(0, module.num_embeddings, (2, 3), device=module.weight.device)
+
+    def per_sample_grads(self, module, calls, mask, batch_dim):
+        batch, idx, rows, owner = self._flat(module, calls, batch_dim)
+        release(calls)
+        vocab, width = module.weight.shape
+        table = rows.new_zeros(batch * vocab, width).index_add_(0, owner * vocab + idx, rows)
+        return {"weight": table.reshape(batch, vocab, width)}
 
     def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
         idx, rows, owner = cache

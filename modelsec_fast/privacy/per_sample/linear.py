@@ -18,7 +18,7 @@ from torch import nn
 from .base import (
     LayerRule, add_part, batch_first, flat_rows, ghost_sq_norm, layout_meta, opmath, prefer_ghost,
     release, row_sq_norms, scale_rows, summed_parts)
-from .registry import register_rule
+from .registry import register_rule, register_rule_by_name
 
 
 class _LinearFunction(torch.autograd.Function):
@@ -117,6 +117,22 @@ class LinearRule(LayerRule):
             release(calls)
         return sq, cache
 
+    def example_input(self, module):
+        return torch.randn(2, module.in_features, dtype=module.weight.dtype,
+                           device=module.weight.device)
+
+    def per_sample_grads(self, module, calls, mask, batch_dim):
+        parts = summed_parts(calls)
+        raw = [c for c in calls if c.parts is None]
+        if raw:
+            a, g = self._tensors(raw, batch_dim)
+            if mask.get("weight"):
+                add_part(parts, "weight", torch.bmm(g.transpose(1, 2), a))
+            if mask.get("bias"):
+                add_part(parts, "bias", g.sum(1))
+        release(calls)
+        return parts
+
     def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
         out = {}
         if mask.get("weight"):
@@ -130,3 +146,38 @@ class LinearRule(LayerRule):
         if mask.get("bias"):
             out["bias"] = factors.to(cache["bias"].dtype) @ cache["bias"]
         return out
+
+
+class Conv1DRule(LinearRule):
+    """transformers' ``Conv1D`` (GPT-2): a Linear layer whose weight is stored (in, out).
+
+    Runs as ``F.linear(x, weight.t(), bias)``; every per-sample quantity is the
+    Linear rule's, transposed back to the stored layout. Registered by name,
+    so transformers is never imported here.
+    """
+
+    def forward(self, module, recorder, input):
+        if input.dim() < 2:
+            raise ValueError(
+                f"Conv1D layer {recorder.name!r}: per-sample clipping needs a batched "
+                f"input (B, ..., nx), got shape {tuple(input.shape)}")
+        return _LinearFunction.apply(input, module.weight.t(), module.bias, recorder)
+
+    def example_input(self, module):
+        return torch.randn(2, module.weight.shape[0], dtype=module.weight.dtype,
+                           device=module.weight.device)
+
+    def per_sample_grads(self, module, calls, mask, batch_dim):
+        parts = super().per_sample_grads(module, calls, mask, batch_dim)
+        if "weight" in parts:
+            parts["weight"] = parts["weight"].transpose(1, 2)
+        return parts
+
+    def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
+        out = super().clipped_sums(module, calls, mask, batch_dim, cache, factors)
+        if "weight" in out:
+            out["weight"] = out["weight"].t()
+        return out
+
+
+register_rule_by_name("transformers.pytorch_utils.Conv1D")(Conv1DRule)

@@ -118,6 +118,15 @@ class _AffineNormRule(LayerRule):
             sq += row_sq_norms(v)
         return sq, per
 
+    def per_sample_grads(self, module, calls, mask, batch_dim):
+        return summed_parts(calls)
+
+    def example_input(self, module):
+        ref = module.weight if getattr(module, "weight", None) is not None else module.bias
+        nd = self.param_ndim(module)
+        shape = (2,) + (tuple(ref.shape) if nd else (ref.shape[0], 5))
+        return torch.randn(shape, dtype=ref.dtype, device=ref.device)
+
     def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
         return {k: factors.to(v.dtype) @ flat_rows(v) for k, v in cache.items()}
 
