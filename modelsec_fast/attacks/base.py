@@ -94,6 +94,8 @@ class Attack(abc.ABC):
     stochastic = False
     #: True for attacks that never look at gradients (Square).
     gradient_free = False
+    #: True for attacks that minimise the perturbation and take no eps (CW, DeepFool).
+    minimum_norm = False
 
     def __init__(self, name: str, model: nn.Module):
         if not isinstance(model, nn.Module) and not callable(model):
@@ -375,6 +377,30 @@ class Attack(abc.ABC):
         """
         return self.forward(images, labels)
 
+    @contextlib.contextmanager
+    def pixel_space(self) -> Iterator[None]:
+        """Inside: :meth:`get_logits` takes pixel-space inputs (normalising them if declared).
+
+        What a call does around :meth:`forward`; for code that drives an attack's
+        steps itself (the robust evaluation's pool).
+        """
+        if self._normalization_applied is not True:
+            yield
+            return
+        self._normalization_applied = False
+        try:
+            yield
+        finally:
+            self._normalization_applied = True
+
+    def to_pixels(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Caller space -> pixel space (un-normalised if a normalisation is declared)."""
+        return self.inverse_normalize(inputs) if self.normalization_used is not None else inputs
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel space -> caller space (normalised if a normalisation is declared)."""
+        return self.normalize(pixels) if self.normalization_used is not None else pixels
+
     def _run(self, method, images, labels) -> torch.Tensor:
         self._validate(images, labels)
         if images.shape[0] == 0:
@@ -385,11 +411,8 @@ class Attack(abc.ABC):
             if self._normalization_applied is True:
                 pixels = self.inverse_normalize(images)
                 check_input_pixels(pixels, unnormalised=True)
-                self._normalization_applied = False
-                try:
+                with self.pixel_space():
                     adv = method(pixels, labels)
-                finally:
-                    self._normalization_applied = True
                 return self.normalize(adv).detach()
             check_input_pixels(images, unnormalised=False, hint="; if the images are normalised, "
                                "call set_normalization_used(mean, std)")
