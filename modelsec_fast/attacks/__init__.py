@@ -22,14 +22,16 @@ from .cw import CW
 from .deepfool import DeepFool
 from .fab import FAB
 from .fgsm import FFGSM, FGSM
+from .hopskipjump import HopSkipJump
 from .losses import dlr_loss, dlr_targeted_loss, margin_loss
 from .minimum_norm import MinimumNormAttack, MinimumNormResult
 from .multiattack import MultiAttack
 from .pgd import BIM, PGD, PGDL2
+from .spsa import SPSA
 from .square import Square
 
 __all__ = [
     "Attack", "APGD", "APGDT", "FAB", "FGSM", "FFGSM", "BIM", "PGD", "PGDL2", "Square", "MultiAttack",
-    "CW", "DeepFool", "MinimumNormAttack",
+    "CW", "DeepFool", "SPSA", "HopSkipJump", "MinimumNormAttack",
     "MinimumNormResult", "dlr_loss", "dlr_targeted_loss", "margin_loss",
 ]
