@@ -16,6 +16,7 @@ their distances with ``atk.evaluate(images, labels)`` (a
 :func:`modelsec_fast.evaluate.robust_accuracy`.
 """
 
+from .adaptive import BPDA, EOT
 from .apgd import APGD, APGDT
 from .base import Attack
 from .cw import CW
@@ -32,6 +33,6 @@ from .square import Square
 
 __all__ = [
     "Attack", "APGD", "APGDT", "FAB", "FGSM", "FFGSM", "BIM", "PGD", "PGDL2", "Square", "MultiAttack",
-    "CW", "DeepFool", "SPSA", "HopSkipJump", "MinimumNormAttack",
+    "CW", "DeepFool", "SPSA", "HopSkipJump", "EOT", "BPDA", "MinimumNormAttack",
     "MinimumNormResult", "dlr_loss", "dlr_targeted_loss", "margin_loss",
 ]
