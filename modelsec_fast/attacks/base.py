@@ -445,7 +445,8 @@ class Attack(abc.ABC):
         return self._run(self._forward_eval, images, labels)
 
     def __repr__(self) -> str:
-        hidden = {"model", "attack", "supported_mode", "model_name"}
+        # Per-call outputs (query counts, histories) are results, not settings.
+        hidden = {"model", "attack", "supported_mode", "model_name", "queries", "history"}
         info = {k: v for k, v in self.__dict__.items()
                 if not k.startswith("_") and k not in hidden and not callable(v)}
         info["attack_mode"] = self.attack_mode
