@@ -3,8 +3,11 @@
 The model is only asked for its decision (adversarial or not).  Per sample:
 
 1. initialisation: uniform random images until one is adversarial (at most
-   ``init_size``), then a bisection on the segment from the image to it
-   (threshold 0.001), then the projection onto the boundary below;
+   ``init_size``; a sample that none fools starts from the nearest image of the
+   batch that the model already puts in another class, or in the target class:
+   their decisions are known from the clean check, so this costs no query),
+   then a bisection on the segment from the image to it (threshold 0.001), then
+   the projection onto the boundary below;
 2. each iteration ``i`` (1-based) estimates the boundary's normal at the
    current point from ``min(init_evals * sqrt(i), max_evals)`` random probes at
    radius ``delta`` (sign of the decision, baseline-subtracted mean of the
@@ -157,6 +160,11 @@ class HopSkipJump(MinimumNormAttack):
             found_rows.append(todo[ok])
             found_points.append(noise[ok])
             todo, x_todo = todo[~ok], x_todo[~ok]
+        if todo.numel():
+            rows_b, points_b = self._batch_starts(todo)
+            found_rows.append(rows_b)
+            found_points.append(points_b)
+        found_rows = [r for r in found_rows if r.numel()]
         if not found_rows:
             return rows[:0], x0[:0]
         rows_f, noise = torch.cat(found_rows), torch.cat(found_points)
@@ -167,6 +175,20 @@ class HopSkipJump(MinimumNormAttack):
         start = self._bisect(rows_f, x_f, noise, thr, blend=True)
         return rows_f, self._bisect(rows_f, x_f, start, self._threshold(x_f, start),
                                     blend=self.norm == "L2")
+
+    def _batch_starts(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``rows`` no random image fooled: the nearest image of the batch whose clean
+        decision is already adversarial for them (another class; the target class).
+
+        Those decisions were queried by the clean check: no new query.
+        """
+        flat = self._x0.flatten(1)
+        cls = self._cls[rows][:, None]
+        usable = self._pred[None, :] == cls if self.targeted else self._pred[None, :] != cls
+        dist = torch.cdist(flat[rows], flat).masked_fill(~usable, math.inf)
+        nearest = dist.argmin(1)
+        has = torch.isfinite(dist.gather(1, nearest[:, None]).squeeze(1))
+        return rows[has], self._x0[nearest[has]]
 
     def _threshold(self, x0, point) -> torch.Tensor:
         """(n,) the bisection threshold: theta (L2), min(theta * dist, theta) (L-inf)."""
@@ -239,7 +261,7 @@ class HopSkipJump(MinimumNormAttack):
             logits = self.get_logits(images)
         self.check_labels_against_logits(logits, self._cls)
         self.queries += 1
-        pred = logits.argmax(1)
+        pred = self._pred = logits.argmax(1)
         adversarial = pred == self._cls if self.targeted else pred != self._cls
         best = images.clone()
         best_dist = torch.where(adversarial, torch.zeros(b, dtype=images.dtype, device=dev),
@@ -253,7 +275,7 @@ class HopSkipJump(MinimumNormAttack):
                 best[rows], best_dist[rows] = cur, dist
                 self._iterate(rows, x0, cur, dist, best, best_dist, streams)
         finally:
-            del self._cls, self._x0
+            del self._cls, self._x0, self._pred
         return best
 
     def _iterate(self, rows, x0, cur, dist, best, best_dist, streams) -> None:

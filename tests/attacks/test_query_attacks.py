@@ -123,6 +123,30 @@ def test_hopskipjump_zero_gradient_estimate_gives_no_nan(digits_cnn, monkeypatch
     assert bool((history == history[0]).all())
 
 
+class MeanThreshold(nn.Module):
+    """Class 0 when the mean pixel exceeds 0.45, else class 1: uniform noise is always class 0."""
+
+    def forward(self, x):
+        score = (x.flatten(1).mean(1) - 0.45) * 50
+        return torch.stack([score, -score], 1)
+
+
+def test_hopskipjump_starts_from_a_batch_image_where_no_noise_fools_the_model():
+    g = torch.Generator().manual_seed(SEED)
+    bright = (0.6 + 0.1 * torch.rand(4, 1, 8, 8, generator=g)).clamp(0, 1)   # class 0
+    dark = (0.3 + 0.1 * torch.rand(4, 1, 8, 8, generator=g)).clamp(0, 1)     # class 1
+    x = torch.cat([bright, dark])
+    model = MeanThreshold()
+    y = model(x).argmax(1)
+    assert y.tolist() == [0] * 4 + [1] * 4
+    atk = ma.HopSkipJump(model, max_queries=300, init_evals=10, init_size=5, seed=SEED)
+    result = atk.evaluate(x, y)
+    assert result.success_rate == 1.0 and max(result.queries) <= 300
+    # The bright ones started at their nearest dark image and got closer from there.
+    nearest = torch.cdist(bright.flatten(1), dark.flatten(1)).min(1).values
+    assert all(result.distances[i] < float(nearest[i]) for i in range(4))
+
+
 # ---------------------------------------------------------- reference loops
 @pytest.mark.parametrize("make", [
     lambda m, seed: ma.SPSA(m, eps=0.1, lr=0.05, nb_iter=6, nb_sample=8, max_batch_size=37,
