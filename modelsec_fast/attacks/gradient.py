@@ -137,6 +137,23 @@ class PoolOutcome:
     passes: torch.Tensor
 
 
+Rows = dict  # field name -> tensor with one row per sample
+
+
+def _cat(a: Rows | None, b: Rows | None) -> Rows | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def _select(rows: Rows, index: torch.Tensor) -> Rows:
+    return {k: v[index] for k, v in rows.items()}
+
+
+def _count(rows: Rows | None) -> int:
+    return 0 if rows is None else rows["idx"].numel()
+
+
 class EvaluationPool:
     """A gradient attack run over a stream of samples with every pass's batch kept full.
 
@@ -147,6 +164,12 @@ class EvaluationPool:
     ``batch_size`` samples in any stage of any run: as soon as samples leave,
     waiting ones (from later chunks of the data) take their places, so the
     passes stay full instead of shrinking with every break and every restart.
+
+    A sample whose iterate the pass found adversarial, or whose run ended, steps
+    aside until ``verify`` has checked its example; checks go in batches of a
+    quarter of ``batch_size`` (all at the end), not one small forward per pass.
+    A refused claim resumes its run where it stopped; a run that ended without a
+    break restarts (or the sample leaves unbroken after its last run).
 
     Each sample's steps are the attack's own (``_start``, ``input_gradient``,
     ``_step_``): per sample the same iterates as a call of
@@ -164,10 +187,13 @@ class EvaluationPool:
     def __init__(self, attack: "GradientAttack", runs: int, batch_size: int,
                  verify: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]):
         self.attack, self.runs, self.batch_size, self.verify = attack, runs, batch_size, verify
+        self._check_size = max(1, batch_size // 4)
         self._waiting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._n_waiting = 0
-        self._rows: dict[str, torch.Tensor] | None = None
-        self._checked = False
+        self._rows: Rows | None = None      # in the passes
+        self._checks: Rows | None = None    # stepped aside, awaiting verify
+        self._resume: Rows | None = None    # checked and refused: back into the passes first
+        self._checked_labels = False
         #: sample-passes (forward + input gradient) spent so far.
         self.passes = 0
 
@@ -178,8 +204,8 @@ class EvaluationPool:
             self._n_waiting += images.shape[0]
 
     def __len__(self) -> int:
-        """Samples waiting or in the pool."""
-        return self._n_waiting + (0 if self._rows is None else self._rows["idx"].numel())
+        """Samples waiting, in the passes or awaiting a check."""
+        return self._n_waiting + _count(self._rows) + _count(self._checks) + _count(self._resume)
 
     def _take_waiting(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         parts = [torch.cat(col) for col in zip(*self._waiting)]
@@ -189,90 +215,97 @@ class EvaluationPool:
         self._n_waiting = rest[0].shape[0]
         return tuple(taken)
 
-    def _start_rows(self, rows: dict[str, torch.Tensor], sub: torch.Tensor | None) -> None:
-        """(Re)start the runs of ``rows`` (all, or those at ``sub``): fresh start, step 0."""
-        x = rows["x"] if sub is None else rows["x"][sub]
-        y = rows["y"] if sub is None else rows["y"][sub]
-        adv = self.attack._start(x)
-        targets = self.attack._targets(x, y)
-        if sub is None:
-            rows["adv"], rows["step"] = adv, torch.zeros_like(rows["y"])
-            if targets is not None:
-                rows["t"] = targets
-        else:
-            rows["adv"][sub] = adv
-            rows["step"][sub] = 0
-            if targets is not None:
-                rows["t"][sub] = targets
+    def _start(self, rows: Rows) -> Rows:
+        """``rows`` at the start of a run: a fresh start (and targets), step 0."""
+        rows["adv"] = self.attack._start(rows["x"])
+        rows["step"] = torch.zeros_like(rows["y"])
+        targets = self.attack._targets(rows["x"], rows["y"])
+        if targets is not None:
+            rows["t"] = targets
+        return rows
 
     def _refill(self) -> None:
-        have = 0 if self._rows is None else self._rows["idx"].numel()
-        room = self.batch_size - have
-        if room <= 0 or not self._n_waiting:
+        """Fill the passes up to ``batch_size``: resumed samples first, then new ones."""
+        room = self.batch_size - _count(self._rows)
+        if room > 0 and self._resume is not None:
+            n = min(room, _count(self._resume))
+            back = torch.arange(_count(self._resume), device=self._resume["idx"].device)
+            self._rows = _cat(self._rows, _select(self._resume, back[:n]))
+            self._resume = _select(self._resume, back[n:]) if n < back.numel() else None
+            room -= n
+        if room > 0 and self._n_waiting:
+            xc, y, idx = self._take_waiting(room)
+            new = {"xc": xc, "x": self.attack.to_pixels(xc), "y": y, "idx": idx,
+                   "run": torch.zeros_like(y), "done_passes": torch.zeros_like(y)}
+            self._rows = _cat(self._rows, self._start(new))
+
+    def _pass(self) -> None:
+        """One forward + input-gradient pass of every sample in the passes, one step each;
+        samples with a claimed break or an ended run step aside for a check."""
+        attack, rows = self.attack, self._rows
+        grad, logits = attack.input_gradient(rows["adv"], rows["y"], rows.get("t"),
+                                             check=not self._checked_labels)
+        self._checked_labels = True
+        self.passes += rows["idx"].numel()
+        rows["done_passes"] += 1
+        claimed = success_mask(logits, rows["y"], rows.get("t"))
+        any_claimed = bool(claimed.any())
+        before = rows["adv"].detach().clone() if any_claimed else None
+        rows["adv"] = attack._step_(rows["adv"].detach(), grad, rows["x"])  # may be in place
+        rows["step"] += 1
+        aside = claimed | (rows["step"] == attack.steps)
+        if not any_claimed and not bool(aside.any()):
             return
-        xc, y, idx = self._take_waiting(room)
-        new = {"xc": xc, "x": self.attack.to_pixels(xc), "y": y, "idx": idx,
-               "run": torch.zeros_like(y), "done_passes": torch.zeros_like(y)}
-        self._start_rows(new, None)
-        if self._rows is None:
-            self._rows = new
-        else:
-            self._rows = {k: torch.cat([self._rows[k], new[k]]) for k in new}
+        out = aside.nonzero().flatten()
+        checks = _select(rows, out)
+        # The example to check: the claimed iterate, else the run's last one.
+        checks["candidate"] = checks["adv"] if before is None else torch.where(
+            _rows_view(claimed[out], before), before[out], checks["adv"])
+        self._checks = _cat(self._checks, checks)
+        keep = (~aside).nonzero().flatten()
+        self._rows = _select(rows, keep) if keep.numel() else None
+
+    def _check(self, left: list[PoolOutcome]) -> None:
+        """Verify every sample awaiting a check; broken and finished ones go to ``left``."""
+        attack, checks = self.attack, self._checks
+        self._checks = None
+        adv = attack.from_pixels(checks.pop("candidate"))
+        broken = self.verify(adv, checks["xc"], checks["y"])
+        ended = checks["step"] >= attack.steps
+        last = ~broken & ended & (checks["run"] + 1 >= self.runs)
+        leave = broken | last
+        if bool(leave.any()):
+            out = leave.nonzero().flatten()
+            left.append(PoolOutcome(
+                checks["idx"][out], checks["y"][out], broken[out],
+                torch.where(_rows_view(broken[out], adv), adv[out], checks["xc"][out]),
+                checks["done_passes"][out]))
+        resume = (~broken & ~ended).nonzero().flatten()     # a refused claim: its run goes on
+        again = (~broken & ended & ~last).nonzero().flatten()  # an ended run: the next one
+        back = _select(checks, resume) if resume.numel() else None
+        if again.numel():
+            restart = _select(checks, again)
+            restart["run"] += 1
+            back = _cat(back, self._start(restart))
+        self._resume = _cat(self._resume, back)
 
     def run(self, flush: bool) -> PoolOutcome | None:
         """Make passes while the pool is full (or, with ``flush``, until it is empty).
 
         Returns the samples that left (None if none did).
         """
-        attack, steps = self.attack, self.attack.steps
         left: list[PoolOutcome] = []
-        with attack._attack_context(), attack.pixel_space():
+        with self.attack._attack_context(), self.attack.pixel_space():
             while True:
                 self._refill()
-                rows = self._rows
-                n = 0 if rows is None else rows["idx"].numel()
-                if n == 0 or (n < self.batch_size and not flush):
+                full = _count(self._rows) >= self.batch_size
+                if _count(self._checks) >= self._check_size or (
+                        not full and self._checks is not None and (flush or self._resume is None)):
+                    self._check(left)
+                    continue
+                if _count(self._rows) == 0 or not (full or flush):
                     break
-                grad, logits = attack.input_gradient(rows["adv"], rows["y"], rows.get("t"),
-                                                     check=not self._checked)
-                self._checked = True
-                self.passes += n
-                rows["done_passes"] += 1
-                # Claimed breaks (the iterate just seen) and finished runs (after this step).
-                claimed = success_mask(logits, rows["y"], rows.get("t"))
-                any_claimed = bool(claimed.any())
-                before = rows["adv"].detach().clone() if any_claimed else None
-                rows["adv"] = attack._step_(rows["adv"].detach(), grad, rows["x"])  # may be in place
-                rows["step"] += 1
-                ends = rows["step"] == steps
-                check = claimed | ends
-                leave = broken = torch.zeros_like(claimed)
-                if any_claimed or bool(ends.any()):
-                    candidate = rows["adv"] if before is None else \
-                        torch.where(_rows_view(claimed, before), before, rows["adv"])
-                    sub = check.nonzero().flatten()
-                    ok = self.verify(attack.from_pixels(candidate[sub]), rows["xc"][sub],
-                                     rows["y"][sub])
-                    broken = torch.zeros_like(claimed)
-                    broken[sub[ok]] = True
-                    rows["adv"][sub[ok]] = candidate[sub[ok]]
-                    # A claim the check refused goes on stepping, unless its run is over.
-                    over = ends & ~broken
-                    last = over & (rows["run"] + 1 >= self.runs)
-                    again = (over & ~last).nonzero().flatten()
-                    if again.numel():
-                        rows["run"][again] += 1
-                        self._start_rows(rows, again)
-                    leave = broken | last
-                if bool(leave.any()):
-                    out = leave.nonzero().flatten()
-                    left.append(PoolOutcome(
-                        rows["idx"][out], rows["y"][out], broken[out],
-                        torch.where(_rows_view(broken[out], rows["xc"][out]),
-                                    attack.from_pixels(rows["adv"][out]), rows["xc"][out]),
-                        rows["done_passes"][out]))
-                    keep = (~leave).nonzero().flatten()
-                    self._rows = {k: v[keep] for k, v in rows.items()}
+                self._pass()
         if not left:
             return None
         return PoolOutcome(*(torch.cat(parts) for parts in zip(*(

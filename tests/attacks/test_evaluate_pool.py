@@ -54,14 +54,16 @@ def _kwargs(**extra):
 def test_early_stop_is_never_weaker_than_plain_restarts(seed, digits_cnn):
     m, x, y = digits_cnn.model, digits_cnn.x[:150], digits_cnn.y[:150]
     torch.manual_seed(seed)
-    ours = robust_accuracy(m, (x, y), [ma.PGD(m, eps=0.08, alpha=0.03, steps=10)], restarts=3,
+    # Steps as large as eps: PGD's iterates jump around, and its last one is often not
+    # the adversarial one it passed through; early stop keeps that one.
+    ours = robust_accuracy(m, (x, y), [ma.PGD(m, eps=0.08, alpha=0.08, steps=10)], restarts=3,
                            **_kwargs())
     torch.manual_seed(seed)
     with torch.no_grad():
         robust = m(x).argmax(1) == y
     for _ in range(3):  # every step on every sample still robust, the final iterate only
         idx = robust.nonzero().flatten()
-        adv = ma.PGD(m, eps=0.08, alpha=0.03, steps=10)(x[idx], y[idx])
+        adv = ma.PGD(m, eps=0.08, alpha=0.08, steps=10)(x[idx], y[idx])
         with torch.no_grad():
             robust[idx[m(adv).argmax(1) != y[idx]]] = False
     plain = float(robust.float().mean())

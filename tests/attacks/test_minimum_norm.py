@@ -18,21 +18,23 @@ def affine_binary(seed: int, dim: int = 16, n: int = 24):
     """(model, x, labels, exact L2 distances, exact L-inf distances) of a 2-class affine model.
 
     Points lie around 0.5 with distances to the boundary in [0.02, ~0.15], far enough
-    inside [0, 1] that clamping never binds on the way to the boundary.
+    inside [0, 1] that clamping never binds on the way to the boundary.  Float64, so that
+    the bounds test the algorithm, not float32 rounding of pixels near 0.5.
     """
     g = torch.Generator().manual_seed(seed)
-    model = nn.Linear(dim, 2)
+    model = nn.Linear(dim, 2).double()
     with torch.no_grad():
-        model.weight.copy_(torch.randn(2, dim, generator=g))
+        model.weight.copy_(torch.randn(2, dim, generator=g, dtype=torch.float64))
         w = model.weight[1] - model.weight[0]
         unit = w / w.norm()
         # Points at signed distances +-[0.02, 0.15] from the hyperplane through 0.5.
-        signed = (0.02 + 0.13 * torch.rand(n, generator=g)) * \
+        signed = (0.02 + 0.13 * torch.rand(n, generator=g, dtype=torch.float64)) * \
             (torch.randint(0, 2, (n,), generator=g) * 2 - 1)
-        along = 0.03 * torch.randn(n, dim, generator=g)
+        along = 0.03 * torch.randn(n, dim, generator=g, dtype=torch.float64)
         along -= (along @ unit)[:, None] * unit  # stay at the chosen distance
         x = 0.5 + along + signed[:, None] * unit
-        model.bias.copy_(torch.tensor([0.0, -float(w @ torch.full((dim,), 0.5))]))
+        model.bias.copy_(torch.tensor([0.0, -float(w @ torch.full((dim,), 0.5,
+                                                                  dtype=torch.float64))]))
         margin = x @ w + model.bias[1] - model.bias[0]
         labels = model(x).argmax(1)
     return model.eval(), x, labels, margin.abs() / w.norm(), margin.abs() / w.abs().sum()

