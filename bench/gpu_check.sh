@@ -70,7 +70,7 @@ assert m.ops.native_available() and info['cuda'], 'native CUDA build not loaded'
 
 # 3. CUDA parity tests (and the stream tests they build on).
 stage tests_cuda 150 "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_cuda.py tests/ops/test_rng.py \
-  tests/ops/test_opcheck.py tests/attacks/test_cuda.py
+  tests/ops/test_opcheck.py tests/attacks/test_attacks_cuda.py
 stage tests_cuda_dp 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda \
   tests/privacy/test_engine_parity.py tests/privacy/test_dp_rnn.py
 
