@@ -30,7 +30,8 @@ from modelsec_fast.data import FASHION_MNIST_DIR, load_dataset
 
 def membership_part(args, report) -> None:
     from modelsec_fast.audit import membership_audit
-    from modelsec_fast.audit.recipe import TrainingRecipe, evaluate_accuracy, train_model
+    from modelsec_fast.app.recipe import TrainingRecipe
+    from modelsec_fast.app.training import evaluate_accuracy, train_model
 
     sizes = {"fashion-mnist": (60000, 10000), "digits": (1348, 449)}.get(args.data, (None, None))
     ds = load_dataset(args.data, train_size=min(args.pool, sizes[0] or args.pool),

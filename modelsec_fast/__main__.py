@@ -2,6 +2,6 @@
 
 import sys
 
-from modelsec_fast.cli import main
+from modelsec_fast.app.cli import main
 
 sys.exit(main())

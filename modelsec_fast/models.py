@@ -9,7 +9,8 @@ None of the models except ``resnet18`` with ``norm="batch"`` uses BatchNorm,
 so they can be trained under DP-SGD as they are.
 
 ``build_model(name, in_shape, num_classes, **options)`` is the registry;
-``model_names()`` lists what it knows.
+``model_names()`` lists what it knows and ``check_model_name(name)`` refuses
+what it does not.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .validation import check_int
 
 __all__ = [
     "OpacusMnistCNN", "MLP", "SmallCNN", "CifarGroupNormCNN", "ResNet18",
-    "TransformerEncoderClassifier", "build_model", "model_names",
+    "TransformerEncoderClassifier", "build_model", "check_model_name", "model_names",
 ]
 
 
@@ -255,6 +256,14 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_model_name(name) -> str:
+    """``name`` unchanged; ValueError naming the known models unless :func:`build_model`
+    knows it."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    return name
+
+
 def build_model(name: str, in_shape: Sequence[int], num_classes: int, **options) -> nn.Module:
     """Build a reference model by name.
 
@@ -272,8 +281,7 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, **options)
             ``in_shape`` or ``num_classes``.
         TypeError: an option the model does not take.
     """
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    check_model_name(name)
     if isinstance(in_shape, int):
         in_shape = (in_shape,)
     try:

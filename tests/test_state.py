@@ -100,7 +100,7 @@ def _load_adversarial_trainer_resume(path):
 
 
 def _load_cli_model_checkpoint(path):
-    from modelsec_fast.audit.checkpoint import load_checkpoint
+    from modelsec_fast.app.checkpoint import load_checkpoint
 
     load_checkpoint(str(path))
 
@@ -120,7 +120,7 @@ LOADERS = {
     "privacy.checkpoint.load_checkpoint": (_load_privacy_checkpoint_function, "privacy_engine"),
     "AdversarialTrainer.fit(resume=True)": (_load_adversarial_trainer_resume,
                                             "adversarial_trainer"),
-    "audit.checkpoint.load_checkpoint": (_load_cli_model_checkpoint, "model_checkpoint"),
+    "app.checkpoint.load_checkpoint": (_load_cli_model_checkpoint, "model_checkpoint"),
     "Attack.load (attacks.saving.load_adversarial)": (_load_adversarial_dataset, None),
 }
 CASES = [(name, how) for name, (_, kind) in LOADERS.items()
@@ -158,7 +158,7 @@ def test_an_npz_dataset_with_a_pickled_object_array_is_refused(tmp_path):
 @pytest.mark.parametrize("command", ["evaluate", "audit", "train --resume"])
 @pytest.mark.parametrize("how", ["torch", "envelope", "pickle"])
 def test_cli_commands_refuse_a_pickled_checkpoint_in_one_line(tmp_path, capsys, command, how):
-    from modelsec_fast.cli import main
+    from modelsec_fast.app.cli import main
 
     path, marker = _evil_file(tmp_path, how, "model_checkpoint")
     argv = ["train", "--resume", str(path)] if command == "train --resume" else [command, str(path)]
@@ -255,7 +255,7 @@ def test_the_source_scan_finds_each_unsafe_load(source, problem):
 
 
 def test_one_checkpoint_error_for_the_whole_package():
-    from modelsec_fast.audit import checkpoint as cli_checkpoint
+    from modelsec_fast.app import checkpoint as cli_checkpoint
     from modelsec_fast.privacy import checkpoint as privacy_checkpoint
 
     assert privacy_checkpoint.CheckpointError is cli_checkpoint.CheckpointError is CheckpointError

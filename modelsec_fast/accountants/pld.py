@@ -16,8 +16,8 @@ incrementally:
   composed with the cached prefix.
 
 So a 100-epoch history whose sigma changes every epoch costs one or two FFT
-compositions per epoch instead of a recomposition of the whole history (200
-segments recomposed from scratch took 40 s here).
+compositions per epoch instead of a recomposition of the whole history, whose
+cost would grow with every segment added.
 
 Opacus 1.6's default accountant is ``"prv"`` (Gopi et al. 2021); ours is
 ``"pld"``. The two are the same numerical method and agree closely, but not to

@@ -5,7 +5,10 @@ lower bounds, and the one-run canary audit of DP-SGD.
 * :mod:`.membership`: the attacks and :func:`membership_audit`.
 * :mod:`.bounds`: Clopper-Pearson epsilon lower bounds (coin-flip membership only).
 * :mod:`.canary`: Steinke-Nasr-Jagielski 2023 one-run audit with Dirac gradient canaries.
-* :mod:`.recipe` and :mod:`.checkpoint`: replayable training and auditable checkpoints.
+
+The audits take what they need as arguments: LiRA's shadow models come from the
+caller's ``train_fn(x, y, seed) -> model`` (the ``modelsec-fast`` command replays
+its training recipe, :mod:`modelsec_fast.app.training`).
 """
 
 from .bounds import EpsilonBound, clopper_pearson, empirical_epsilon, epsilon_from_counts

@@ -8,7 +8,8 @@ from scipy.stats import norm
 
 from modelsec_fast.audit.membership import (ShadowObservations, lira_scores, logit_confidence,
                                             membership_audit)
-from modelsec_fast.audit.recipe import TrainingRecipe, train_model
+from modelsec_fast.app.recipe import TrainingRecipe
+from modelsec_fast.app.training import train_model
 from modelsec_fast.data import load_dataset
 
 

@@ -38,9 +38,9 @@ def test_cuda_stream_matches_cpu_stream(source):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b", [0, 1, 7, 256])
-def test_cuda_clip_and_noise_matches_reference(dtype, b):
+def test_cuda_clip_and_noise_matches_reference(dtype, b, random_seed):
     grads = [torch.randn(b, 33, 5, device="cuda").to(dtype), torch.randn(b, 17, device="cuda").to(dtype)[:, ::2]]
-    seed = int(torch.randint(0, 2**31, ()))
+    seed = random_seed
     summed, norms = ops._clip_and_noise(grads, 1.0, 0.5, scale=0.1, generator=torch.Generator().manual_seed(seed))
     s, off = stream_of(seed, [math.prod(g.shape[1:]) for g in grads])
     ref, ref_norms = reference.clip_and_noise([g.cpu() for g in grads], 1.0, 0.5, scale=0.1, seed=s, offset=off)
@@ -51,7 +51,7 @@ def test_cuda_clip_and_noise_matches_reference(dtype, b):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_accumulate_and_add_noise_match_reference(dtype):
+def test_cuda_accumulate_and_add_noise_match_reference(dtype, random_seed):
     grads = [torch.randn(9, 4, 7, device="cuda").to(dtype)]
     factors = torch.rand(9, device="cuda")
     s, off = stream_of(5, [28])
@@ -67,7 +67,7 @@ def test_cuda_accumulate_and_add_noise_match_reference(dtype):
 
 
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_cuda_sign_step_fp32_is_bit_identical_to_eager(per_sample):
+def test_cuda_sign_step_fp32_is_bit_identical_to_eager(per_sample, random_seed):
     x_orig = torch.rand(32, 3, 32, 32, device="cuda")
     x_adv = (x_orig + 0.05 * torch.randn_like(x_orig)).clamp(0, 1)
     grad = torch.randn_like(x_orig)
@@ -84,7 +84,7 @@ def test_cuda_sign_step_fp32_is_bit_identical_to_eager(per_sample):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_l2_step_matches_reference(dtype):
+def test_cuda_l2_step_matches_reference(dtype, random_seed):
     x_orig = torch.rand(6, 3, 8, 8, device="cuda").to(dtype)
     x_adv = (x_orig.float() + 0.1 * torch.randn(6, 3, 8, 8, device="cuda")).clamp(0, 1).to(dtype)
     grad = torch.randn(6, 3, 8, 8, device="cuda").to(dtype)

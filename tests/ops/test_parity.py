@@ -1,4 +1,5 @@
-"""Native kernels against the pure-PyTorch reference on fresh random inputs."""
+"""Native kernels against the pure-PyTorch reference on fresh random inputs (each test
+prints its seed; MODELSEC_FAST_TEST_SEED replays one, see tests/conftest.py)."""
 
 import math
 import random
@@ -29,8 +30,8 @@ def _random_grads(rng: random.Random, b: int, dtype, noncontiguous: bool):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b", [0, 1, 7, 256])
 @pytest.mark.parametrize("noncontiguous", [False, True])
-def test_clip_and_noise_matches_reference(dtype, b, noncontiguous):
-    rng = random.Random()
+def test_clip_and_noise_matches_reference(dtype, b, noncontiguous, random_seed):
+    rng = random.Random(random_seed)
     grads = _random_grads(rng, b, dtype, noncontiguous)
     max_norm, std, scale = rng.uniform(0.1, 3.0), rng.uniform(0, 2.0), rng.uniform(0.01, 1.0)
     seed = rng.randrange(2**31)
@@ -47,8 +48,8 @@ def test_clip_and_noise_matches_reference(dtype, b, noncontiguous):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b", [0, 1, 7, 256])
-def test_accumulate_and_noise_matches_reference(dtype, b):
-    rng = random.Random()
+def test_accumulate_and_noise_matches_reference(dtype, b, random_seed):
+    rng = random.Random(random_seed)
     grads = _random_grads(rng, b, dtype, noncontiguous=rng.random() < 0.5)
     factors = torch.rand(b)
     std, scale, seed = rng.uniform(0, 1), rng.uniform(0.1, 2), rng.randrange(2**31)
@@ -63,8 +64,8 @@ def test_accumulate_and_noise_matches_reference(dtype, b):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_add_noise_matches_reference_on_lists_and_strided_tensors(dtype):
-    seed = random.randrange(2**31)
+def test_add_noise_matches_reference_on_lists_and_strided_tensors(dtype, random_seed):
+    seed = random_seed
     xs = [torch.randn(37, 5).to(dtype), torch.randn(8, 6).to(dtype).t(), torch.randn(0).to(dtype),
           torch.randn(3, 1029).to(dtype)[:, ::3]]
     want = [x.clone() for x in xs]
@@ -86,7 +87,7 @@ def _eager_sign_step(x, g, xo, alpha, eps, lo, hi):
 
 @pytest.mark.parametrize("shape", [(0, 3, 4, 4), (1, 1, 28, 28), (7, 3, 11, 5), (64, 3, 32, 32)])
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_sign_step_fp32_is_bit_identical_to_the_eager_formula(shape, per_sample):
+def test_sign_step_fp32_is_bit_identical_to_the_eager_formula(shape, per_sample, random_seed):
     x_orig = torch.rand(shape)
     x_adv = (x_orig + 0.05 * torch.randn(shape)).clamp(0, 1)
     grad = torch.randn(shape)
@@ -94,7 +95,8 @@ def test_sign_step_fp32_is_bit_identical_to_the_eager_formula(shape, per_sample)
     if per_sample:
         alpha, eps = torch.rand(shape[0]) / 50, torch.rand(shape[0]) / 20
     else:
-        alpha, eps = random.uniform(0, 0.02), random.uniform(0, 0.05)
+        rng = random.Random(random_seed)
+        alpha, eps = rng.uniform(0, 0.02), rng.uniform(0, 0.05)
     want = _eager_sign_step(x_adv, grad, x_orig, alpha, eps, 0.0, 1.0)
     assert torch.equal(ops.sign_step(x_adv, grad, x_orig, alpha, eps), want)
     inplace = x_adv.clone()
@@ -102,7 +104,7 @@ def test_sign_step_fp32_is_bit_identical_to_the_eager_formula(shape, per_sample)
     assert torch.equal(inplace, want)
 
 
-def test_sign_step_handles_noncontiguous_inputs_and_inplace_views():
+def test_sign_step_handles_noncontiguous_inputs_and_inplace_views(random_seed):
     x_orig = torch.rand(3, 8, 8, 4).permute(0, 3, 1, 2)
     x_adv = torch.rand(3, 8, 8, 4).permute(0, 3, 1, 2)
     grad = torch.randn(3, 4, 8, 16)[..., ::2]
@@ -113,7 +115,7 @@ def test_sign_step_handles_noncontiguous_inputs_and_inplace_views():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
-def test_sign_step_other_dtypes_match_reference(dtype):
+def test_sign_step_other_dtypes_match_reference(dtype, random_seed):
     x_orig = torch.rand(5, 3, 9, 9).to(dtype)
     x_adv = (x_orig.float() + 0.03 * torch.randn(5, 3, 9, 9)).clamp(0, 1).to(dtype)
     grad = torch.randn(5, 3, 9, 9).to(dtype)
@@ -126,7 +128,7 @@ def test_sign_step_other_dtypes_match_reference(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b", [0, 1, 7])
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_l2_step_matches_reference(dtype, b, per_sample):
+def test_l2_step_matches_reference(dtype, b, per_sample, random_seed):
     x_orig = torch.rand(b, 3, 7, 5).to(dtype)
     x_adv = (x_orig.float() + 0.1 * torch.randn(b, 3, 7, 5)).clamp(0, 1).to(dtype)
     grad = torch.randn(b, 3, 7, 5).to(dtype)

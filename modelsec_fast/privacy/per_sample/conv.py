@@ -101,8 +101,8 @@ def _patches(x, kernel, stride, padding, dilation, groups):
 #: bytes of one chunk's working set per thread (its samples' inputs, output
 #: gradients, patches and per-sample gradients) in the materialised path: a few
 #: MiB keeps a chunk in cache and its temporaries out of fresh, page-faulting
-#: allocations (measured: 2-4x faster than whole-batch tensors on mid-size maps;
-#: 1-8 MiB all do well, 4 MiB best on the bench CNNs at 1 and 2 threads)
+#: allocations, where whole-batch tensors would miss the cache; a tuning constant,
+#: timed by bench/bench_dpsgd.py
 CHUNK_BYTES = 4 << 20
 
 #: keep the materialised per-sample gradients for the clipped sum (a (B,) x
@@ -122,11 +122,13 @@ def _per_sample_method(x, g, weight_shape, conf):
 
     Default: one grouped convolution-weight gradient (the samples folded into
     the groups), which runs oneDNN's kernel without an im2col copy. Two 2-D
-    CPU cases where oneDNN's grouped kernel is slow (measured on 12 layer
-    shapes, oneDNN 3.12, AVX-512, 1 thread; the bench CNNs' layers also at 2):
-    at most 2 input and 16 output channels per group, where its channels-last
-    kernel is 1.5-3x faster; and patches of at most 32 entries (e.g. RGB 3x3),
-    where per-sample GEMMs over cache-sized patch chunks are 1.2-2.5x faster.
+    CPU cases where oneDNN's grouped kernel is slow take another path: at most
+    2 input and 16 output channels per group, where its channels-last kernel
+    is faster; and patches of at most 32 entries (e.g. RGB 3x3), where the
+    patch matrices are small enough that per-sample GEMMs over cache-sized
+    chunks beat it. The thresholds were tuned on the benchmark CNNs' layer
+    shapes (bench/bench_dpsgd.py); tests/privacy/test_conv_methods.py checks
+    that the three paths agree.
     """
     if x.device.type != "cpu" or x.dim() != 4:
         return GROUPED

@@ -1,10 +1,11 @@
-"""modelsec_fast.demo's small pieces, and run_demo's argument errors (the whole
-pipeline runs end to end in tests/cli/test_cli.py::test_demo_quick_...)."""
+"""The demo's small pieces (modelsec_fast.app.audits), and run_demo's argument errors
+(the whole pipeline runs end to end in tests/app/test_cli.py::test_demo_quick_...)."""
 
 import pytest
 import torch
 
-from modelsec_fast.demo import membership_split, run_demo, whole_batches_rate
+from modelsec_fast.app.audits import membership_split, whole_batches_rate
+from modelsec_fast.app.demo import run_demo
 
 
 @pytest.mark.parametrize("num", [2, 3, 17, 1000])
@@ -30,7 +31,7 @@ def test_run_demo_rejects_bad_arguments_before_any_work(tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="unknown model 'nope'; known models"):
         run_demo(model="nope", out=str(out))
-    with pytest.raises(ValueError, match="target-epsilon must be > 0"):
+    with pytest.raises(ValueError, match="target_epsilon must be > 0"):
         run_demo(target_epsilon=0.0, out=str(out))
     with pytest.raises(ValueError, match="shadows must be >= 2"):
         run_demo(shadows=1, out=str(out))

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from modelsec_fast.audit.checkpoint import FORMAT
-from modelsec_fast.cli import main
+from modelsec_fast.app.checkpoint import FORMAT
+from modelsec_fast.app.cli import main
 from modelsec_fast.state import read_checkpoint, write_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,7 +55,7 @@ def test_train_writes_auditable_checkpoint_and_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("dp", [False, True])
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, capsys, monkeypatch, dp):
-    from modelsec_fast.audit.checkpoint import ModelCheckpoint
+    from modelsec_fast.app.checkpoint import ModelCheckpoint
 
     args = ["train", "--train-size", "200", "--test-size", "50", "--epochs", "3",
             "--no-progress", "--threads", "1", "--quiet"]
@@ -145,6 +145,9 @@ def test_audit_json_parses(checkpoint, tmp_path, capsys):
     assert [a["attack"] for a in audit["membership"]["attacks"]] == [
         "loss threshold", "LiRA offline", "LiRA online"]
     assert os.path.getsize(tmp_path / "mi_roc.png") > 1000
+    assert audit["report"] == str(tmp_path / "report.md")
+    text = open(tmp_path / "report.md").read()
+    assert "## Privacy: what an attacker can infer" in text and "](mi_roc.png)" in text
 
 
 def test_audit_of_dp_checkpoint_with_canary(tmp_path, capsys):
@@ -179,14 +182,23 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
     out_dir = str(tmp_path / "report")
     status, out, _ = run(["demo", "--quick", "--shadows", "2", "--out", out_dir,
                           "--no-progress", "--quiet"], capsys)
-    assert status == 0
+    assert status == 0 and out.strip() == os.path.join(out_dir, "report.md")
     report = json.load(open(os.path.join(out_dir, "report.json")))
-    assert len(report["models"]) == 3 and report["settings"]["shadow_models"] == 2
-    assert report["canary_audit"]["detected_violation"] is False
+    sections = report["sections"]
+    assert list(sections) == ["settings", "models", "robustness", "accountant", "membership",
+                              "canary_audit"]
+    assert all(s["status"] == "ok" for s in sections.values()), sections
+    assert len(sections["models"]["result"]["models"]) == 3
+    assert len(sections["robustness"]["result"]["models"]) == 3
+    assert sections["settings"]["result"]["shadow_models"] == 2
+    assert sections["canary_audit"]["result"]["detected_violation"] is False
+    assert sections["robustness"]["figures"] == ["accuracy_vs_eps.png"]
     for name in ("accuracy_vs_eps.png", "epsilon_vs_steps.png", "mi_roc.png", "report.md"):
         assert os.path.getsize(os.path.join(out_dir, name)) > 500
     text = open(os.path.join(out_dir, "report.md")).read()
     assert "shadow models per audited model (LiRA): 2" in text and "## One-run canary" in text
+    for name in ("accuracy_vs_eps.png", "epsilon_vs_steps.png", "mi_roc.png"):
+        assert f"]({name})" in text
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -274,7 +286,7 @@ def test_checkpoint_that_runs_code_is_refused_unexecuted(tmp_path, capsys):
 def test_resume_refuses_a_pickled_trainer_side_file_unexecuted(tmp_path, monkeypatch, how):
     """A valid interrupted run.pt beside a malicious run.pt.trainer: exit 2, one line,
     and the payload never runs (it did, through torch.load(weights_only=False))."""
-    from modelsec_fast.audit.checkpoint import ModelCheckpoint
+    from modelsec_fast.app.checkpoint import ModelCheckpoint
 
     run_pt = str(tmp_path / "run.pt")
     original = ModelCheckpoint.save
@@ -314,8 +326,15 @@ def test_bad_flags_are_one_line(capsys):
     _one_line_error(status, err)
     status, _, err = run(["nonsense"], capsys)
     _one_line_error(status, err)
-    status, _, err = run(["bench", "no_such_bench"], capsys)
-    assert "unknown benchmark" in _one_line_error(status, err)
+    status, _, err = run(["bench"], capsys)  # benchmarks ship with the source tree only
+    assert "invalid choice: 'bench'" in _one_line_error(status, err)
+    status, _, err = run(["evaluate", "m.pt", "--eps", "0.1,-0.2"], capsys)
+    assert "argument --eps: value must be >= 0, got -0.2" in _one_line_error(status, err)
+    status, _, err = run(["epsilon", "--sample-rate", "1.5", "--steps", "10",
+                          "--noise-multiplier", "1"], capsys)
+    assert "argument --sample-rate: value must lie in (0, 1]" in _one_line_error(status, err)
+    status, _, err = run(["audit", "m.pt", "--shadows", "1"], capsys)
+    assert "argument --shadows: value must be >= 2, got 1" in _one_line_error(status, err)
     status, _, err = run(["train", "--device", "tpu"], capsys)
     _one_line_error(status, err)
 

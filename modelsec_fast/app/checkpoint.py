@@ -1,10 +1,11 @@
-"""Model checkpoints that carry what an audit needs: the recipe, the data and the members.
+"""The ``train`` command's checkpoint: the weights with what an audit needs (the recipe,
+the data and the members).
 
 A membership audit must know which records trained the model and how it was
 trained (to train LiRA's shadow models the same way), so the CLI's checkpoint
 stores, next to the weights:
 
-* the :class:`~modelsec_fast.audit.recipe.TrainingRecipe`;
+* the :class:`~modelsec_fast.app.recipe.TrainingRecipe`;
 * the data spec (source, subset sizes, seed) that rebuilds the exact pool;
 * ``member_mask``: bool over the pool (the dataset's train split), True for the
   records the model was trained on (``member_indices``: their positions in the
@@ -28,14 +29,13 @@ from torch import nn
 
 from modelsec_fast.state import CheckpointError, check_same_model, read_checkpoint, write_checkpoint
 
-from .recipe import TrainingRecipe, build
+from .recipe import TrainingRecipe
 
 __all__ = ["FORMAT", "CheckpointError", "ModelCheckpoint", "load_checkpoint",
-           "MEMBERSHIP_MODES"]
+           "dataset_from_spec"]
 
 # The kind of modelsec_fast.state checkpoint the CLI writes and reads.
 FORMAT = "model_checkpoint"
-MEMBERSHIP_MODES = ("coin", "all")
 
 
 @dataclass
@@ -69,7 +69,7 @@ class ModelCheckpoint:
             raise CheckpointError(f"checkpoint {self.source}: holds no weights yet (its run "
                                   "stopped before the first epoch ended); resume it with "
                                   "`modelsec-fast train --resume`")
-        model = build(self.recipe, self.in_shape, self.num_classes)
+        model = self.recipe.build_model(self.in_shape, self.num_classes)
         check_same_model(self.model_state, model, source=self.source,
                          target=f"model {self.recipe.model!r} for inputs "
                                 f"{'x'.join(map(str, self.in_shape))}")
@@ -117,3 +117,17 @@ def load_checkpoint(path: str) -> ModelCheckpoint:
             source=path)
     except (KeyError, AttributeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path}: damaged (field {e})") from None
+
+
+def dataset_from_spec(spec: dict):
+    """The :class:`~modelsec_fast.data.Dataset` a checkpoint's data spec names
+    (``source``, and optionally ``train_size``, ``test_size``, ``seed``): the same
+    records in the same order as when the model was trained.
+
+    Raises:
+        DataError: the data is missing or corrupt.
+    """
+    from modelsec_fast.data import load_dataset
+
+    return load_dataset(spec["source"], train_size=spec.get("train_size"),
+                        test_size=spec.get("test_size"), seed=spec.get("seed", 0))

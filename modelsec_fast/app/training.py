@@ -1,109 +1,33 @@
-"""A training recipe that can be replayed: the target model's and LiRA's shadow models'.
+"""The training loop behind ``modelsec-fast train`` and ``demo``, and LiRA's shadow models.
 
-LiRA assumes the shadow models are trained exactly as the target was, so the
-recipe is data (a :class:`TrainingRecipe` stored in every checkpoint) and
-:func:`train_model` replays it on any subset of the data. The CLI's ``train``
-and ``demo`` commands use the same function, so what is audited is what was
-trained:
+:func:`train_model` trains a fresh model by a
+:class:`~modelsec_fast.app.recipe.TrainingRecipe`:
 
 * plain training (Adam or SGD, cross-entropy);
 * DP-SGD through :class:`modelsec_fast.PrivacyEngine` (Poisson sampling, the
   accountant of the recipe), with a fixed noise multiplier or a target epsilon;
 * adversarial training through :class:`modelsec_fast.defenses.AdversarialTrainer`
   (``fgsm_rs``, ``pgd``, ``free``, ``trades``), alone or under DP-SGD.
+
+Plain and DP-SGD runs capture their resumable state after every epoch through
+:mod:`modelsec_fast.state`; adversarial runs keep theirs in the trainer's own
+checkpoint file.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["ADV_METHODS", "OPTIMIZERS", "TrainingRecipe", "TrainedModel", "train_model",
-           "evaluate_accuracy", "epsilon_curve", "replay_recipe"]
+from .recipe import TrainingRecipe, replay_recipe
 
-ADV_METHODS = ("fgsm_rs", "pgd", "free", "trades")
-OPTIMIZERS = ("adam", "sgd")
-
-
-@dataclass
-class TrainingRecipe:
-    """Everything needed to train a model again the same way.
-
-    Units: ``adv_eps`` is an L-infinity radius in pixel space [0, 1];
-    ``delta`` is DP's delta; ``max_grad_norm`` is the per-sample clipping bound C.
-    Exactly one of ``noise_multiplier`` / ``target_epsilon`` is set when ``dp``.
-    """
-
-    model: str = "mlp"
-    model_options: dict = field(default_factory=dict)
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    dp: bool = False
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    delta: float = 1e-5
-    max_grad_norm: float = 1.0
-    accountant: str = "pld"
-    adv: str | None = None
-    adv_eps: float = 0.1
-    adv_steps: int = 7
-
-    def validate(self) -> "TrainingRecipe":
-        """Check ranges and combinations; returns self. Raises ValueError."""
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.adv is not None and self.adv not in ADV_METHODS:
-            raise ValueError(f"--adv must be one of {', '.join(ADV_METHODS)}, got {self.adv!r}")
-        if self.adv is not None and not 0.0 < self.adv_eps <= 1.0:
-            raise ValueError(f"adversarial eps must be in (0, 1] (pixel space), got {self.adv_eps}")
-        if self.dp:
-            if (self.noise_multiplier is None) == (self.target_epsilon is None):
-                raise ValueError("DP training needs exactly one of a noise multiplier "
-                                 "or a target epsilon")
-            if self.noise_multiplier is not None and self.noise_multiplier < 0:
-                raise ValueError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
-            if self.target_epsilon is not None and not self.target_epsilon > 0:
-                raise ValueError(f"target epsilon must be > 0, got {self.target_epsilon}")
-            if not 0.0 < self.delta < 1.0:
-                raise ValueError(f"delta must be in (0, 1), got {self.delta}")
-            if not self.max_grad_norm > 0:
-                raise ValueError(f"max grad norm must be > 0, got {self.max_grad_norm}")
-            if self.adv == "free":
-                raise ValueError("free adversarial training cannot run under DP-SGD: its "
-                                 "replays of one sampled batch are not Poisson steps")
-        return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainingRecipe":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def describe(self) -> str:
-        parts = [f"{self.model}, {self.epochs} epochs, batch {self.batch_size}, "
-                 f"{self.optimizer} lr {self.lr:g}"]
-        if self.dp:
-            target = (f"sigma {self.noise_multiplier:g}" if self.noise_multiplier is not None
-                      else f"target eps {self.target_epsilon:g}")
-            parts.append(f"DP-SGD ({target}, delta {self.delta:g}, C {self.max_grad_norm:g}, "
-                         f"{self.accountant} accountant)")
-        if self.adv:
-            parts.append(f"adversarial training {self.adv} at eps {self.adv_eps:g}")
-        return "; ".join(parts)
+__all__ = ["TrainedModel", "train_model", "evaluate_accuracy", "epsilon_curve",
+           "shadow_trainer"]
 
 
 @dataclass
@@ -112,8 +36,9 @@ class TrainedModel:
 
     ``history``: one dict per epoch (epoch, steps, loss, train_accuracy and,
     under DP, epsilon). ``privacy``: None, or the DP facts (noise_multiplier,
-    sample_rate, steps, epsilon, delta, accountant, epsilon_curve of
-    (steps, epsilon) pairs).
+    max_grad_norm, sample_rate, steps, delta, accountant and, when tracked,
+    epsilon and epsilon_curve of (steps, epsilon) pairs). ``seconds``: wall time
+    of this call of :func:`train_model` (a resumed run counts only its own part).
     """
 
     model: nn.Module
@@ -121,35 +46,22 @@ class TrainedModel:
     history: list[dict]
     privacy: dict | None
     state: dict = field(default_factory=dict, repr=False)
-
-
-def replay_recipe(recipe: TrainingRecipe, privacy: dict | None) -> TrainingRecipe:
-    """The recipe that retrains "the same way": a target-epsilon DP recipe is pinned
-    to the noise multiplier it calibrated to, so shadow models get the target's noise
-    (and skip the calibration) whatever their own dataset size."""
-    if not recipe.dp or recipe.noise_multiplier is not None or not privacy:
-        return recipe
-    return dataclasses.replace(recipe, noise_multiplier=float(privacy["noise_multiplier"]),
-                               target_epsilon=None)
-
-
-def build(recipe: TrainingRecipe, in_shape, num_classes: int) -> nn.Module:
-    from modelsec_fast.models import build_model
-
-    return build_model(recipe.model, in_shape, num_classes, **recipe.model_options)
+    seconds: float = 0.0
 
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       batch_size: int = 1024) -> float:
-    """Top-1 accuracy in [0, 1] on (x, y); NaN for an empty set."""
+    """Top-1 accuracy in [0, 1] of ``model`` on x (N, ...) and labels y (N,), taken in
+    batches on the model's device; NaN for an empty set."""
     if len(y) == 0:
         return math.nan
     was = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct = sum(int((model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-                       == y[i:i + batch_size]).sum()) for i in range(0, len(y), batch_size))
+    correct = sum(int((model(x[i:i + batch_size].to(device)).argmax(1)
+                       == y[i:i + batch_size].to(device)).sum())
+                  for i in range(0, len(y), batch_size))
     model.train(was)
     return correct / len(y)
 
@@ -170,7 +82,7 @@ def train_model(
     progress: bool = False,
     device: str | torch.device = "cpu",
     resume_state: dict | None = None,
-    on_epoch_end=None,
+    on_epoch_end: Callable[[TrainedModel], None] | None = None,
     trainer_state_path: str | None = None,
     resume: bool = False,
     track_privacy: bool = True,
@@ -197,11 +109,12 @@ def train_model(
         ValueError: bad recipe, empty data; CheckpointError (a ValueError): a
             ``resume_state`` from another recipe or model.
     """
+    started = time.perf_counter()
     recipe.validate()
     if len(y) == 0:
         raise ValueError("cannot train on an empty dataset")
     torch.manual_seed(seed)
-    model = build(recipe, tuple(x.shape[1:]), num_classes).to(device)
+    model = recipe.build_model(tuple(x.shape[1:]), num_classes).to(device)
     optimizer = _make_optimizer(recipe, model.parameters())
     loader_gen = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
@@ -253,7 +166,23 @@ def train_model(
     if engine is not None:
         result.privacy = _privacy_facts(engine, optimizer, loader, recipe, track_privacy)
     model.eval()
+    result.seconds = time.perf_counter() - started
     return result
+
+
+def shadow_trainer(recipe: TrainingRecipe, privacy: dict | None, num_classes: int,
+                   device: str | torch.device = "cpu"
+                   ) -> Callable[[torch.Tensor, torch.Tensor, int], nn.Module]:
+    """``train_fn(x, y, seed) -> model`` replaying the target's recipe, for LiRA's shadow
+    models (:func:`modelsec_fast.audit.membership_audit`'s ``train_fn``). A target-epsilon
+    DP recipe is pinned to the noise multiplier the target was trained with."""
+    replay = replay_recipe(recipe, privacy)
+
+    def train_fn(x, y, seed):
+        return train_model(replay, x, y, num_classes=num_classes, seed=seed, device=device,
+                           track_privacy=False).model
+
+    return train_fn
 
 
 def _progress_label(recipe) -> str:

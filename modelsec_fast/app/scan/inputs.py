@@ -1,0 +1,108 @@
+"""What a scan stage receives: the user's model and data, already loaded and checked.
+
+Conventions every stage can rely on:
+
+* ``model`` takes inputs in *pixel space* (the user's normalisation, if any, is
+  inside it), values in ``input_range``; it is in eval mode on ``device`` and
+  returns logits of shape (N, ``num_classes``).
+* ``x``/``y`` are the test examples the stage may attack or explain (at most
+  ``budget.n_examples`` of them are used by the costly stages).
+* Radii ``eps_linf``/``eps_l2`` are in pixel units.
+* A stage that cannot run on these inputs (no members known, no factory for
+  shadow training, non-image data) returns a ``SkippedSection`` with the reason;
+  an error it raises is reported in its place by the scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["Budget", "BUDGETS", "MembershipData", "ScanInputs", "ScanStage"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How hard a scan works, set together by ``--budget``.
+
+    ``n_examples``: test examples attacked/explained; ``attack_steps`` and
+    ``restarts``: gradient attacks; ``shadow_models``: LiRA shadows (needs a
+    factory); ``query_budgets``: extraction thief budgets (queries);
+    ``optimisation_steps``: trigger reverse-engineering and inversion steps.
+    """
+
+    name: str
+    n_examples: int
+    attack_steps: int
+    restarts: int
+    shadow_models: int
+    query_budgets: tuple[int, ...]
+    optimisation_steps: int
+
+
+BUDGETS: dict[str, Budget] = {
+    "quick": Budget("quick", n_examples=128, attack_steps=10, restarts=1, shadow_models=4,
+                    query_budgets=(100, 400), optimisation_steps=50),
+    "standard": Budget("standard", n_examples=500, attack_steps=50, restarts=2,
+                       shadow_models=16, query_budgets=(250, 1000, 4000),
+                       optimisation_steps=300),
+    "thorough": Budget("thorough", n_examples=2000, attack_steps=100, restarts=5,
+                       shadow_models=64, query_budgets=(250, 1000, 4000, 16000),
+                       optimisation_steps=1000),
+}
+
+
+@dataclass(frozen=True)
+class MembershipData:
+    """Records with known membership of the model's training set: ``x`` (pixel
+    space), ``y`` (N,) int64 and ``is_member`` (N,) bool."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    is_member: torch.Tensor
+
+
+@dataclass
+class ScanInputs:
+    """The user's model and data for one scan (see the module docstring).
+
+    ``factory``: a callable returning a fresh, untrained model of the user's
+    architecture (pixel-space inputs, like ``model``), only when the user named
+    one; stages that retrain (LiRA shadows, trigger unlearning) skip without it.
+    ``train``: (x, y) training records when given. ``log``: one line per stage
+    step (the scan decides whether it goes to a terminal or a log).
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    input_range: tuple[float, float]
+    eps_linf: float
+    eps_l2: float
+    budget: Budget
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+    is_image: bool = True
+    train: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    membership: Optional[MembershipData] = None
+    factory: Optional[Callable[[], nn.Module]] = None
+    log: Callable[[str], None] = field(default=lambda message: None)
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded from ``seed`` and ``salt``: each stage passes its
+        own salt so that stages stay reproducible when others are skipped."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + salt)
+
+    def attack_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``budget.n_examples`` test examples, on ``device``."""
+        n = min(self.budget.n_examples, len(self.x))
+        return self.x[:n].to(self.device), self.y[:n].to(self.device)
+
+
+ScanStage = Callable[[ScanInputs], object]
+"""A scan stage: ``ScanInputs`` -> a report ``Section`` (typed loosely to keep
+this module free of the report package)."""

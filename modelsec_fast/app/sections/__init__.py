@@ -1,0 +1,21 @@
+"""Report sections: each a typed result plus how it renders (see
+:class:`modelsec_fast.app.report.Section`). One module per part of a review; a new
+threat family adds its own module here and the pipelines that run it append it.
+
+* :class:`SettingsSection`: what the run used.
+* :class:`ModelsSection`: the models trained.
+* :class:`RobustnessSection`: robust accuracy against the L-inf radius.
+* :class:`AccountantSection`: the DP accountant's epsilon.
+* :class:`MembershipSection`: membership inference (loss threshold, LiRA).
+* :class:`CanaryAuditSection`: the one-run canary audit of DP-SGD.
+"""
+
+from .accountant import AccountantSection
+from .canary import CanaryAuditSection
+from .membership import MembershipSection
+from .models import ModelsSection, TrainingSummary
+from .robustness import RobustnessSection
+from .settings import SettingsSection
+
+__all__ = ["SettingsSection", "ModelsSection", "TrainingSummary", "RobustnessSection",
+           "AccountantSection", "MembershipSection", "CanaryAuditSection"]
