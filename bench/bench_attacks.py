@@ -59,7 +59,6 @@ contenders are left out, with a message.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 
 import _harness as h
@@ -69,22 +68,10 @@ from torch import nn
 
 import modelsec_fast.attacks as ma
 from modelsec_fast import ops
+from modelsec_fast.attacks.base import frozen_parameters
 from modelsec_fast.attacks.minimum_norm import perturbation_norms
 from modelsec_fast.evaluate import robust_accuracy
 from modelsec_fast.models import OpacusMnistCNN, ResNet18, SmallCNN
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module):
-    """Parameters' requires_grad off, restored on exit: a pass then builds no weight gradients."""
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
 
 
 def gradient_pass(model, x, y):

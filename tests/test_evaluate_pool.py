@@ -9,6 +9,7 @@ from torch import nn
 
 import modelsec_fast.attacks as ma
 from modelsec_fast.evaluate import robust_accuracy
+from tests.attacks.conftest import digits_cnn, digits_mlp  # noqa: F401  (fixtures)
 from tests.attacks.strength import robust_acc
 
 SEED = 41
