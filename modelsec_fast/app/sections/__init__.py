@@ -8,14 +8,17 @@ threat family adds its own module here and the pipelines that run it append it.
 * :class:`AccountantSection`: the DP accountant's epsilon.
 * :class:`MembershipSection`: membership inference (loss threshold, LiRA).
 * :class:`CanaryAuditSection`: the one-run canary audit of DP-SGD.
+* :class:`MinimumNormSection`: minimum-norm attacks' distances to the boundary.
 """
 
 from .accountant import AccountantSection
 from .canary import CanaryAuditSection
 from .membership import MembershipSection
+from .minimum_norm import MinimumNormSection
 from .models import ModelsSection, TrainingSummary
 from .robustness import RobustnessSection
 from .settings import SettingsSection
 
 __all__ = ["SettingsSection", "ModelsSection", "TrainingSummary", "RobustnessSection",
-           "AccountantSection", "MembershipSection", "CanaryAuditSection"]
+           "AccountantSection", "MembershipSection", "CanaryAuditSection",
+           "MinimumNormSection"]
