@@ -20,6 +20,7 @@ from .report import ReportFiles, ReportMeta, Section, SkippedSection, build_sect
 from .robustness import DEFAULT_ATTACKS
 from .sections import (AccountantSection, CanaryAuditSection, MembershipSection, ModelsSection,
                        RobustnessSection, SettingsSection, TrainingSummary)
+from .sections.minimum_norm import MinimumNormSection
 
 __all__ = ["DEMO_SETTINGS", "HEADLINE_EPS", "run_demo"]
 
@@ -36,8 +37,11 @@ DEMO_SETTINGS = {
     "audited": (("baseline", "dp", "adv"), ("baseline", "dp")),
     # Caps on (training pool, test set): a fixed seeded subset of larger data.
     "max_sizes": ((4000, 1000), (1000, 300)),
+    # Minimum-norm attacks: test examples attacked, CW's Adam steps per binary-search step.
+    "min_norm": ((1000, 100), (128, 100)),
 }
 HEADLINE_EPS = 0.1  # the adversarial-training radius and the log's headline eps
+MIN_NORM_L2_RADII = (0.25, 0.5, 1.0)  # L2 radii the minimum-norm section reads off
 TITLE = "modelsec-fast report"
 
 
@@ -118,6 +122,9 @@ def run_demo(*, data: str = "digits", out: str = "report", quick: bool = False,
                                   lambda: run.membership_section(trained, audited),
                                   raise_errors=raise_errors))
     sections.append(run.canary_section(trained))
+    sections.append(build_section(MinimumNormSection.key, MinimumNormSection.title,
+                                  lambda: run.minimum_norm_section(trained),
+                                  raise_errors=raise_errors))
     meta.total_time_s = time.perf_counter() - started
     files = write_report(out, TITLE, meta, sections, raise_errors=raise_errors)
     log(f"report: {files.markdown} ({meta.total_time_s:.0f} s)")
@@ -245,3 +252,16 @@ class _DemoRun:
             return CanaryAuditSection(result, label)
 
         return build_section(key, title, audit, raise_errors=self.raise_errors)
+
+    def minimum_norm_section(self, trained: dict):
+        from .scan.minimum_norm import describe_attacks, minimum_norm_results
+
+        n, cw_steps = self.setting["min_norm"]
+        x, y = self.x_test[:n], self.y_test[:n]
+        results = {}
+        for label, t in trained.items():
+            self.log(f"[{label}] minimum-norm attacks (CW-L2, DeepFool) on {len(y)} examples")
+            results[label] = minimum_norm_results(t.model, x, y, cw_steps=cw_steps)
+        grid = {"L2": MIN_NORM_L2_RADII, "Linf": [e for e in self.setting["eps_grid"] if e > 0]}
+        return MinimumNormSection(results, eps_grid=grid, n_examples=len(y),
+                                  method=describe_attacks(cw_steps))

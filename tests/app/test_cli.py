@@ -186,13 +186,16 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
     report = json.load(open(os.path.join(out_dir, "report.json")))
     sections = report["sections"]
     assert list(sections) == ["settings", "models", "robustness", "accountant", "membership",
-                              "canary_audit"]
+                              "canary_audit", "minimum_norm"]
     assert all(s["status"] == "ok" for s in sections.values()), sections
     assert len(sections["models"]["result"]["models"]) == 3
     assert len(sections["robustness"]["result"]["models"]) == 3
     assert sections["settings"]["result"]["shadow_models"] == 2
     assert sections["canary_audit"]["result"]["detected_violation"] is False
     assert sections["robustness"]["figures"] == ["accuracy_vs_eps.png"]
+    minimum_norm = sections["minimum_norm"]
+    assert list(minimum_norm["result"]["models"]) == list(sections["robustness"]["result"]["models"])
+    assert minimum_norm["figures"] == ["minimum_norm_L2.png", "minimum_norm_Linf.png"]
     for name in ("accuracy_vs_eps.png", "epsilon_vs_steps.png", "mi_roc.png", "report.md"):
         assert os.path.getsize(os.path.join(out_dir, name)) > 500
     text = open(os.path.join(out_dir, "report.md")).read()
