@@ -3,7 +3,8 @@
 :func:`run_demo` trains a baseline, a DP-SGD model and an adversarially trained
 model on one dataset, attacks each (FGSM, PGD, APGD) over a grid of L-inf radii,
 runs the membership-inference audit (loss threshold and LiRA with shadow models)
-and the one-run canary audit of the DP-SGD recipe, and writes the report
+and the one-run canary audit of the DP-SGD recipe, measures each model's distances to
+the decision boundary with minimum-norm attacks (CW, DeepFool), and writes the report
 (``report.md``, ``report.json`` and PNG plots), one section per analysis. The
 sizes it uses are fixed in :data:`DEMO_SETTINGS` and printed in the report.
 """
