@@ -210,7 +210,10 @@ class Attack(abc.ABC):
                                    "std": std.reshape(1, n, 1, 1)}
         self._normalization_applied = True
 
-    def _normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _normalization(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) per channel as ``validation.to_pixels`` takes them; None when undeclared."""
+        if self.normalization_used is None:
+            return None
         return self.normalization_used["mean"].flatten(), self.normalization_used["std"].flatten()
 
     def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -392,14 +395,6 @@ class Attack(abc.ABC):
             yield
         finally:
             self._normalization_applied = True
-
-    def to_pixels(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Caller space -> pixel space (un-normalised if a normalisation is declared)."""
-        return self.inverse_normalize(inputs) if self.normalization_used is not None else inputs
-
-    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixel space -> caller space (normalised if a normalisation is declared)."""
-        return self.normalize(pixels) if self.normalization_used is not None else pixels
 
     def _run(self, method, images, labels) -> torch.Tensor:
         self._validate(images, labels)

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from ..validation import to_model_space, to_pixels
 from .base import Attack
 from .losses import resolve_loss, to_scalar
 
@@ -235,7 +236,7 @@ class EvaluationPool:
             room -= n
         if room > 0 and self._n_waiting:
             xc, y, idx = self._take_waiting(room)
-            new = {"xc": xc, "x": self.attack.to_pixels(xc), "y": y, "idx": idx,
+            new = {"xc": xc, "x": to_pixels(xc, self.attack._normalization()), "y": y, "idx": idx,
                    "run": torch.zeros_like(y), "done_passes": torch.zeros_like(y)}
             self._rows = _cat(self._rows, self._start(new))
 
@@ -269,7 +270,7 @@ class EvaluationPool:
         """Verify every sample awaiting a check; broken and finished ones go to ``left``."""
         attack, checks = self.attack, self._checks
         self._checks = None
-        adv = attack.from_pixels(checks.pop("candidate"))
+        adv = to_model_space(checks.pop("candidate"), attack._normalization())
         broken = self.verify(adv, checks["xc"], checks["y"])
         ended = checks["step"] >= attack.steps
         last = ~broken & ended & (checks["run"] + 1 >= self.runs)
