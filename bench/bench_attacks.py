@@ -21,16 +21,45 @@ Four sections, all in one process, timed by ``bench/_harness.py``:
    against torchattacks' ``MultiAttack`` of 5 PGDs. Falls back to sklearn digits
    (and says so) if Fashion-MNIST is missing.
 
-torchattacks is optional: without it its contenders are left out, with a message.
+The minimum-norm, score- and decision-based sections share one SmallCNN trained
+on 10,000 Fashion-MNIST images (2 epochs; digits if Fashion-MNIST is missing)
+and attack its first test images, the same images, budgets and seeds for every
+contender; each row reports its time, ratio to ours, and its strength:
+
+5. cw: ``CW`` (binary search over c) against torchattacks ``CW`` (one c, chosen
+   for 100% success) and ART ``CarliniL2Method`` (the same c, steps and binary
+   steps as ours): success rate and median L2 of the examples found.
+6. deepfool: ``DeepFool`` against torchattacks ``DeepFool`` and ART ``DeepFool``
+   (top 10 classes): success rate, median L2, and the median L2 over the samples
+   both ours and the contender broke ("equal L2").
+7. spsa: ``SPSA`` against CleverHans 4 ``spsa`` (its per-sample loop), the same
+   eps, iterations, perturbation samples, learning rate and delta: robust
+   accuracy and queries per sample.
+8. hsj: ``HopSkipJump`` against ART ``HopSkipJump`` (L2, its per-sample loop).
+   ART has no query budget: it runs first, its model queries are counted, and
+   ours gets their mean per sample as its budget; median L2 and queries. The two
+   are timed in separate measurements (the ratio is of their medians).
+9. floor: ``robust_accuracy`` with PGD-20 x 5 restarts on 2,000 test images at an
+   eps where about a quarter stay robust (default batch_size 500, so the data
+   comes in chunks) against torchattacks running each restart on every point and
+   its ``MultiAttack``; the floor is the gradient sample-passes our run needed
+   (``result.floor_passes``) made as full-batch passes alone; ``x floor`` is our
+   ratio to it.
+
+Sections 5-9 run when named (``--sections cw,deepfool,spsa,hsj,floor``; about 10
+minutes on 2 quiet cores), so the default run and bench/gpu_check.sh's stage keep
+their sizes.  torchattacks, ART and CleverHans are optional: without one its
+contenders are left out, with a message.
 
     python bench/bench_attacks.py [--device cpu|cuda] [--quick] [--json out.json]
-        [--sections single,paired,update,eval] [--threads N] [--rounds N]
+        [--sections single,paired,update,eval,cw,deepfool,spsa,hsj,floor]
+        [--threads N] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import math
 
 import _harness as h
 import torch
@@ -39,21 +68,10 @@ from torch import nn
 
 import modelsec_fast.attacks as ma
 from modelsec_fast import ops
+from modelsec_fast.attacks.base import frozen_parameters
+from modelsec_fast.attacks.minimum_norm import perturbation_norms
 from modelsec_fast.evaluate import robust_accuracy
 from modelsec_fast.models import OpacusMnistCNN, ResNet18, SmallCNN
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module):
-    """Parameters' requires_grad off, restored on exit: a pass then builds no weight gradients."""
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
 
 
 def gradient_pass(model, x, y):
@@ -312,10 +330,269 @@ def bench_eval(args, device, ta, report):
         row.values["robust accuracy"] = m.results[row.contender]
 
 
+# ------------------------------------------------------------ minimum norm, queries
+_SHARED: dict = {}
+
+
+def shared_model(args, device, report):
+    """(model, test images, test labels, data name): one SmallCNN for sections 5-9, trained once."""
+    if "model" not in _SHARED:
+        from modelsec_fast.data import DataError, load_dataset
+        try:
+            data = load_dataset("fashion-mnist", train_size=2000 if args.quick else 10000,
+                                test_size=2000, seed=0)
+            source = "fashion-mnist"
+        except DataError as err:
+            report.note(f"Fashion-MNIST missing ({err}); falling back to sklearn digits")
+            data = load_dataset("digits", seed=0)
+            source = "digits (Fashion-MNIST missing)"
+        torch.manual_seed(0)
+        model = SmallCNN(data.in_shape, data.num_classes).to(device)
+        trained, _ = h.timed(lambda: _train(model, data.x_train, data.y_train,
+                                            1 if args.quick else 2, device), device)
+        report.note(f"sections cw..floor: SmallCNN on {source}, trained in {trained.wall:.1f} s")
+        _SHARED.update(model=model, x=data.x_test.to(device), y=data.y_test.to(device),
+                       source=source, shape=tuple(data.in_shape), classes=data.num_classes)
+    return _SHARED["model"], _SHARED["x"], _SHARED["y"], _SHARED["source"]
+
+
+def art_classifier(model):
+    """ART's PyTorchClassifier on ``model`` (inputs cast to float32: ART mixes in float64)."""
+    from art.estimators.classification import PyTorchClassifier
+
+    class Float32(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.float())
+
+    device = next(model.parameters()).device
+    return PyTorchClassifier(Float32(model), nn.CrossEntropyLoss(), input_shape=_SHARED["shape"],
+                             nb_classes=_SHARED["classes"], clip_values=(0.0, 1.0),
+                             device_type="gpu" if device.type == "cuda" else "cpu")
+
+
+def distances(model, adv, x, y, norm="L2"):
+    """Per-sample distances (inf where the example does not fool the model), clean-correct mask."""
+    adv = torch.as_tensor(adv, device=x.device, dtype=x.dtype)
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+        fooled = model(adv).argmax(1) != y
+    d = perturbation_norms(adv, x, norm).double()
+    return torch.where(fooled, d, torch.full_like(d, math.inf)), correct
+
+
+def strength(d, correct, reference=None) -> dict:
+    """Success rate and median distance over the clean-correct samples (and over those the
+    reference also broke)."""
+    found = d[correct & torch.isfinite(d)]
+    out = {"success": float(torch.isfinite(d[correct]).double().mean()),
+           "median": float(found.median()) if found.numel() else math.nan}
+    if reference is not None:
+        both = correct & torch.isfinite(d) & torch.isfinite(reference)
+        out["median, both found"] = float(d[both].median()) if bool(both.any()) else math.nan
+    return out
+
+
+def _add_strength_rows(section, m, labels, figures):
+    for row in section.add(m, labels=labels):
+        row.values.update(figures.get(row.contender, {}))
+
+
+def bench_cw(args, device, ta, has_art, report):
+    model, x, y, source = shared_model(args, device, report)
+    x, y = x[:args.cw_n], y[:args.cw_n]
+    steps, bss, lr, c = args.cw_steps, args.cw_binary_steps, 0.01, 1.0
+    contenders = {"ours": lambda: ma.CW(model, c=c, steps=steps, lr=lr,
+                                        binary_search_steps=bss)(x, y)}
+    if ta is not None:
+        contenders["torchattacks"] = lambda: ta.CW(model, c=args.cw_ta_c, steps=steps, lr=lr)(x, y)
+    if has_art:
+        from art.attacks.evasion import CarliniL2Method
+        art = CarliniL2Method(art_classifier(model), learning_rate=lr, binary_search_steps=bss,
+                              max_iter=steps, initial_const=c, batch_size=len(y), verbose=False)
+        contenders["ART"] = lambda: torch.as_tensor(art.generate(x.cpu().numpy()))
+    m = h.measure(contenders, device=device, rounds=args.slow_rounds, warmup=0)
+    figures = {name: strength(*distances(model, adv, x, y)) for name, adv in m.results.items()}
+    section = report.section(
+        "CW (L2): median L2 at its success rate", baseline="ours",
+        note=f"{source}, first {len(y)} test images; ours and ART: c from {c:g}, {bss} binary "
+             f"steps of {steps} Adam steps (lr {lr}); torchattacks: one c = {args.cw_ta_c:g}, "
+             f"{steps} steps (no binary search); median over the examples each found")
+    _add_strength_rows(section, m, {"images": len(y)}, figures)
+    print("  cw: done", flush=True)
+
+
+def bench_deepfool(args, device, ta, has_art, report):
+    model, x, y, source = shared_model(args, device, report)
+    x, y = x[:args.deepfool_n], y[:args.deepfool_n]
+    contenders = {"ours": lambda: ma.DeepFool(model, steps=50, overshoot=0.02)(x, y)}
+    if ta is not None:
+        contenders["torchattacks"] = lambda: ta.DeepFool(model, steps=50, overshoot=0.02)(x, y)
+    if has_art:
+        from art.attacks.evasion import DeepFool as ArtDeepFool
+        art = ArtDeepFool(art_classifier(model), max_iter=50, epsilon=0.02, nb_grads=10,
+                          batch_size=len(y), verbose=False)
+        contenders["ART"] = lambda: torch.as_tensor(art.generate(x.cpu().numpy()))
+    m = h.measure(contenders, device=device, rounds=args.rounds_mn, warmup=0)
+    ours_d, _ = distances(model, m.results["ours"], x, y)
+    figures = {name: strength(*distances(model, adv, x, y), reference=ours_d)
+               for name, adv in m.results.items()}
+    section = report.section(
+        "DeepFool (L2): time and median L2", baseline="ours",
+        note=f"{source}, first {len(y)} test images, 50 steps, overshoot 0.02, every contender; "
+             "'median, both found': over the samples both ours and the contender broke")
+    _add_strength_rows(section, m, {"images": len(y)}, figures)
+    print("  deepfool: done", flush=True)
+
+
+def bench_spsa(args, device, report):
+    model, x, y, source = shared_model(args, device, report)
+    x, y = x[:args.spsa_n], y[:args.spsa_n]
+    eps, it, n, lr, delta = args.spsa_eps, args.spsa_iter, args.spsa_samples, 0.01, 0.01
+    ours = ma.SPSA(model, eps=eps, nb_iter=it, nb_sample=n, lr=lr, delta=delta, seed=0)
+    contenders = {"ours": lambda: ours(x, y)}
+    try:
+        from cleverhans.torch.attacks.spsa import spsa
+    except ImportError as err:
+        report.skip("CleverHans spsa", f"cleverhans is not installed ({err})")
+    else:
+        def cleverhans():
+            torch.manual_seed(0)
+            return spsa(model, x, eps, it, clip_min=0.0, clip_max=1.0, y=y, learning_rate=lr,
+                        delta=delta, spsa_samples=n, spsa_iters=1, sanity_checks=False)
+        contenders["CleverHans"] = cleverhans
+    m = h.measure(contenders, device=device, rounds=args.rounds_mn, warmup=0)
+    section = report.section(
+        f"SPSA (L-inf eps {eps:g}): robust accuracy at equal queries", baseline="ours",
+        note=f"{source}, first {len(y)} test images; {it} iterations of {n} +-delta probe "
+             f"pairs, Adam lr {lr}, delta {delta}; queries per sample: CleverHans "
+             f"{it} x {2 * n + 1} (each iteration ends with a loss query), ours at most "
+             f"1 + {it} x {2 * n + 1} (a sample stops once adversarial). CleverHans 4's torch "
+             "spsa passes x, not x + perturbation, to its gradient estimate: every estimate is "
+             "taken at model(2x + delta v)")
+    for row in section.add(m, labels={"images": len(y)}):
+        with torch.no_grad():
+            row.values["robust accuracy"] = float((model(m.results[row.contender]).argmax(1) == y)
+                                                  .double().mean())
+        row.values["queries/sample"] = (float(ours.queries.double().mean())
+                                        if row.contender == "ours" else it * (2 * n + 1))
+    print("  spsa: done", flush=True)
+
+
+def bench_hsj(args, device, has_art, report):
+    model, x, y, source = shared_model(args, device, report)
+    x, y = x[:args.hsj_n], y[:args.hsj_n]
+    section = report.section(
+        "HopSkipJump (L2): median L2 at equal queries", baseline=None,
+        note=f"{source}, first {len(y)} test images; ART: {args.hsj_iter} iterations, "
+             "init_eval 100, max_eval 1000, its queries counted; ours: max_queries = ART's mean "
+             "queries per sample; separate measurements, 'x ours' is the ratio of medians")
+    queries = args.hsj_queries
+    art_row = None
+    if has_art:
+        from art.attacks.evasion import HopSkipJump as ArtHopSkipJump
+        art = ArtHopSkipJump(art_classifier(model), norm=2, max_iter=args.hsj_iter, max_eval=1000,
+                             init_eval=100, init_size=100, batch_size=64, verbose=False)
+        rows = [0]
+
+        def count(_module, a):
+            rows[0] += a[0].shape[0]
+
+        def art_call():
+            rows[0] = 0
+            handle = model.register_forward_pre_hook(count)
+            try:
+                return torch.as_tensor(art.generate(x.cpu().numpy(), y=y.cpu().numpy()))
+            finally:
+                handle.remove()
+        m_art = h.measure({"ART": art_call}, device=device, rounds=args.slow_rounds, warmup=0)
+        queries = max(1, round(rows[0] / len(y)))
+        art_row, = section.add(m_art, labels={"images": len(y)})
+        art_row.values.update(strength(*distances(model, m_art.results["ART"], x, y)))
+        art_row.values["queries/sample"] = rows[0] / len(y)
+    ours = ma.HopSkipJump(model, norm="L2", max_queries=queries, seed=0)
+    m = h.measure({"ours": lambda: ours(x, y)}, device=device, rounds=args.rounds_mn, warmup=0)
+    ours_row, = section.add(m, labels={"images": len(y)})
+    ours_row.values.update(strength(*distances(model, m.results["ours"], x, y)))
+    ours_row.values["queries/sample"] = float(ours.queries.double().mean())
+    if art_row is not None:
+        art_row.values["x ours"] = art_row.wall.median / ours_row.wall.median
+    section.rows.sort(key=lambda r: r.contender != "ours")
+    print("  hsj: done", flush=True)
+
+
+def bench_floor(args, device, ta, report):
+    model, x, y, source = shared_model(args, device, report)
+    x, y = x[:args.floor_n], y[:args.floor_n]
+    eps, restarts, steps, batch = args.floor_eps, args.floor_restarts, 20, args.floor_batch
+
+    def ours():
+        torch.manual_seed(1)
+        return robust_accuracy(model, (x, y), [ma.PGD(model, eps=eps, alpha=eps / 4, steps=steps)],
+                               restarts=restarts, batch_size=batch, progress=False,
+                               check_masking=False)
+
+    first = ours()  # the passes and the floor of the timed calls (the same seed, the same run)
+    full = min(batch, len(y))
+    floor_calls = math.ceil(first.floor_passes / full)
+    contenders = {"ours": ours,
+                  "floor": floor_passes(model, x[:full], y[:full], floor_calls)}
+    if ta is not None:
+        def every_point():
+            torch.manual_seed(1)
+            with torch.no_grad():
+                robust = model(x).argmax(1) == y
+            for _ in range(restarts):
+                adv = ta.PGD(model, eps=eps, alpha=eps / 4, steps=steps)(x, y)
+                with torch.no_grad():
+                    robust &= model(adv).argmax(1) == y
+            return float(robust.double().mean())
+
+        def multi():
+            torch.manual_seed(1)
+            attack = ta.MultiAttack([ta.PGD(model, eps=eps, alpha=eps / 4, steps=steps)
+                                     for _ in range(restarts)])
+            with torch.no_grad():
+                clean = model(x).argmax(1) == y
+            adv = attack(x, y)
+            with torch.no_grad():
+                return float(((model(adv).argmax(1) == y) & clean).double().mean())
+        contenders["torchattacks (every point)"] = every_point
+        contenders["torchattacks MultiAttack"] = multi
+    m = h.measure(contenders, device=device, rounds=args.floor_rounds, warmup=0)
+    baseline = "torchattacks (every point)" if ta is not None else "ours"
+    section = report.section(
+        f"robust accuracy at its floor: PGD-{steps} x {restarts} restarts, eps {eps:g}",
+        baseline=baseline,
+        note=f"{source}, {len(y)} test images, batch_size {batch}; floor: the "
+             f"{first.floor_passes} gradient sample-passes our run needed, as {floor_calls} "
+             f"passes of {full}; torchattacks (every point): each restart a PGD call on all "
+             "images, then the per-sample worst case; passes: gradient sample-passes spent")
+    for row in section.add(m, labels={"images": len(y)}):
+        result = m.results[row.contender]
+        if row.contender == "ours":
+            row.values.update({"robust accuracy": result.robust_accuracy,
+                               "passes": result.sample_passes, "floor passes": result.floor_passes,
+                               "forward-only rows": result.forward_passes,
+                               "x floor": m.ratio("ours", "floor").median,
+                               "CPU x floor": m.ratio("ours", "floor", "cpu").median})
+        elif row.contender == "floor":
+            row.values["passes"] = floor_calls * full
+        else:
+            row.values["robust accuracy"] = result
+            if row.contender == "torchattacks (every point)":
+                row.values["passes"] = restarts * steps * len(y)
+    print("  floor: done", flush=True)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="bench_attacks.py", description=__doc__.split("\n")[0])
     p.add_argument("--sections", default=None,
-                   help="default single,update,eval (--quick: all four)")
+                   help="default single,update,eval (--quick: and paired); the others "
+                        "(cw,deepfool,spsa,hsj,floor) run when named")
     p.add_argument("--mnist-batch", type=int, default=None)
     p.add_argument("--resnet-batch", type=int, default=None)
     p.add_argument("--apgd-steps", type=int, default=100)
@@ -327,6 +604,29 @@ def main(argv=None) -> dict:
     p.add_argument("--eval-n", type=int, default=None)
     p.add_argument("--eval-restarts", type=int, default=5)
     p.add_argument("--eval-rounds", type=int, default=2)
+    p.add_argument("--rounds-mn", type=int, default=3,
+                   help="deepfool, spsa, hsj (ours): timed rounds")
+    p.add_argument("--slow-rounds", type=int, default=1,
+                   help="cw, hsj (ART): timed rounds of the sections whose anchors take minutes")
+    p.add_argument("--cw-n", type=int, default=10)
+    p.add_argument("--cw-steps", type=int, default=50)
+    p.add_argument("--cw-binary-steps", type=int, default=5)
+    p.add_argument("--cw-ta-c", type=float, default=10.0,
+                   help="torchattacks' c (its CW has no binary search: one that reaches 100%%)")
+    p.add_argument("--deepfool-n", type=int, default=20)
+    p.add_argument("--spsa-n", type=int, default=32)
+    p.add_argument("--spsa-eps", type=float, default=0.05)
+    p.add_argument("--spsa-iter", type=int, default=20)
+    p.add_argument("--spsa-samples", type=int, default=64)
+    p.add_argument("--hsj-n", type=int, default=10)
+    p.add_argument("--hsj-iter", type=int, default=10, help="ART's max_iter")
+    p.add_argument("--hsj-queries", type=int, default=2000,
+                   help="ours' budget when ART is missing")
+    p.add_argument("--floor-n", type=int, default=2000)
+    p.add_argument("--floor-eps", type=float, default=0.06)
+    p.add_argument("--floor-restarts", type=int, default=5)
+    p.add_argument("--floor-batch", type=int, default=500)
+    p.add_argument("--floor-rounds", type=int, default=3)
     args = h.parse_args(p, argv, rounds=5, quick_rounds=1)
     device = torch.device(args.device)
     args.sections = args.sections or ("single,paired,update,eval" if args.quick
@@ -337,6 +637,11 @@ def main(argv=None) -> dict:
     if args.quick:
         args.eval_restarts, args.eval_rounds = min(args.eval_restarts, 2), 1
         args.paired_seconds, args.warmup = 0.0, 0
+        args.cw_n, args.cw_steps, args.cw_binary_steps = 2, 2, 1
+        args.deepfool_n, args.spsa_n, args.spsa_iter, args.spsa_samples = 3, 3, 2, 8
+        args.hsj_n, args.hsj_iter = 2, 1
+        args.floor_n, args.floor_restarts, args.floor_batch = 100, 2, 50
+        args.rounds_mn, args.slow_rounds, args.floor_rounds = 1, 1, 1
     report = h.Report("bench_attacks", args)
     ta = h.optional_import("torchattacks", report, "the torchattacks contenders")
     sections = args.sections.split(",")
@@ -348,6 +653,18 @@ def main(argv=None) -> dict:
         bench_update(args, device, report)
     if "eval" in sections:
         bench_eval(args, device, ta, report)
+    has_art = h.optional_import("art", report, "the ART contenders") is not None \
+        if {"cw", "deepfool", "hsj"} & set(sections) else False
+    if "cw" in sections:
+        bench_cw(args, device, ta, has_art, report)
+    if "deepfool" in sections:
+        bench_deepfool(args, device, ta, has_art, report)
+    if "spsa" in sections:
+        bench_spsa(args, device, report)
+    if "hsj" in sections:
+        bench_hsj(args, device, has_art, report)
+    if "floor" in sections:
+        bench_floor(args, device, ta, report)
     return report.finish()
 
 

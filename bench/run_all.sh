@@ -63,6 +63,12 @@ run attacks_paired bench/bench_attacks.py --sections paired --paired-seconds 40 
 # MultiAttack (trains a SmallCNN first). About 2 minutes.
 run attacks_update_eval bench/bench_attacks.py --sections update,eval --rounds 5 --eval-rounds 2 \
   --threads 2
+# Minimum-norm, score- and decision-based attacks against torchattacks, ART and CleverHans
+# (CW, DeepFool, SPSA, HopSkipJump; ART's CW and HopSkipJump take minutes). About 6 minutes.
+run attacks_minimum_norm bench/bench_attacks.py --sections cw,deepfool,spsa,hsj --threads 2
+# robust_accuracy at its floor: PGD-20 x 5 restarts on 2,000 test images against torchattacks
+# on every point and its MultiAttack, with the floor passes alone. About 3 minutes.
+run attacks_floor bench/bench_attacks.py --sections floor --floor-rounds 3 --threads 2
 # Adversarial training: four runs of 4 epochs, evaluation, step-time ratios. About 1 minute.
 run adv_training bench/bench_adv_training.py --threads 2 --test-size 500
 # Accountants: known answers, 100-epoch incremental PLD, get_noise_multiplier. About 3 minutes.

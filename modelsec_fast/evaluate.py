@@ -5,16 +5,34 @@
     print(result)               # a table: clean, after each attack, warnings
     result.to_json("robust.json")
 
-What it does, per chunk of at most ``batch_size`` samples:
+What it does:
 
-1. checks that the images lie in [0, 1] pixel space (after un-normalising),
-   then classifies them; only correctly classified ones are attacked;
-2. runs each attack in order on the samples still robust, stopping each
-   sample as soon as it is broken (:meth:`Attack.run_for_evaluation`); attacks
-   with a random start are repeated ``restarts`` times on what is left;
+1. checks each chunk of at most ``batch_size`` samples (in [0, 1] pixel space
+   after un-normalising), then classifies it; only correctly classified
+   samples are attacked;
+2. runs each attack in order on the samples still robust, stopping each sample
+   as soon as it is broken; attacks with a random start are repeated
+   ``restarts`` times on what is left.  Samples stream from stage to stage in
+   full batches: an attack runs once ``batch_size`` samples wait for it (the
+   rest at the end), so the survivors of several chunks share a batch;
 3. checks every returned example (inside the eps ball of the attack's norm,
-   in [0, 1] pixel space, no NaN) and re-classifies it: only a checked,
-   misclassified example counts as broken; an unchecked one is "rejected".
+   in [0, 1] pixel space, no NaN) and re-classifies it in eval mode: only a
+   checked, misclassified example counts as broken; an unchecked one is "rejected".
+
+Plain gradient attacks (FGSM, BIM, PGD, PGDL2, ...) run in an
+:class:`~modelsec_fast.attacks.gradient.EvaluationPool`: every pass holds
+``batch_size`` samples in any step of any restart, a broken sample's place is
+taken at once by one waiting, and each sample's restarts follow one another.
+The work is then the floor: the survivors' every pass and each broken sample's
+passes until it broke.  The result reports the sample-passes spent (counted at
+the model's forward) and, for pooled attacks, that floor.
+
+Minimum-norm attacks (CW, DeepFool, HopSkipJump) run first, on every correctly
+classified sample: their record carries the distance distribution
+(:class:`~modelsec_fast.attacks.MinimumNormResult`, robust accuracy at any eps),
+and they break a sample for the worst case when the distance found is within
+the threat model's eps (the ``eps`` argument, else the other attacks' common
+eps of the same norm, else any distance: then their row is 1 - success rate).
 
 Gradient-masking checks (``check_masking=True``, warnings in the result):
 probabilities instead of logits, outputs that change between two identical
@@ -38,7 +56,9 @@ import torch
 from torch import nn
 
 from .attacks.base import Attack, frozen_parameters
+from .attacks.gradient import EvaluationPool, GradientAttack
 from .attacks.losses import dlr_loss
+from .attacks.minimum_norm import MinimumNormResult, looks_like_probabilities, perturbation_norms
 from .validation import (check_choice, check_input_pixels, check_int, check_non_negative,
                          check_normalization, to_pixels)
 
@@ -63,7 +83,8 @@ class AttackRecord:
         robust_accuracy: fraction in [0, 1] of all samples still robust after
             this attack: the worst case over it and the attacks before it (NaN
             if no samples).
-        broken: samples it broke (checked, misclassified examples).
+        broken: samples it broke (checked, misclassified examples; for a
+            minimum-norm attack also within the threat model's eps).
         rejected: returned examples that failed the validity check (outside
             the eps ball or [0, 1], or not finite): never counted as broken,
             whatever their prediction.
@@ -71,6 +92,15 @@ class AttackRecord:
         gradient_free: the attack reads no gradients (Square); its breaks after
             a gradient attack are the masking check's evidence.
         settings: the attack's arguments, as its ``repr``.
+        gradient_passes: sample-passes it spent that built a graph to the input
+            (forward + input gradient), counted at the model's forward.
+        forward_passes: sample rows of its forward-only model calls (queries,
+            re-verification).
+        floor_passes: the gradient passes its samples needed (survivors: every
+            step of every restart; broken samples: the passes until they broke),
+            for attacks run in the pool; None for the others.
+        distances: a minimum-norm attack's distance distribution over all the
+            samples (:class:`~modelsec_fast.attacks.MinimumNormResult`), else None.
     """
 
     robust_accuracy: float = math.nan
@@ -79,6 +109,10 @@ class AttackRecord:
     seconds: float = 0.0
     gradient_free: bool = False
     settings: str = ""
+    gradient_passes: int = 0
+    forward_passes: int = 0
+    floor_passes: int | None = None
+    distances: MinimumNormResult | None = None
 
 
 @dataclasses.dataclass
@@ -90,11 +124,16 @@ class RobustAccuracyResult:
         clean_accuracy, robust_accuracy: fractions in [0, 1] (NaN if no samples).
         per_attack: attack name -> :class:`AttackRecord`, in the order they ran.
         warnings: gradient-masking and validity warnings, one line each.
-        eps, norm: the threat model (None when mixed or unknown).
+        eps, norm: the threat model (None when mixed or unknown; eps None and
+            a norm: minimum-norm attacks without a budget).
         seconds: total wall time.
         eps_sweep: eps -> robust accuracy of the sanity sweep, if run.
         adversarial: worst-case examples (N, ...) on the CPU if requested, else None.
         restarts: runs of each randomly started attack (the ``restarts`` argument).
+        sample_passes: gradient sample-passes the attacks spent (their records' sum).
+        forward_passes: forward-only sample rows: the clean pass and the attacks'.
+        floor_passes: the gradient passes the attacks needed (sum of the records'
+            floors), None when an attack ran outside the pool.
     """
 
     n_samples: int
@@ -108,6 +147,9 @@ class RobustAccuracyResult:
     eps_sweep: dict | None = None
     adversarial: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     restarts: int = 1
+    sample_passes: int = 0
+    forward_passes: int = 0
+    floor_passes: int | None = None
 
     def to_dict(self) -> dict:
         """Everything but the adversarial examples, JSON-serialisable."""
@@ -115,6 +157,9 @@ class RobustAccuracyResult:
         out.pop("adversarial")
         if self.eps_sweep is not None:
             out["eps_sweep"] = {str(k): v for k, v in self.eps_sweep.items()}
+        for name, rec in self.per_attack.items():
+            if rec.distances is not None:
+                out["per_attack"][name]["distances"] = rec.distances.to_dict()
         return out
 
     def to_json(self, path: str | None = None, indent: int = 2) -> str:
@@ -126,7 +171,10 @@ class RobustAccuracyResult:
         return text
 
     def __str__(self) -> str:
-        threat = f"{self.norm} eps={self.eps:.6g}" if self.eps is not None else "mixed threat models"
+        if self.eps is not None:
+            threat = f"{self.norm} eps={self.eps:.6g}"
+        else:
+            threat = f"{self.norm}, no eps" if self.norm else "mixed threat models"
         width = max([len("robust (worst case)")] + [len(n) for n in self.per_attack]) + 2
         lines = [f"Robust accuracy on {self.n_samples} samples ({threat}, {self.seconds:.1f} s)",
                  f"{'stage':<{width}}{'accuracy':>10}{'broken':>9}{'rejected':>10}{'seconds':>9}",
@@ -135,6 +183,13 @@ class RobustAccuracyResult:
             lines.append(f"{name:<{width}}{100 * rec.robust_accuracy:>9.2f}%"
                          f"{rec.broken:>9d}{rec.rejected:>10d}{rec.seconds:>9.1f}")
         lines.append(f"{'robust (worst case)':<{width}}{100 * self.robust_accuracy:>9.2f}%")
+        for rec in self.per_attack.values():
+            if rec.distances is not None:
+                lines.append(f"distances: {rec.distances}")
+        passes = f"sample-passes: {self.sample_passes} gradient, {self.forward_passes} forward-only"
+        if self.floor_passes is not None:
+            passes += f"; floor {self.floor_passes} gradient"
+        lines.append(passes)
         if self.eps_sweep:
             lines.append("eps sweep: " + ", ".join(
                 f"{e:.4g}: {100 * a:.1f}%" for e, a in self.eps_sweep.items()))
@@ -252,13 +307,6 @@ def _valid_examples(atk: Attack, adv: torch.Tensor, x: torch.Tensor) -> torch.Te
     return ok
 
 
-def _looks_like_probabilities(logits: torch.Tensor) -> bool:
-    if logits.numel() == 0:
-        return False
-    sums = logits.sum(1)
-    return bool((logits >= 0).all() and (logits <= 1).all() and ((sums - 1).abs() < 1e-4).all())
-
-
 def _zero_gradient_count(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     with frozen_parameters(model), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
@@ -274,7 +322,7 @@ def _zero_gradient_count(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
 def _masking_checks(model, x, y, logits) -> list[str]:
     """Warnings about the model itself, from one chunk and its clean ``logits``."""
     warnings = []
-    if _looks_like_probabilities(logits):
+    if looks_like_probabilities(logits):
         warnings.append(
             "the model seems to output probabilities (rows in [0, 1] summing to 1): "
             "attacks expect logits; remove the final softmax")
@@ -326,20 +374,44 @@ def _eps_sweep(model, x, y, eps, norm, normalization) -> tuple[dict, list[str]]:
 
 
 # ------------------------------------------------------------------ arguments
-def _check_arguments(attacks, eps, norm, batch_size, restarts
-                     ) -> tuple[list[Attack] | None, float | None, str | None]:
-    """(the attack list, or None for the "standard" preset; the threat model's eps and norm).
+@dataclasses.dataclass
+class _Plan:
+    """What the arguments settle: the attacks in run order and the threat model.
 
-    For a list of attacks, eps and norm are the attacks' own, None where they differ.
+    ``attacks`` is None for the "standard" preset; ``budgets`` gives, per attack
+    in ``attacks``, the eps at which a minimum-norm attack breaks a sample
+    (``math.inf``: any distance), None for fixed-eps attacks.
+    """
+
+    attacks: list[Attack] | None
+    eps: float | None
+    norm: str | None
+    budgets: list[float | None]
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _check_arguments(attacks, eps, norm, batch_size, restarts) -> _Plan:
+    """The checked arguments as a :class:`_Plan`.
+
+    For a list of attacks, eps and norm default to the attacks' own (None where
+    they differ); given, they must agree with every attack: an attack's norm with
+    ``norm``, a fixed-eps attack's eps with ``eps``.  Minimum-norm attacks go first.
     """
     check_int("batch_size", batch_size, 1)
     check_int("restarts", restarts, 1)
+    if norm is not None:
+        check_choice("norm", norm, ("Linf", "L2"))
+    if eps is not None:
+        eps = check_non_negative("eps", eps)
     if isinstance(attacks, str):
         if attacks != "standard":
             raise ValueError(f"unknown preset {attacks!r}: use 'standard' or a list of attacks")
         if eps is None:
             raise ValueError("the 'standard' preset needs eps")
-        return None, check_non_negative("eps", eps), check_choice("norm", norm, ("Linf", "L2"))
+        return _Plan(None, eps, norm or "Linf", [])
     attack_list = list(attacks)
     if not attack_list:
         raise ValueError("attacks must be 'standard' or a non-empty list of attacks")
@@ -349,10 +421,33 @@ def _check_arguments(attacks, eps, norm, batch_size, restarts
         if atk.attack_mode == "targeted(label)":
             raise ValueError(f"{atk.attack} is in targeted(label) mode: robust_accuracy passes "
                              "true labels; use another targeted mode or the default")
-    epss = {getattr(a, "eps", None) for a in attack_list}
-    norms = {getattr(a, "norm", None) for a in attack_list}
-    return (attack_list, epss.pop() if len(epss) == 1 else None,
-            norms.pop() if len(norms) == 1 else None)
+        if norm is not None and atk.norm != norm:
+            raise ValueError(f"{atk.attack} is an {atk.norm} attack but norm={norm!r} was given: "
+                             f"an {atk.norm} attack cannot be judged at an {norm} eps")
+    minimum = [a for a in attack_list if a.minimum_norm]
+    fixed = [a for a in attack_list if not a.minimum_norm]
+    norms = {a.norm for a in attack_list}
+    if eps is not None:
+        if norm is None and len(norms) > 1:
+            raise ValueError(f"eps={eps:g} is ambiguous: the attacks mix the "
+                             f"{' and '.join(sorted(norms))} norms; pass norm= as well")
+        norm = norm or next(iter(norms))
+        for atk in fixed:
+            own = getattr(atk, "eps", None)
+            if own is not None and not _same(own, eps):
+                raise ValueError(f"{atk.attack} has eps={own:g} but eps={eps:g} was given: "
+                                 "build it with the evaluation's eps")
+        return _Plan(minimum + fixed, eps, norm, [eps] * len(minimum) + [None] * len(fixed))
+    epss = {getattr(a, "eps", None) for a in fixed}
+    fixed_norms = {a.norm for a in fixed}
+    common_eps = epss.pop() if len(epss) == 1 else None
+    common_norm = fixed_norms.pop() if len(fixed_norms) == 1 else None
+    budgets = [common_eps if common_eps is not None and a.norm == common_norm else math.inf
+               for a in minimum]
+    if any(math.isinf(b) for b in budgets):
+        common_eps = None
+    return _Plan(minimum + fixed, common_eps, norms.pop() if len(norms) == 1 else None,
+                 budgets + [None] * len(fixed))
 
 
 def _normalization_of(attack_list: list[Attack] | None, normalization):
@@ -413,49 +508,244 @@ def _clean_pass(model, x, y, device, normalization):
     return x, y, logits
 
 
-def _attack_once(model, atk: Attack, x, y, robust: torch.Tensor, worst: torch.Tensor | None,
-                 record: AttackRecord) -> bool:
-    """One run of ``atk`` on the samples still ``robust`` (bool (B,), updated in place).
+# ---------------------------------------------------------------- stages
+class _PassCounter:
+    """Sample rows of the model's forwards: those that build a graph to the input, and the rest."""
 
-    Counts what it broke and rejected in ``record``; keeps broken examples in
-    ``worst`` if given.  Returns False when no sample was left to attack.
-    """
-    idx = robust.nonzero().flatten()
-    if idx.numel() == 0:
-        return False
-    adv = atk.run_for_evaluation(x[idx], y[idx])
-    valid = _valid_examples(atk, adv, x[idx])
-    with torch.no_grad():
+    def __init__(self, model: nn.Module):
+        self.gradient = self.forward = 0
+        self._handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, _module, args) -> None:
+        inp = args[0] if args else None
+        if isinstance(inp, torch.Tensor):
+            rows = inp.shape[0] if inp.dim() else 1
+            if torch.is_grad_enabled() and inp.requires_grad:
+                self.gradient += rows
+            else:
+                self.forward += rows
+
+    def now(self) -> tuple[int, int]:
+        return self.gradient, self.forward
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+class _Queue:
+    """Samples waiting for a stage, in arrival order: images, labels, int64 ids."""
+
+    def __init__(self):
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.n = 0
+
+    def push(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+        if x.shape[0]:
+            self.parts.append((x, y, idx))
+            self.n += x.shape[0]
+
+    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first ``n`` samples waiting (all if fewer)."""
+        x, y, idx = (torch.cat(col) for col in zip(*self.parts))
+        self.parts = [(x[n:], y[n:], idx[n:])] if x.shape[0] > n else []
+        self.n = max(0, self.n - n)
+        return x[:n], y[:n], idx[:n]
+
+
+def _poolable(atk: Attack) -> bool:
+    """A plain gradient attack (its steps are the base loop's): it can run in the pool."""
+    kind = type(atk)
+    return isinstance(atk, GradientAttack) and all(
+        getattr(kind, name) is getattr(GradientAttack, name)
+        for name in ("forward", "_forward_eval", "_iterate", "_iterate_early_stop"))
+
+
+class _Outcomes:
+    """What every stage reports back: broken samples and their examples, if kept."""
+
+    def __init__(self, keep_worst: bool):
+        self.keep_worst = keep_worst
+        self.examples: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def broken(self, idx: torch.Tensor, adv: torch.Tensor) -> None:
+        if self.keep_worst and idx.numel():
+            self.examples.append((idx.cpu(), adv.detach().cpu()))
+
+
+def _judge(model, atk: Attack, adv, x, y, record: AttackRecord) -> torch.Tensor:
+    """Bool (n,): checked (valid) and misclassified in eval mode; counts rejections."""
+    valid = _valid_examples(atk, adv, x)
+    with torch.no_grad(), _eval_mode(model):
         pred = model(adv).argmax(1)
     # Every invalid example is rejected: a NaN one has no meaningful prediction.
     record.rejected += int((~valid).sum())
-    broken = (pred != y[idx]) & valid
-    robust[idx[broken]] = False
-    record.broken += int(broken.sum())
-    if worst is not None:
-        worst[idx[broken]] = adv[broken]
-    return True
+    return (pred != y) & valid
 
 
-def _attack_chunk(model, attacks: dict[str, Attack], records: dict[str, AttackRecord], x, y,
-                  logits, restarts: int, keep_worst: bool
-                  ) -> tuple[int, int, torch.Tensor | None]:
-    """Run the attacks in order on one chunk; add their counts to ``records``.
+class _Stage:
+    """One fixed-eps attack over the stream of samples still robust.
 
-    Returns (samples classified correctly, samples robust to every attack,
-    the worst-case examples (B, ...) if ``keep_worst``, else None).
+    A plain gradient attack runs in an :class:`EvaluationPool`; any other runs
+    on batches of ``batch_size`` (the rest when flushed), ``runs`` times on
+    what it left.  :meth:`run` returns the samples it could not break.
     """
-    robust = logits.argmax(1) == y
-    n_clean = int(robust.sum())
-    worst = x.clone() if keep_worst else None
-    for name, atk in attacks.items():
-        start = time.perf_counter()
-        # Only an attack with fresh randomness per call can gain from another run.
-        for _ in range(restarts if atk.stochastic else 1):
-            if not _attack_once(model, atk, x, y, robust, worst, records[name]):
-                break
-        records[name].seconds += time.perf_counter() - start
-    return n_clean, int(robust.sum()), worst
+
+    def __init__(self, model, atk: Attack, record: AttackRecord, runs: int, batch_size: int,
+                 counter: _PassCounter, outcomes: _Outcomes):
+        self.model, self.atk, self.record, self.runs = model, atk, record, runs
+        self.batch_size, self.counter, self.outcomes = batch_size, counter, outcomes
+        self.queue = _Queue()
+        self.pool = EvaluationPool(atk, runs, batch_size, self._verify) if _poolable(atk) else None
+        if self.pool is not None:
+            record.floor_passes = 0
+
+    def _verify(self, adv, x, y) -> torch.Tensor:
+        return _judge(self.model, self.atk, adv, x, y, self.record)
+
+    def push(self, x, y, idx) -> None:
+        if self.pool is not None:
+            self.pool.add(x, y, idx)
+        else:
+            self.queue.push(x, y, idx)
+
+    def run(self, flush: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        start, (g0, f0) = time.perf_counter(), self.counter.now()
+        survivors = self._run_pool(flush) if self.pool is not None else self._run_batches(flush)
+        g1, f1 = self.counter.now()
+        self.record.gradient_passes += g1 - g0
+        self.record.forward_passes += f1 - f0
+        self.record.seconds += time.perf_counter() - start
+        return survivors
+
+    def _run_pool(self, flush: bool):
+        out = self.pool.run(flush)
+        if out is None:
+            return []
+        self.record.broken += int(out.broken.sum())
+        self.record.floor_passes += int(out.passes.sum())
+        self.outcomes.broken(out.index[out.broken], out.adv[out.broken])
+        kept = ~out.broken
+        # Where nothing was broken the pool returns the image itself.
+        return [(out.adv[kept], out.labels[kept], out.index[kept])]
+
+    def _run_batches(self, flush: bool):
+        survivors = []
+        while self.queue.n >= self.batch_size or (flush and self.queue.n):
+            x, y, idx = self.queue.take(self.batch_size)
+            robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            for _ in range(self.runs):
+                sub = robust.nonzero().flatten()
+                if sub.numel() == 0:
+                    break
+                adv = self.atk.run_for_evaluation(x[sub], y[sub])
+                broken = _judge(self.model, self.atk, adv, x[sub], y[sub], self.record)
+                robust[sub[broken]] = False
+                self.record.broken += int(broken.sum())
+                self.outcomes.broken(idx[sub[broken]], adv[broken])
+            survivors.append((x[robust], y[robust], idx[robust]))
+        return survivors
+
+
+class _MinimumNormStage:
+    """The minimum-norm attacks, each on every correctly classified sample.
+
+    A sample is broken when one of them finds an example within its budget; its
+    record counts the samples it broke first, in order.  Every distance found
+    is kept for the record's :class:`MinimumNormResult`.
+    """
+
+    def __init__(self, model, attacks: dict[str, Attack], records: dict[str, AttackRecord],
+                 budgets: dict[str, float], batch_size: int, counter: _PassCounter,
+                 outcomes: _Outcomes):
+        self.model, self.attacks, self.records, self.budgets = model, attacks, records, budgets
+        self.batch_size, self.counter, self.outcomes = batch_size, counter, outcomes
+        self.queue = _Queue()
+        self.found: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = \
+            {name: [] for name in attacks}
+
+    def push(self, x, y, idx) -> None:
+        self.queue.push(x, y, idx)
+
+    def run(self, flush: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        survivors = []
+        while self.queue.n >= self.batch_size or (flush and self.queue.n):
+            x, y, idx = self.queue.take(self.batch_size)
+            robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            for name, atk in self.attacks.items():
+                record = self.records[name]
+                start, (g0, f0) = time.perf_counter(), self.counter.now()
+                adv = atk.run_for_evaluation(x, y)
+                fooled = _judge(self.model, atk, adv, x, y, record)
+                dist = perturbation_norms(_pixels(atk, adv), _pixels(atk, x), atk.norm)
+                dist = torch.where(fooled, dist.double(), torch.full_like(dist, math.inf).double())
+                self.found[name].append((idx.cpu(), dist.cpu(), self._queries(atk)))
+                broken = robust & fooled & (dist <= self.budgets[name])
+                robust &= ~broken
+                record.broken += int(broken.sum())
+                self.outcomes.broken(idx[broken], adv[broken])
+                g1, f1 = self.counter.now()
+                record.gradient_passes += g1 - g0
+                record.forward_passes += f1 - f0
+                record.seconds += time.perf_counter() - start
+            survivors.append((x[robust], y[robust], idx[robust]))
+        return survivors
+
+    @staticmethod
+    def _queries(atk: Attack) -> torch.Tensor | None:
+        queries = getattr(atk, "queries", None)
+        return queries.detach().cpu() if isinstance(queries, torch.Tensor) else None
+
+    def finish(self, n_total: int) -> None:
+        """Attach each attack's distance distribution over all ``n_total`` samples."""
+        for name, atk in self.attacks.items():
+            distances = torch.zeros(n_total, dtype=torch.float64)
+            attacked = torch.zeros(n_total, dtype=torch.bool)
+            queries = torch.zeros(n_total, dtype=torch.int64)
+            has_queries = bool(self.found[name]) and all(q is not None
+                                                         for _, _, q in self.found[name])
+            for idx, dist, q in self.found[name]:
+                distances[idx], attacked[idx] = dist, True
+                if has_queries:
+                    queries[idx] = q
+            rec = self.records[name]
+            rec.distances = MinimumNormResult.from_distances(
+                name, atk.norm, distances, attacked, queries=queries if has_queries else None,
+                seconds=rec.seconds, settings=rec.settings)
+
+
+class _Pipeline:
+    """The stages in order: samples a stage leaves robust go on to the next."""
+
+    def __init__(self, model, named: dict[str, Attack], records: dict[str, AttackRecord],
+                 budgets: dict[str, float | None], restarts: int, batch_size: int,
+                 counter: _PassCounter, outcomes: _Outcomes):
+        minimum = {n: a for n, a in named.items() if a.minimum_norm}
+        self.front = _MinimumNormStage(model, minimum, records, budgets, batch_size, counter,
+                                       outcomes) if minimum else None
+        self.stages: list = [self.front] if self.front is not None else []
+        for name, atk in named.items():
+            if not atk.minimum_norm:
+                # Only an attack with fresh randomness per call can gain from another run.
+                runs = restarts if atk.stochastic else 1
+                self.stages.append(_Stage(model, atk, records[name], runs, batch_size, counter,
+                                          outcomes))
+        self.robust = 0
+
+    def push(self, x, y, idx) -> None:
+        self.stages[0].push(x, y, idx)
+
+    def advance(self, flush: bool) -> None:
+        """Run every stage that has a full batch waiting (``flush``: everything, in order)."""
+        for k, stage in enumerate(self.stages):
+            for x, y, idx in stage.run(flush):
+                if k + 1 < len(self.stages):
+                    self.stages[k + 1].push(x, y, idx)
+                else:
+                    self.robust += x.shape[0]
+
+    def finish(self, n_total: int) -> None:
+        if self.front is not None:
+            self.front.finish(n_total)
 
 
 # ------------------------------------------------------------------ summary
@@ -465,6 +755,14 @@ def _finish_records(records: dict[str, AttackRecord], n_clean: int, n_total: int
     for rec in records.values():
         remaining -= rec.broken
         rec.robust_accuracy = remaining / n_total if n_total else math.nan
+
+
+def _passes(records: dict[str, AttackRecord]) -> tuple[int, int, int | None]:
+    """(gradient sample-passes, forward-only rows, floor or None) over the records."""
+    floors = [rec.floor_passes for rec in records.values()]
+    return (sum(rec.gradient_passes for rec in records.values()),
+            sum(rec.forward_passes for rec in records.values()),
+            None if not floors or None in floors else sum(floors))
 
 
 def _record_warnings(records: dict[str, AttackRecord], n_total: int, check_masking: bool
@@ -501,7 +799,7 @@ def _progress_bar(progress: bool, total: int | None):
 
 # ------------------------------------------------------------------ main API
 def robust_accuracy(model: nn.Module, data, attacks="standard", *, eps: float | None = None,
-                    norm: str = "Linf", batch_size: int = 500, restarts: int = 1,
+                    norm: str | None = None, batch_size: int = 500, restarts: int = 1,
                     normalization: Sequence | None = None, progress: bool = True,
                     check_masking: bool = True, eps_sweep: bool = False, seed: int = 0,
                     return_adversarial: bool = False) -> RobustAccuracyResult:
@@ -517,10 +815,14 @@ def robust_accuracy(model: nn.Module, data, attacks="standard", *, eps: float | 
             is moved to the model's device (deliberately: DataLoaders yield
             CPU tensors), one chunk at a time.
         attacks: "standard" (AutoAttack's preset, needs ``eps``) or a list of
-            :class:`~modelsec_fast.attacks.Attack` built on ``model``.
-        eps, norm: threat model of the preset ("Linf" or "L2"); for a list of
-            attacks each attack's own ``eps``/``norm`` is used.
-        batch_size: samples per chunk (bounds memory), >= 1.
+            :class:`~modelsec_fast.attacks.Attack` built on ``model``,
+            minimum-norm attacks (CW, DeepFool, HopSkipJump) included.
+        eps, norm: the threat model: for the preset, its eps and norm ("Linf"
+            or "L2", default "Linf"); for a list, optional: ``eps`` is the
+            budget of the minimum-norm attacks and must equal every fixed-eps
+            attack's eps, ``norm`` must be every attack's norm (default: the
+            attacks' own).
+        batch_size: samples per chunk and per pass (bounds memory), >= 1.
         restarts: runs of each randomly started attack (PGD, PGDL2, FFGSM) on
             the samples still robust; deterministic attacks run once.  APGD,
             APGD-T, FAB and Square draw their starts from a seeded generator
@@ -537,49 +839,68 @@ def robust_accuracy(model: nn.Module, data, attacks="standard", *, eps: float | 
         seed: seed of the preset's attacks.
         return_adversarial: keep the worst-case examples (on the CPU).
     Raises:
-        ValueError / TypeError: bad arguments, labels out of range, images
-            outside [0, 1] (or NaN; the message gives the range found), a
-            targeted attack in ``targeted(label)`` mode.
+        ValueError / TypeError: bad arguments (an attack whose norm is not
+            ``norm``, a fixed-eps attack whose eps is not ``eps``), labels out of
+            range, images outside [0, 1] (or NaN; the message gives the range
+            found), a targeted attack in ``targeted(label)`` mode.
     """
-    attack_list, eps, norm = _check_arguments(attacks, eps, norm, batch_size, restarts)
-    normalization = _normalization_of(attack_list, normalization)
+    plan = _check_arguments(attacks, eps, norm, batch_size, restarts)
+    normalization = _normalization_of(plan.attacks, normalization)
     device = _model_device(model)
     chunks, total = _chunks(data, batch_size)
     start = time.perf_counter()
-    named: dict[str, Attack] = {}
     records: dict[str, AttackRecord] = {}
     warnings: list[str] = []
-    sweep = None
-    n_total = n_clean = n_robust = 0
-    worst_parts: list[torch.Tensor] = []
-    with _eval_mode(model), _progress_bar(progress, total) as bar:
-        for x, y in chunks:
-            chunk = _clean_pass(model, x, y, device, normalization)
-            if chunk is None:
-                continue
-            x, y, logits = chunk
-            if not named:
-                named, warnings, sweep = _first_chunk(
-                    model, attack_list, x, y, logits, eps=eps, norm=norm, seed=seed,
-                    normalization=normalization, check_masking=check_masking,
-                    eps_sweep=eps_sweep)
-                records = {name: AttackRecord(gradient_free=atk.gradient_free, settings=repr(atk))
-                           for name, atk in named.items()}
-            clean, robust, worst = _attack_chunk(model, named, records, x, y, logits, restarts,
-                                                 return_adversarial)
-            n_total += x.shape[0]
-            n_clean += clean
-            n_robust += robust
-            if worst is not None:
-                worst_parts.append(worst.cpu())
-            if bar is not None:
-                bar.update(x.shape[0])
+    sweep, pipeline = None, None
+    n_total = n_clean = 0
+    images: list[torch.Tensor] = []
+    outcomes = _Outcomes(return_adversarial)
+    counter = _PassCounter(model)
+    try:
+        with _eval_mode(model), _progress_bar(progress, total) as bar:
+            for x, y in chunks:
+                chunk = _clean_pass(model, x, y, device, normalization)
+                if chunk is None:
+                    continue
+                x, y, logits = chunk
+                if pipeline is None:
+                    named, warnings, sweep = _first_chunk(
+                        model, plan.attacks, x, y, logits, eps=plan.eps, norm=plan.norm,
+                        seed=seed, normalization=normalization, check_masking=check_masking,
+                        eps_sweep=eps_sweep)
+                    records = {name: AttackRecord(gradient_free=atk.gradient_free,
+                                                  settings=repr(atk))
+                               for name, atk in named.items()}
+                    pipeline = _Pipeline(model, named, records, dict(zip(named, plan.budgets)),
+                                         restarts, batch_size, counter, outcomes)
+                correct = logits.argmax(1) == y
+                ids = torch.arange(n_total, n_total + x.shape[0], device=device)
+                pipeline.push(x[correct], y[correct], ids[correct])
+                pipeline.advance(flush=False)
+                n_total += x.shape[0]
+                n_clean += int(correct.sum())
+                if return_adversarial:
+                    images.append(x.detach().cpu())
+                if bar is not None:
+                    bar.update(x.shape[0])
+            if pipeline is not None:
+                pipeline.advance(flush=True)
+                pipeline.finish(n_total)
+    finally:
+        counter.remove()
     _finish_records(records, n_clean, n_total)
     warnings += _record_warnings(records, n_total, check_masking)
+    sample_passes, forward_passes, floor = _passes(records)
+    adversarial = None
+    if images:
+        adversarial = torch.cat(images)
+        for idx, adv in outcomes.examples:
+            adversarial[idx] = adv
     return RobustAccuracyResult(
         n_samples=n_total,
         clean_accuracy=n_clean / n_total if n_total else math.nan,
-        robust_accuracy=n_robust / n_total if n_total else math.nan,
-        per_attack=records, warnings=warnings, eps=eps, norm=norm,
-        seconds=time.perf_counter() - start, eps_sweep=sweep,
-        adversarial=torch.cat(worst_parts) if worst_parts else None, restarts=restarts)
+        robust_accuracy=(pipeline.robust if pipeline else 0) / n_total if n_total else math.nan,
+        per_attack=records, warnings=warnings, eps=plan.eps, norm=plan.norm,
+        seconds=time.perf_counter() - start, eps_sweep=sweep, adversarial=adversarial,
+        restarts=restarts, sample_passes=sample_passes, forward_passes=n_total + forward_passes,
+        floor_passes=floor)

@@ -3,8 +3,10 @@
 :func:`run_demo` trains a baseline, a DP-SGD model and an adversarially trained
 model on one dataset, attacks each (FGSM, PGD, APGD) over a grid of L-inf radii,
 runs the membership-inference audit (loss threshold and LiRA with shadow models),
-the one-run canary audit of the DP-SGD recipe and the poisoning review (a BadNets
-victim, its detection and repair, DP-SGD as a defence), and writes the report
+the one-run canary audit of the DP-SGD recipe, measures each model's distances to
+the decision boundary with minimum-norm attacks (CW, DeepFool), runs the poisoning
+review (a BadNets victim, its detection and repair, DP-SGD as a defence), model
+stealing and gradient inversion, and writes the report
 (``report.md``, ``report.json`` and PNG plots), one section per analysis. The
 sizes it uses are fixed in :data:`DEMO_SETTINGS` and printed in the report.
 """
@@ -20,11 +22,9 @@ from modelsec_fast.validation import check_choice, check_in_range, check_int, ch
 from .recipe import ADV_METHODS, TrainingRecipe
 from .report import ReportFiles, ReportMeta, Section, SkippedSection, build_section, write_report
 from .robustness import DEFAULT_ATTACKS
-from .sections import (AccountantSection, CanaryAuditSection, MembershipSection, ModelsSection,
-                       RobustnessSection, SettingsSection, TrainingSummary)
-from .sections.poisoning import PoisoningSection
-from .sections.inversion import InversionSection
-from .sections.stealing import StealingSection
+from .sections import (AccountantSection, CanaryAuditSection, InversionSection,
+                       MembershipSection, MinimumNormSection, ModelsSection, PoisoningSection,
+                       RobustnessSection, SettingsSection, StealingSection, TrainingSummary)
 
 __all__ = ["DEMO_SETTINGS", "HEADLINE_EPS", "run_demo"]
 
@@ -41,6 +41,8 @@ DEMO_SETTINGS = {
     "audited": (("baseline", "dp", "adv"), ("baseline", "dp")),
     # Caps on (training pool, test set): a fixed seeded subset of larger data.
     "max_sizes": ((4000, 1000), (1000, 300)),
+    # Minimum-norm attacks: test examples attacked, CW's Adam steps per binary-search step.
+    "min_norm": ((1000, 100), (128, 100)),
     # The poisoning review's ReviewSizes (its victims are small_cnn whatever the model);
     # quick mode skips its DP-SGD sweep (dozens of private trainings).
     "poisoning": (dict(epochs=20, strip_copies=20, nc_epochs=30, sweep_ks=(1, 10),
@@ -56,6 +58,7 @@ DEMO_SETTINGS = {
     "inversion_iterations": (100, 30),
 }
 HEADLINE_EPS = 0.1  # the adversarial-training radius and the log's headline eps
+MIN_NORM_L2_RADII = (0.25, 0.5, 1.0)  # L2 radii the minimum-norm section reads off
 TITLE = "modelsec-fast report"
 
 
@@ -130,6 +133,9 @@ def run_demo(*, data: str = "digits", out: str = "report", quick: bool = False,
     sections.append(run.models_section(trained))
     sections.append(build_section(RobustnessSection.key, RobustnessSection.title,
                                   lambda: run.robustness_section(trained),
+                                  raise_errors=raise_errors))
+    sections.append(build_section(MinimumNormSection.key, MinimumNormSection.title,
+                                  lambda: run.minimum_norm_section(trained),
                                   raise_errors=raise_errors))
     sections.append(run.accountant_section(trained))
     sections.append(build_section(MembershipSection.key, MembershipSection.title,
@@ -271,6 +277,19 @@ class _DemoRun:
             return CanaryAuditSection(result, label)
 
         return build_section(key, title, audit, raise_errors=self.raise_errors)
+
+    def minimum_norm_section(self, trained: dict):
+        from .scan.minimum_norm import describe_attacks, minimum_norm_results
+
+        n, cw_steps = self.setting["min_norm"]
+        x, y = self.x_test[:n], self.y_test[:n]
+        results = {}
+        for label, t in trained.items():
+            self.log(f"[{label}] minimum-norm attacks (CW-L2, DeepFool) on {len(y)} examples")
+            results[label] = minimum_norm_results(t.model, x, y, cw_steps=cw_steps)
+        grid = {"L2": MIN_NORM_L2_RADII, "Linf": [e for e in self.setting["eps_grid"] if e > 0]}
+        return MinimumNormSection(results, eps_grid=grid, n_examples=len(y),
+                                  method=describe_attacks(cw_steps))
 
     def poisoning_section(self):
         from modelsec_fast.poisoning import ReviewSizes, poisoning_review

@@ -94,6 +94,8 @@ class Attack(abc.ABC):
     stochastic = False
     #: True for attacks that never look at gradients (Square).
     gradient_free = False
+    #: True for attacks that minimise the perturbation and take no eps (CW, DeepFool).
+    minimum_norm = False
 
     def __init__(self, name: str, model: nn.Module):
         if not isinstance(model, nn.Module) and not callable(model):
@@ -208,7 +210,10 @@ class Attack(abc.ABC):
                                    "std": std.reshape(1, n, 1, 1)}
         self._normalization_applied = True
 
-    def _normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _normalization(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) per channel as ``validation.to_pixels`` takes them; None when undeclared."""
+        if self.normalization_used is None:
+            return None
         return self.normalization_used["mean"].flatten(), self.normalization_used["std"].flatten()
 
     def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -375,6 +380,22 @@ class Attack(abc.ABC):
         """
         return self.forward(images, labels)
 
+    @contextlib.contextmanager
+    def pixel_space(self) -> Iterator[None]:
+        """Inside: :meth:`get_logits` takes pixel-space inputs (normalising them if declared).
+
+        What a call does around :meth:`forward`; for code that drives an attack's
+        steps itself (the robust evaluation's pool).
+        """
+        if self._normalization_applied is not True:
+            yield
+            return
+        self._normalization_applied = False
+        try:
+            yield
+        finally:
+            self._normalization_applied = True
+
     def _run(self, method, images, labels) -> torch.Tensor:
         self._validate(images, labels)
         if images.shape[0] == 0:
@@ -385,11 +406,8 @@ class Attack(abc.ABC):
             if self._normalization_applied is True:
                 pixels = self.inverse_normalize(images)
                 check_input_pixels(pixels, unnormalised=True)
-                self._normalization_applied = False
-                try:
+                with self.pixel_space():
                     adv = method(pixels, labels)
-                finally:
-                    self._normalization_applied = True
                 return self.normalize(adv).detach()
             check_input_pixels(images, unnormalised=False, hint="; if the images are normalised, "
                                "call set_normalization_used(mean, std)")
@@ -422,7 +440,8 @@ class Attack(abc.ABC):
         return self._run(self._forward_eval, images, labels)
 
     def __repr__(self) -> str:
-        hidden = {"model", "attack", "supported_mode", "model_name"}
+        # Per-call outputs (query counts, histories) are results, not settings.
+        hidden = {"model", "attack", "supported_mode", "model_name", "queries", "history"}
         info = {k: v for k, v in self.__dict__.items()
                 if not k.startswith("_") and k not in hidden and not callable(v)}
         info["attack_mode"] = self.attack_mode

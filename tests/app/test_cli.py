@@ -185,15 +185,19 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
     assert status == 0 and out.strip() == os.path.join(out_dir, "report.md")
     report = json.load(open(os.path.join(out_dir, "report.json")))
     sections = report["sections"]
-    assert list(sections) == ["settings", "models", "robustness", "accountant", "membership",
-                              "canary_audit", "poisoning",
-                              "stealing", "inversion"]
+    assert list(sections) == ["settings", "models", "robustness", "minimum_norm", "accountant",
+                              "membership", "canary_audit", "poisoning", "stealing",
+                              "inversion"]
     assert all(s["status"] == "ok" for s in sections.values()), sections
     assert len(sections["models"]["result"]["models"]) == 3
     assert len(sections["robustness"]["result"]["models"]) == 3
     assert sections["settings"]["result"]["shadow_models"] == 2
     assert sections["canary_audit"]["result"]["detected_violation"] is False
     assert sections["robustness"]["figures"] == ["accuracy_vs_eps.png"]
+    minimum_norm = sections["minimum_norm"]
+    assert (list(minimum_norm["result"]["models"])
+            == list(sections["robustness"]["result"]["models"]))
+    assert minimum_norm["figures"] == ["minimum_norm_L2.png", "minimum_norm_Linf.png"]
     poisoning = sections["poisoning"]["result"]
     assert poisoning["backdoor"]["asr"] > 0.9 and poisoning["dp_sweep"] is None
     assert poisoning["dp_sweep_skipped"].startswith("quick mode")

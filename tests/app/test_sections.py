@@ -121,7 +121,8 @@ def test_demo_with_a_failing_analysis_writes_the_rest_and_exits_1(tmp_path, monk
     status = {k: s["status"] for k, s in report["sections"].items()}
     assert status == {"settings": "ok", "models": "ok", "robustness": "failed",
                       "accountant": "ok", "membership": "ok", "canary_audit": "ok",
-                      "poisoning": "ok", "stealing": "ok", "inversion": "ok"}
+                      "poisoning": "ok", "stealing": "ok", "inversion": "ok",
+                      "minimum_norm": "ok"}
     assert report["sections"]["robustness"]["error"] == "RuntimeError: attack diverged"
     text = open(os.path.join(out, "report.md")).read()
     assert "## Robustness: accuracy under attack\n\n**Failed:** RuntimeError: attack diverged" \

@@ -1,69 +1,24 @@
-"""Small trained models for the attack tests, trained once per session.
+"""The trained-model fixtures of the attack tests (built once per process in trained.py).
 
-sklearn's 8x8 digits (pixel space [0, 1]), a tiny CNN and an MLP trained for
-a few seconds with fixed seeds.  Every test that uses randomness logs its seed.
+Tests of modelsec_fast/evaluate.py (tests/test_evaluate*.py) import these fixtures.
 """
 
-from __future__ import annotations
-
-import dataclasses
-
 import pytest
-import torch
-from torch import nn
 
-from modelsec_fast.data import load_dataset
-from modelsec_fast.models import MLP, SmallCNN
-
-TRAIN_SEED = 0
-
-
-@dataclasses.dataclass
-class Trained:
-    model: nn.Module
-    x: torch.Tensor   # test images (N, 1, 8, 8) in [0, 1]
-    y: torch.Tensor   # test labels (N,)
-    clean_accuracy: float
-
-
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=gen)
-        for i in range(0, len(y), 64):
-            idx = order[i:i + 64]
-            opt.zero_grad()
-            loss_fn(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
-def _accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
+from tests.attacks import trained
+from tests.attacks.trained import Trained
 
 
 @pytest.fixture(scope="session")
 def digits():
-    return load_dataset("digits", seed=TRAIN_SEED)
+    return trained.digits()
 
 
 @pytest.fixture(scope="session")
-def digits_cnn(digits) -> Trained:
-    torch.manual_seed(TRAIN_SEED)
-    model = SmallCNN((1, 8, 8), 10, width=8, hidden=32)
-    _train(model, digits.x_train, digits.y_train, epochs=5, seed=TRAIN_SEED)
-    return Trained(model, digits.x_test, digits.y_test,
-                   _accuracy(model, digits.x_test, digits.y_test))
+def digits_cnn() -> Trained:
+    return trained.digits_cnn()
 
 
 @pytest.fixture(scope="session")
-def digits_mlp(digits) -> Trained:
-    torch.manual_seed(TRAIN_SEED + 1)
-    model = MLP((1, 8, 8), 10, hidden=(64,))
-    _train(model, digits.x_train, digits.y_train, epochs=20, seed=TRAIN_SEED + 1)
-    return Trained(model, digits.x_test, digits.y_test,
-                   _accuracy(model, digits.x_test, digits.y_test))
+def digits_mlp() -> Trained:
+    return trained.digits_mlp()

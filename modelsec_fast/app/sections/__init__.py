@@ -8,6 +8,7 @@ threat family adds its own module here and the pipelines that run it append it.
 * :class:`AccountantSection`: the DP accountant's epsilon.
 * :class:`MembershipSection`: membership inference (loss threshold, LiRA).
 * :class:`CanaryAuditSection`: the one-run canary audit of DP-SGD.
+* :class:`MinimumNormSection`: minimum-norm attacks' distances to the boundary.
 * :class:`PoisoningSection`, :class:`BackdoorScanSection`: data poisoning and backdoors.
 * :class:`StealingSection`: model stealing, output defences, PRADA, ownership.
 * :class:`InversionSection`: gradient inversion, plain and through DP-SGD.
@@ -15,15 +16,16 @@ threat family adds its own module here and the pipelines that run it append it.
 
 from .accountant import AccountantSection
 from .canary import CanaryAuditSection
+from .inversion import InversionSection
 from .membership import MembershipSection
+from .minimum_norm import MinimumNormSection
 from .models import ModelsSection, TrainingSummary
+from .poisoning import BackdoorScanSection, PoisoningSection
 from .robustness import RobustnessSection
 from .settings import SettingsSection
-from .inversion import InversionSection
-from .poisoning import BackdoorScanSection, PoisoningSection
 from .stealing import DefendedExtraction, StealingSection
 
 __all__ = ["SettingsSection", "ModelsSection", "TrainingSummary", "RobustnessSection",
            "AccountantSection", "MembershipSection", "CanaryAuditSection",
-           "PoisoningSection", "BackdoorScanSection",
+           "MinimumNormSection", "PoisoningSection", "BackdoorScanSection",
            "StealingSection", "DefendedExtraction", "InversionSection"]

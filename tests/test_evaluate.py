@@ -10,6 +10,7 @@ from torch import nn
 
 import modelsec_fast.attacks as ma
 from modelsec_fast.evaluate import RobustAccuracyResult, robust_accuracy
+from tests.attacks.conftest import digits_cnn, digits_mlp  # noqa: F401  (fixtures)
 from tests.attacks.strength import Rounded, Unnormalising, robust_acc
 
 SEED = 31
