@@ -20,8 +20,8 @@ import torch  # noqa: F401  (loads libc10 before the native extension needs it)
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
-    from . import (accountants, attacks, audit, data, defenses, evaluate, models, ops, privacy,
-                   reference, state, validation)
+    from . import (accountants, attacks, audit, data, defenses, evaluate, explain, inversion,
+                   models, ops, poisoning, privacy, reference, state, stealing, validation)
     from .defenses import AdversarialTrainer
     from .evaluate import robust_accuracy
     from .privacy.distributed import DPDDP, DifferentiallyPrivateDistributedDataParallel
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 _SUBMODULES = {
     "ops", "reference", "privacy", "accountants", "attacks", "evaluate",
     "defenses", "audit", "data", "models", "state", "validation",
+    "explain", "inversion", "poisoning", "stealing",
 }
 _EXPORTS = {
     "PrivacyEngine": "modelsec_fast.privacy.engine",
@@ -45,8 +46,8 @@ _EXPORTS = {
 __all__ = [
     "__version__", "AdversarialTrainer", "BatchMemoryManager", "DPDDP", "DPDataLoader",
     "DifferentiallyPrivateDistributedDataParallel", "PrivacyEngine", "robust_accuracy",
-    "accountants", "attacks", "audit", "data", "defenses", "evaluate", "models", "ops",
-    "privacy", "reference", "state", "validation",
+    "accountants", "attacks", "audit", "data", "defenses", "evaluate", "explain", "inversion",
+    "models", "ops", "poisoning", "privacy", "reference", "state", "stealing", "validation",
 ]
 
 

@@ -9,31 +9,17 @@ from __future__ import annotations
 import math
 import os
 
+from .._plotting import agg_pyplot, save_figure
+
 __all__ = ["plot_asr_vs_epsilon", "plot_anomaly_index", "plot_detection_roc", "save_figures"]
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_asr_vs_epsilon(data: dict, path: str) -> str:
     """ASR against epsilon per k: the mean, its confidence band, the bound (dashed) and
     the non-private ASR (dotted). ``data``: ``{"series": {k: EpsilonSweep.series(k)},
     "non_private": {k: asr}, "confidence": c}``."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (k, s) in enumerate(sorted(data["series"].items(), key=lambda kv: int(kv[0]))):
@@ -54,13 +40,13 @@ def plot_asr_vs_epsilon(data: dict, path: str) -> str:
     conf = data.get("confidence", 0.95)
     ax.set_title(f"BadNets ASR vs epsilon ({conf:.0%} band; dotted: no DP)")
     ax.legend(fontsize=7, loc="upper left")
-    return _save(plt, fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_anomaly_index(data: dict, path: str) -> str:
     """Neural Cleanse: each class's mask L1 norm, coloured by flag, with its anomaly
     index written above. ``data``: ``{"l1": [...], "index": [...], "flagged": [...]}``."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     k = len(data["l1"])
     colours = ["tab:red" if c in data["flagged"] else "tab:blue" for c in range(k)]
@@ -72,12 +58,12 @@ def plot_anomaly_index(data: dict, path: str) -> str:
     ax.set_xlabel("class (red: flagged)")
     ax.set_ylabel("reversed trigger mask L1")
     ax.set_title("Neural Cleanse: mask norms and anomaly indices")
-    return _save(plt, fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_detection_roc(data: dict, path: str) -> str:
     """ROC curves of the training-data detectors. ``data``: ``{name: {"fpr", "tpr", "auroc"}}``."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     for name, curve in data.items():
         ax.plot(curve["fpr"], curve["tpr"], label=f"{name} (AUROC {curve['auroc']:.3f})")
@@ -86,7 +72,7 @@ def plot_detection_roc(data: dict, path: str) -> str:
     ax.set_ylabel("true positive rate (poisons flagged)")
     ax.set_title("Poison detection")
     ax.legend(fontsize=7, loc="lower right")
-    return _save(plt, fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def save_figures(figures: dict, out_dir: str) -> dict[str, str]:

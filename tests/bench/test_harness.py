@@ -231,6 +231,9 @@ QUICK = [
     pytest.param("bench_accountants.py", id="accountants", marks=pytest.mark.slow),
     pytest.param("bench_adv_training.py", id="adv_training", marks=pytest.mark.slow),
     pytest.param("bench_audit.py", id="audit", marks=pytest.mark.slow),
+    pytest.param("bench_explain.py", id="explain", marks=pytest.mark.slow),
+    pytest.param("bench_poisoning.py", id="poisoning", marks=pytest.mark.slow),
+    pytest.param("bench_stealing.py", id="stealing", marks=pytest.mark.slow),
 ]
 
 

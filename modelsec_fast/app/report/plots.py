@@ -11,29 +11,15 @@ from __future__ import annotations
 
 import math
 
+from modelsec_fast._plotting import agg_pyplot, save_figure
+
 __all__ = ["plot_accuracy_vs_eps", "plot_epsilon_vs_steps", "plot_mi_roc"]
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: str) -> str:
-    """Write ``fig`` as a PNG at ``path``, free it, and return ``path``."""
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def plot_accuracy_vs_eps(curves: dict[str, dict[float, float]], path: str) -> str:
     """``curves[model][eps] = accuracy in [0, 1]``; writes a PNG and returns its path."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, points in curves.items():
         eps = sorted(points)
@@ -44,12 +30,12 @@ def plot_accuracy_vs_eps(curves: dict[str, dict[float, float]], path: str) -> st
     ax.set_title("Robust accuracy (worst case over attacks)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_epsilon_vs_steps(curves: dict[str, list[tuple[int, float]]], path: str) -> str:
     """``curves[model] = [(steps, epsilon), ...]``; writes a PNG and returns its path."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, points in curves.items():
         if points:
@@ -60,12 +46,12 @@ def plot_epsilon_vs_steps(curves: dict[str, list[tuple[int, float]]], path: str)
     ax.grid(alpha=0.3)
     if curves:
         ax.legend()
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_mi_roc(curves: dict[str, dict[str, tuple[list[float], list[float]]]], path: str) -> str:
     """``curves[model][attack] = (fpr, tpr)``: one log-log ROC panel per model."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     models = list(curves) or ["(no audit)"]
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.4), dpi=120,
                              squeeze=False, sharey=True)
@@ -87,4 +73,4 @@ def plot_mi_roc(curves: dict[str, dict[str, tuple[list[float], list[float]]]], p
         ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("true positive rate")
     fig.suptitle("Membership inference ROC (log-log)")
-    return _save(plt, fig, path)
+    return save_figure(fig, path)

@@ -71,7 +71,9 @@ class ScanInputs:
 
     ``factory``: a callable returning a fresh, untrained model of the user's
     architecture (pixel-space inputs, like ``model``), only when the user named
-    one; stages that retrain (LiRA shadows, trigger unlearning) skip without it.
+    one; stages that train from scratch (LiRA shadows, a thief of the same
+    architecture) go without it or skip. Fine-tuning a copy of ``model``
+    (trigger unlearning) needs only ``train``.
     ``train``: (x, y) training records when given. ``log``: one line per stage
     step (the scan decides whether it goes to a terminal or a log).
     """

@@ -180,9 +180,9 @@ def _plot_maps(section: ExplanationsSection, path: str) -> str:
     on one colour scale), drawn as one image per row (a few axes, not dozens)."""
     from matplotlib import colormaps
 
-    from ..report.plots import _pyplot, _save
+    from modelsec_fast._plotting import agg_pyplot, save_figure
 
-    plt = _pyplot()
+    plt = agg_pyplot()
     colour = colormaps["inferno"]
     rows = min(len(section.examples), MAX_FIGURE_ROWS)
     maps_clean, maps_adv = heatmap(section.shift.clean), heatmap(section.shift.adversarial)
@@ -201,13 +201,13 @@ def _plot_maps(section: ExplanationsSection, path: str) -> str:
                      f"adversarial (pred {e.adversarial_prediction}) | map, rank corr. "
                      f"{float(section.shift.rank_correlation[r]):.2f}", fontsize=8)
         ax.axis("off")
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_shift(section: ExplanationsSection, path: str) -> str:
-    from ..report.plots import _pyplot, _save
+    from modelsec_fast._plotting import agg_pyplot, save_figure
 
-    plt = _pyplot()
+    plt = agg_pyplot()
     k = len(section.examples)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * k + 2), 3.2), dpi=110)
     positions = torch.arange(k).float()
@@ -221,13 +221,13 @@ def _plot_shift(section: ExplanationsSection, path: str) -> str:
     ax.set_title("Attribution moved by the attack (1: unchanged)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_sanity(checks: list[RandomisationCheck], path: str) -> str:
-    from ..report.plots import _pyplot, _save
+    from modelsec_fast._plotting import agg_pyplot, save_figure
 
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
     for check in checks:
         layers = [0] + [len(s.randomised) for s in check.stages]
@@ -240,4 +240,4 @@ def _plot_sanity(checks: list[RandomisationCheck], path: str) -> str:
     ax.set_title("Model randomisation")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)

@@ -63,14 +63,14 @@ class InversionSection:
         return blocks
 
     def _plot(self, path: str) -> str:
-        from ..report.plots import _pyplot, _save
+        from modelsec_fast._plotting import agg_pyplot, save_figure
 
         p = self.protection
         rows = [("original", p.images)] + [(_setting(r.noise_multiplier),
                                             p.reconstructions[r.noise_multiplier])
                                            for r in p.rows]
         n = len(p.images)
-        plt = _pyplot()
+        plt = agg_pyplot()
         fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.4, 1.15 * len(rows)),
                                  dpi=120, squeeze=False)
         for i, (label, images) in enumerate(rows):
@@ -85,4 +85,4 @@ class InversionSection:
                 ax.set_yticks([])
                 if j == 0:
                     ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-        return _save(plt, fig, path)
+        return save_figure(fig, path)

@@ -119,11 +119,9 @@ def _plot_distances(curves: dict[str, Sequence[float]], radii: Sequence[float],
     """``curves[name]``: per-example distances (0: misclassified, ``inf``: none found);
     draws the share of examples farther than eps against eps (the robust accuracy read
     off the distances), marks ``radii``, writes a PNG at ``path`` and returns it."""
-    import matplotlib
+    from modelsec_fast._plotting import agg_pyplot, save_figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    plt = agg_pyplot()
     finite = [d for ds in curves.values() for d in ds if math.isfinite(d)]
     right = max(finite + [float(e) for e in radii] + [1e-6]) * 1.05
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -147,7 +145,4 @@ def _plot_distances(curves: dict[str, Sequence[float]], radii: Sequence[float],
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -125,9 +125,9 @@ class StealingSection:
         return next(iter(self.ownership.values())).alpha
 
     def _plot(self, path: str) -> str:
-        from ..report.plots import _pyplot, _save
+        from modelsec_fast._plotting import agg_pyplot, save_figure
 
-        plt = _pyplot()
+        plt = agg_pyplot()
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
         for run in self.runs:
             points = [p for p in run.result.curve if p.fidelity is not None]
@@ -140,4 +140,4 @@ class StealingSection:
         ax.set_title("Model stealing: fidelity against the query budget")
         ax.grid(alpha=0.3)
         ax.legend()
-        return _save(plt, fig, path)
+        return save_figure(fig, path)
