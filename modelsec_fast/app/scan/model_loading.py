@@ -178,7 +178,8 @@ def load_model(spec: str, *, weights: Optional[str] = None, trust_model: bool = 
             raise ModelLoadError(f"{spec}: a state dict, not a model: give the architecture as "
                                  f"--model package.module:factory --weights {spec}")
         if kind in FORMATS_RUNNING_CODE and not trust_model:
-            raise ModelLoadError(f"{spec}: a {kind} file; loading one unpickles data that can "
+            shown = {"torch.export": "torch.export", "torchscript": "TorchScript"}[kind]
+            raise ModelLoadError(f"{spec}: a {shown} file; loading one unpickles data that can "
                                  "run code: pass --trust-model only for a file you trust, or "
                                  "use package.module:factory with --weights")
         loaded = {"torch.export": _load_export, "torchscript": _load_torchscript,

@@ -11,7 +11,7 @@ from .inputs import ScanInputs
 __all__ = ["run", "preset_attacks", "CURVE_FACTORS"]
 
 # Radii of the accuracy-against-eps plot, as multiples of the stated radius.
-CURVE_FACTORS = (0.25, 0.5, 1.0, 2.0)
+CURVE_FACTORS = (0.5, 1.0, 2.0)
 # Square's queries per attack step of the budget (AutoAttack: 5000 for 100 steps).
 _SQUARE_QUERIES_PER_STEP = 50
 

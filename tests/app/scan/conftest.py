@@ -1,0 +1,86 @@
+"""Shared scan fixtures: a tiny MLP trained on the embedded digits, saved in every model
+format the scan reads, and its data as .npz (built once per session, in seconds)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.app.scan.scan_factories import tiny_mlp
+from tests.audit.conftest import _one_thread  # noqa: F401  (autouse fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))))
+FACTORY = "tests.app.scan.scan_factories:tiny_mlp"
+EXPORT_BATCH = 16  # a static batch size, so the adapter must split and pad
+N_TEST, N_POOL = 120, 300
+
+
+@pytest.fixture(scope="session")
+def scan_assets(tmp_path_factory):
+    """name -> path: state dict, .pt2, TorchScript, test and pool .npz, and the arrays."""
+    from modelsec_fast.app.scan.fitting import fit
+    from modelsec_fast.app.scan.inputs import FitRecipe
+    from modelsec_fast.data import load_dataset
+
+    out = tmp_path_factory.mktemp("scan_assets")
+    ds = load_dataset("digits")
+    pool_x, pool_y = ds.x_train[:N_POOL], ds.y_train[:N_POOL]
+    member = np.random.default_rng(0).random(N_POOL) < 0.5
+    model = fit(tiny_mlp, FitRecipe(epochs=30, lr=3e-3), pool_x[torch.from_numpy(member)],
+                pool_y[torch.from_numpy(member)], seed=0)
+    paths = {k: str(out / k) for k in ("weights.pt", "model.pt2", "model.ts", "test.npz",
+                                        "pool.npz", "members.npy")}
+    torch.save(model.state_dict(), paths["weights.pt"])
+    torch.export.save(torch.export.export(model, (ds.x_test[:EXPORT_BATCH],)), paths["model.pt2"])
+    torch.jit.save(torch.jit.trace(model, ds.x_test[:4]), paths["model.ts"])
+    x_test, y_test = ds.x_test[:N_TEST].numpy(), ds.y_test[:N_TEST].numpy()
+    np.savez(paths["test.npz"], x=x_test, y=y_test)
+    np.savez(paths["pool.npz"], x=pool_x.numpy(), y=pool_y.numpy())
+    np.save(paths["members.npy"], member)
+    return {"paths": paths, "model": model, "x_test": x_test, "y_test": y_test, "dir": out,
+            "pool_x": pool_x.numpy(), "pool_y": pool_y.numpy(), "member": member}
+
+
+def run_cli(args, cwd=ROOT):
+    """(exit status, stdout, stderr, seconds) of ``python -m modelsec_fast ARGS``."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("MODELSEC_FAST_DEBUG", None)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "modelsec_fast", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr, time.perf_counter() - started
+
+
+def run_main(args):
+    """(exit status, stdout, stderr, seconds) of the CLI's ``main(ARGS)`` in this process."""
+    import contextlib
+    import io
+
+    from modelsec_fast.app.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(list(args))
+    return status, stdout.getvalue(), stderr.getvalue(), time.perf_counter() - started
+
+
+@pytest.fixture(scope="session")
+def exported_scan(scan_assets, tmp_path_factory):
+    """``scan --budget quick`` of the .pt2 on the .npz with a membership pool: (status,
+    stdout, stderr, seconds, out dir, report.json)."""
+    out = str(tmp_path_factory.mktemp("scan_report") / "report")
+    p = scan_assets["paths"]
+    status, stdout, stderr, seconds = run_main(
+        ["scan", "--model", p["model.pt2"], "--trust-model", "--data", p["test.npz"],
+         "--train-data", p["pool.npz"], "--members", p["members.npy"], "--budget", "quick",
+         "--out", out, "--no-progress"])
+    report = json.load(open(os.path.join(out, "report.json"))) if os.path.exists(
+        os.path.join(out, "report.json")) else None
+    return status, stdout, stderr, seconds, out, report

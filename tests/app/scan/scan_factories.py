@@ -1,0 +1,18 @@
+"""Model factories the scan tests name as ``tests.app.scan.scan_factories:NAME``."""
+
+from torch import nn
+
+IN_SHAPE = (1, 8, 8)
+
+
+def tiny_mlp() -> nn.Module:
+    """(N, 1, 8, 8) in [0, 1] -> 10 logits; small enough to scan in seconds."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def broken_factory() -> nn.Module:
+    raise RuntimeError("this factory always fails")
+
+
+def not_a_module():
+    return "not a model"

@@ -1,0 +1,206 @@
+"""``modelsec-fast scan`` end to end: every stage runs or says why it did not, a failing
+stage is reported in its place (exit 1), and each bad input stops the scan with one line
+naming the file and the problem (exit 2) and a partial report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from modelsec_fast.app.cli import main
+from modelsec_fast.app.scan.stages import STAGES, StageSpec, run_stage
+from tests.app.scan.conftest import FACTORY
+
+STAGE_KEYS = [s.key for s in STAGES]
+
+
+def test_quick_scan_of_an_exported_model_on_npz_runs_every_stage_or_says_why(exported_scan):
+    status, stdout, stderr, seconds, out, report = exported_scan
+    assert status == 0, stderr
+    assert stdout.strip() == os.path.join(out, "report.html")
+    assert list(report["sections"]) == ["summary", *STAGE_KEYS]
+    for key, section in report["sections"].items():
+        assert section["status"] in ("ok", "skipped"), (key, section)
+        if section["status"] == "skipped":
+            assert section["reason"], key
+    robustness = report["sections"]["robustness"]["result"]
+    assert set(robustness["results"]) == {"Linf", "L2"}
+    assert robustness["eps"]["Linf"] == pytest.approx(8 / 255)
+    assert 0.5 < robustness["results"]["Linf"]["clean_accuracy"] <= 1.0
+    membership = report["sections"]["membership"]["result"]["models"]["your model"]
+    assert [a["attack"] for a in membership["attacks"]] == ["loss threshold"]
+    assert "LiRA" not in json.dumps(membership["attacks"])
+    threats = report["sections"]["summary"]["result"]["threats"]
+    assert [t["section"] for t in threats] == STAGE_KEYS
+    assert threats[0]["verdict"]["threshold"] and threats[0]["verdict"]["source"]
+    for name in ("report.html", "report.md", "robustness_vs_eps.png", "mi_roc.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 500, name
+    assert "[scan] Evasion: robust accuracy: ok" in stderr  # a log line per stage, no bar
+
+
+def test_quick_scan_of_the_test_model_stays_under_a_minute(exported_scan):
+    status, _, _, seconds, _, report = exported_scan
+    assert status == 0
+    assert seconds < 60, report["sections"]["summary"]["result"]["settings"]["stage_seconds"]
+
+
+def test_factory_scan_with_a_recipe_runs_lira(scan_assets, tmp_path, capsys):
+    p = scan_assets["paths"]
+    pool = str(tmp_path / "pool.npz")
+    np.savez(pool, x=scan_assets["pool_x"], y=scan_assets["pool_y"],
+             member=scan_assets["member"])
+    out = str(tmp_path / "report")
+    status = main(["scan", "--model", FACTORY, "--weights", p["weights.pt"], "--data",
+                   p["test.npz"], "--train-data", pool, "--recipe", "epochs=3,lr=3e-3",
+                   "--budget", "quick", "--eps", "0.05,0.5", "--out", out, "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    report = json.load(open(os.path.join(out, "report.json")))
+    audit = report["sections"]["membership"]["result"]["models"]["your model"]
+    assert [a["attack"] for a in audit["attacks"]] == ["loss threshold", "LiRA offline",
+                                                    "LiRA online"]
+    assert audit["num_shadow"] == 4  # the quick budget's shadow models
+    assert audit["n_members"] == int(scan_assets["member"].sum())
+    assert report["sections"]["robustness"]["result"]["eps"] == {"Linf": 0.05, "L2": 0.5}
+
+
+def test_a_failing_stage_is_reported_in_its_place_and_exits_1(scan_assets, tmp_path, capsys,
+                                                              monkeypatch):
+    import modelsec_fast.app.scan.robustness as robustness
+
+    def fail(inputs):
+        raise RuntimeError("attack exploded")
+
+    monkeypatch.setattr(robustness, "run", fail)
+    p = scan_assets["paths"]
+    out = str(tmp_path / "report")
+    status = main(["scan", "--model", p["model.pt2"], "--trust-model", "--data", p["test.npz"],
+                   "--budget", "quick", "--out", out, "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 1 and "report section 'robustness' failed" in err
+    sections = json.load(open(os.path.join(out, "report.json")))["sections"]
+    assert sections["robustness"] == {"title": "Evasion: robust accuracy", "status": "failed",
+                                      "error": "RuntimeError: attack exploded", "figures": [],
+                                      "result": {}}
+    assert sections["summary"]["result"]["threats"][0]["status"] == "failed"
+    assert sections["membership"]["status"] == "skipped"  # the rest still ran
+
+
+def test_a_stage_missing_from_the_build_is_skipped_but_a_missing_dependency_fails(
+        tmp_path, monkeypatch):
+    import modelsec_fast.app.scan as scan_package
+
+    (tmp_path / "needs_missing.py").write_text("import a_package_that_is_not_installed\n"
+                                               "def run(inputs):\n    pass\n")
+    monkeypatch.setattr(scan_package, "__path__", [*scan_package.__path__, str(tmp_path)])
+    absent = run_stage(StageSpec("absent", "Absent", "no_such_stage", "x"), inputs=None)
+    assert absent.reason == ("not in this build of modelsec_fast (no module "
+                             "modelsec_fast.app.scan.no_such_stage)")
+    broken = run_stage(StageSpec("broken", "Broken", "needs_missing", "x"), inputs=None)
+    assert broken.error == ("ModuleNotFoundError: No module named "
+                            "'a_package_that_is_not_installed'")
+
+
+# ----------------------------------------------------------------------------- bad input
+def _bad_inputs(assets, tmp):
+    """name -> (arguments, text the error line must hold)."""
+    p = assets["paths"]
+    garbage = tmp / "model.bin"
+    garbage.write_bytes(b"\x00garbage, not a model")
+    other_weights = tmp / "other.pt"
+    torch.save(torch.nn.Linear(64, 10).state_dict(), other_weights)
+    wrong_shape = tmp / "wrong_shape.npz"
+    np.savez(wrong_shape, x=np.zeros((5, 3, 5, 5), np.float32), y=np.zeros(5, np.int64))
+    wrong_labels = tmp / "wrong_labels.npz"
+    np.savez(wrong_labels, x=assets["x_test"][:5], y=np.array([0, 1, 12, 3, 4]))
+    short_mask = tmp / "short_mask.npy"
+    np.save(short_mask, np.ones(10, bool))
+    folder = tmp / "images"
+    for label in ("0", "1"):
+        (folder / label).mkdir(parents=True)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "0" / "a.png")
+    (folder / "1" / "b.png").write_bytes(b"not a png at all")
+    model = ["--model", p["model.pt2"], "--trust-model"]
+    return {
+        "neither format": (["--model", str(garbage), "--data", p["test.npz"]],
+                           f"{garbage}: not a model file this scan reads"),
+        "factory not importable": (["--model", "no_such_package.models:net", "--weights",
+                                    p["weights.pt"], "--data", p["test.npz"]],
+                                   "cannot import no_such_package.models"),
+        "state dict does not fit": (["--model", FACTORY, "--weights", str(other_weights),
+                                     "--data", p["test.npz"]],
+                                    f"{other_weights}: does not fit {FACTORY}'s model"),
+        "data shape does not fit": ([*model, "--data", str(wrong_shape)],
+                                    f"{wrong_shape}: records of shape (3, 5, 5) do not fit"),
+        "labels outside the classes": ([*model, "--data", str(wrong_labels)],
+                                       f"{wrong_labels}: labels go up to 12 but the model has "
+                                       "10 classes"),
+        "mask of the wrong length": ([*model, "--data", p["test.npz"], "--train-data",
+                                      p["pool.npz"], "--members", str(short_mask)],
+                                     f"{short_mask}: membership mask has 10 entries but "
+                                     f"{p['pool.npz']} has 300 records"),
+        "unreadable image": ([*model, "--data", str(folder)],
+                             f"{folder / '1' / 'b.png'}: unreadable image"),
+        "untrusted export": (["--model", p["model.pt2"], "--data", p["test.npz"]],
+                             "pass --trust-model only for a file you trust"),
+    }
+
+
+BAD_INPUTS = ["neither format", "factory not importable", "state dict does not fit",
+              "data shape does not fit", "labels outside the classes", "mask of the wrong length",
+              "unreadable image", "untrusted export"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gets_one_line_exit_2_and_only_a_partial_report(case, scan_assets, tmp_path,
+                                                                   capsys):
+    args, expected = _bad_inputs(scan_assets, tmp_path)[case]
+    out = tmp_path / "out"
+    status = main(["scan", *args, "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("modelsec-fast: error: "), err
+    assert expected in err and "Traceback" not in err
+    assert sorted(os.listdir(out)) == ["report.html", "report.json", "report.md"]
+    sections = json.load(open(out / "report.json"))["sections"]
+    assert list(sections) == ["stopped"] and expected in sections["stopped"]["error"]
+    assert sections["stopped"]["error"].startswith("while ")
+
+
+def test_a_malicious_pt2_is_refused_without_trust_model(scan_assets, tmp_path, capsys):
+    """A .pt2 whose pickle writes a marker file: torch.export.load runs it (the control),
+    the scan without --trust-model never reads it."""
+    import io
+    import zipfile
+
+    marker = tmp_path / "MARKER"
+
+    class WritesMarker:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    payload = io.BytesIO()
+    torch.save(WritesMarker(), payload)
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(scan_assets["paths"]["model.pt2"]) as src, \
+            zipfile.ZipFile(evil, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("weights/model_weights_config.json"):
+                config = json.loads(data)
+                for entry in config["config"].values():
+                    entry["use_pickle"] = True  # the loader unpickles these entries
+                data = json.dumps(config).encode()
+            elif "/data/weights/weight_" in info.filename:
+                data = payload.getvalue()
+            dst.writestr(info, data)
+    status = main(["scan", "--model", str(evil), "--data", scan_assets["paths"]["test.npz"],
+                   "--out", str(tmp_path / "out"), "--quiet"])
+    assert status == 2 and "--trust-model" in capsys.readouterr().err
+    assert not marker.exists()
+    with pytest.raises(Exception):
+        torch.export.load(str(evil))
+    assert marker.exists()  # the control: loading it does run the pickle
