@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -38,7 +39,9 @@ def scan_assets(tmp_path_factory):
                                         "pool.npz", "members.npy")}
     torch.save(model.state_dict(), paths["weights.pt"])
     torch.export.save(torch.export.export(model, (ds.x_test[:EXPORT_BATCH],)), paths["model.pt2"])
-    torch.jit.save(torch.jit.trace(model, ds.x_test[:4]), paths["model.ts"])
+    with warnings.catch_warnings():  # TorchScript is deprecated, and still a format users have
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.trace(model, ds.x_test[:4]), paths["model.ts"])
     x_test, y_test = ds.x_test[:N_TEST].numpy(), ds.y_test[:N_TEST].numpy()
     np.savez(paths["test.npz"], x=x_test, y=y_test)
     np.savez(paths["pool.npz"], x=pool_x.numpy(), y=pool_y.numpy())
