@@ -193,7 +193,8 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
     assert sections["settings"]["result"]["shadow_models"] == 2
     assert sections["canary_audit"]["result"]["detected_violation"] is False
     assert sections["robustness"]["figures"] == ["accuracy_vs_eps.png"]
-    for name in ("accuracy_vs_eps.png", "epsilon_vs_steps.png", "mi_roc.png", "report.md"):
+    for name in ("accuracy_vs_eps.png", "epsilon_vs_steps.png", "mi_roc.png", "report.md",
+                 "report.html"):
         assert os.path.getsize(os.path.join(out_dir, name)) > 500
     text = open(os.path.join(out_dir, "report.md")).read()
     assert "shadow models per audited model (LiRA): 2" in text and "## One-run canary" in text

@@ -160,6 +160,9 @@ class _Loader:
         if not data.is_image:  # tabular: scale each feature to [0, 1] over the data seen
             self.step = "scaling the tabular features"
             scaling = _feature_scaling([d for d in (data, train) if d is not None])
+            for d in (data, train):
+                if d is not None:
+                    d.x = ((d.x - scaling["min"]) / (scaling["max"] - scaling["min"])).clamp(0, 1)
             model, factory = _scaled(model, scaling), (
                 None if factory is None else (lambda make=factory: _scaled(make(), scaling)))
             input_range = (0.0, 1.0)

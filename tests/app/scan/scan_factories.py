@@ -16,3 +16,8 @@ def broken_factory() -> nn.Module:
 
 def not_a_module():
     return "not a model"
+
+
+def tabular_linear() -> nn.Module:
+    """4 raw tabular features -> 3 logits."""
+    return nn.Linear(4, 3)

@@ -204,3 +204,59 @@ def test_a_malicious_pt2_is_refused_without_trust_model(scan_assets, tmp_path, c
     with pytest.raises(Exception):
         torch.export.load(str(evil))
     assert marker.exists()  # the control: loading it does run the pickle
+
+
+def test_csv_scan_attacks_scaled_features_through_the_unscaled_model(tmp_path, capsys):
+    """Tabular data: each feature scaled to [0, 1] (recorded), the model sees raw units."""
+    generator = np.random.default_rng(0)
+    weight = generator.normal(size=(3, 4))
+    features = generator.normal(size=(60, 4)) * [1, 10, 100, 0.1] + [0, 50, -20, 3]
+    model = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(weight / [1, 10, 100, 0.1], dtype=torch.float32))
+        model.bias.copy_(torch.tensor(-(weight / [1, 10, 100, 0.1]) @ [0, 50, -20, 3],
+                                      dtype=torch.float32))
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    with torch.no_grad():
+        labels = model(torch.tensor(features, dtype=torch.float32)).numpy()
+    rows = ["f1,f2,f3,f4,label"] + [",".join(map(str, [*f, int(np.argmax(s))]))
+                                    for f, s in zip(features, labels)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "report"
+    status = main(["scan", "--model", "tests.app.scan.scan_factories:tabular_linear",
+                   "--weights", str(tmp_path / "w.pt"), "--data", str(tmp_path / "t.csv"),
+                   "--budget", "quick", "--out", str(out), "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    report = json.load(open(out / "report.json"))
+    settings = report["sections"]["summary"]["result"]["settings"]
+    np.testing.assert_allclose(settings["feature_scaling"]["min"], features.min(0), rtol=1e-5)
+    robustness = report["sections"]["robustness"]["result"]
+    assert robustness["results"]["Linf"]["clean_accuracy"] == 1.0  # the raw-unit model
+    assert list(robustness["results"]["Linf"]["per_attack"]) == ["APGD-CE", "APGD-DLR", "FAB"]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(monkeypatch):
+    import io
+
+    from modelsec_fast.app.scan.pipeline import _StageProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for terminal in (True, False):
+        stream = Terminal() if terminal else io.StringIO()
+        monkeypatch.setattr("sys.stderr", stream)
+        lines = []
+        with _StageProgress(True, lines.append) as progress:
+            progress.start("Evasion")
+            for step in range(50):
+                progress.message(f"step {step}")
+            progress.done("Evasion", 1.0, "ok")
+        if terminal:
+            assert lines == [] and "Evasion" in stream.getvalue()
+        else:
+            assert stream.getvalue() == ""
+            assert lines == ["[scan] Evasion: started",
+                             *[f"[scan] step {s}" for s in range(50)],
+                             "[scan] Evasion: ok (1.0 s)"]
