@@ -34,7 +34,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("minimum_norm", "Evasion: minimum-norm distances", "minimum_norm",
               "evasion (distances)"),
     StageSpec("membership", "Privacy: membership inference", "membership", "membership inference"),
-    StageSpec("extraction", "Model stealing: extraction risk", "extraction", "model extraction"),
+    StageSpec("stealing", "Model stealing: extraction risk", "extraction", "model extraction"),
     StageSpec("inversion", "Privacy: model inversion", "inversion", "model inversion"),
     StageSpec("backdoor", "Poisoning: backdoor scan", "backdoor", "backdoor"),
     StageSpec("explanations", "Explanations of the most vulnerable examples", "explanations",
