@@ -8,6 +8,9 @@ threat family adds its own module here and the pipelines that run it append it.
 * :class:`AccountantSection`: the DP accountant's epsilon.
 * :class:`MembershipSection`: membership inference (loss threshold, LiRA).
 * :class:`CanaryAuditSection`: the one-run canary audit of DP-SGD.
+* :class:`ScanSummarySection` (with :class:`Verdict`, which a section's optional
+  ``verdict()`` returns), :class:`ScanRobustnessSection`, :class:`ScanMembershipSection`:
+  the scan's.
 """
 
 from .accountant import AccountantSection
@@ -16,6 +19,10 @@ from .membership import MembershipSection
 from .models import ModelsSection, TrainingSummary
 from .robustness import RobustnessSection
 from .settings import SettingsSection
+from .scan_membership import ScanMembershipSection
+from .scan_robustness import ScanRobustnessSection
+from .scan_summary import ScanSummarySection, Verdict
 
 __all__ = ["SettingsSection", "ModelsSection", "TrainingSummary", "RobustnessSection",
-           "AccountantSection", "MembershipSection", "CanaryAuditSection"]
+           "AccountantSection", "MembershipSection", "CanaryAuditSection",
+           "ScanSummarySection", "Verdict", "ScanRobustnessSection", "ScanMembershipSection"]
