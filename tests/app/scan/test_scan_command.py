@@ -260,3 +260,33 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(monkeypatch):
             assert lines == ["[scan] Evasion: started",
                              *[f"[scan] step {s}" for s in range(50)],
                              "[scan] Evasion: ok (1.0 s)"]
+
+
+def test_the_readme_scan_commands_name_real_flags_and_the_example_files():
+    """The README's scan commands parse, and name the files the example module writes
+    (running them end to end takes minutes: the factory and .pt2 paths run above)."""
+    import re
+    import shlex
+
+    from modelsec_fast.app.cli import build_parser
+    from modelsec_fast.app.scan import example
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    text = open(os.path.join(root, "README.md")).read().replace("\\\n", " ")
+    commands = [line.split("#")[0] for line in text.splitlines()
+                if line.startswith("modelsec-fast scan ")]
+    assert len(commands) == 2
+    written = {"digits_cnn.pt", "digits_cnn.pt2", "digits_test.npz", "digits_pool.npz"}
+    assert written <= set(re.findall(r"'(digits_\w+\.\w+)'", open(example.__file__).read()) +
+                          re.findall(r'"(digits_\w+\.\w+)"', open(example.__file__).read()))
+    assert "python3 -m modelsec_fast.app.scan.example example/" in text
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        for path in (args.weights, args.data, args.train_data):
+            if path is not None:
+                assert path.startswith("example/") and os.path.basename(path) in written
+        if args.model.endswith(".pt2"):
+            assert args.trust_model
+        else:
+            assert args.model == "modelsec_fast.app.scan.example:digits_cnn"
