@@ -168,12 +168,13 @@ class _Loader:
             input_range = (0.0, 1.0)
         self.step = f"checking the data {o.data} against the model"
         layout, num_classes = _fit_layout(model, data, o.device)
+        stored_shape = data.x.shape[1:]
         data.x = layout(data.x)
         _check_labels(data, num_classes)
         membership = None
         if train is not None:
             self.step = f"checking the training data {o.train_data} against the model"
-            train.x = layout(train.x) if train.x.shape[1:] == data.x.shape[1:] else \
+            train.x = layout(train.x) if train.x.shape[1:] == stored_shape else \
                 _fit_layout(model, train, o.device)[0](train.x)
             _check_labels(train, num_classes)
         self.step = "reading the membership mask"
