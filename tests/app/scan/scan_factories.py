@@ -21,3 +21,8 @@ def not_a_module():
 def tabular_linear() -> nn.Module:
     """4 raw tabular features -> 3 logits."""
     return nn.Linear(4, 3)
+
+
+def tiny_conv() -> nn.Module:
+    """(N, 1, 8, 8) -> 10 logits; refuses inputs without the channel axis."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))

@@ -290,3 +290,27 @@ def test_the_readme_scan_commands_name_real_flags_and_the_example_files():
             assert args.trust_model
         else:
             assert args.model == "modelsec_fast.app.scan.example:digits_cnn"
+
+
+def test_records_without_a_channel_axis_get_the_one_the_model_needs(scan_assets, tmp_path):
+    """IDX images are (N, H, W); a convolution needs (N, 1, H, W): test and training
+    records both get the axis, and the number of classes comes from the output."""
+    from modelsec_fast.app.scan.pipeline import ScanOptions, _Loader
+    from tests.app.scan.scan_factories import tiny_conv
+
+    torch.save(tiny_conv().state_dict(), tmp_path / "conv.pt")
+    images = np.round(scan_assets["x_test"][:, 0] * 255).astype(np.uint8)
+    for split, n in (("t10k", 30), ("train", 50)):
+        for kind, array in (("images-idx3", images[:n]),
+                            ("labels-idx1", scan_assets["y_test"][:n].astype(np.uint8))):
+            header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+                int(d).to_bytes(4, "big") for d in array.shape)
+            (tmp_path / f"{split}-{kind}-ubyte").write_bytes(header + array.tobytes())
+    options = ScanOptions(model="tests.app.scan.scan_factories:tiny_conv",
+                          weights=str(tmp_path / "conv.pt"), data=str(tmp_path),
+                          train_data=str(tmp_path), out=str(tmp_path / "out"), budget="quick")
+    inputs, described = _Loader(options, lambda message: None).load()
+    assert inputs.x.shape == (30, 1, 8, 8) and inputs.train[0].shape == (50, 1, 8, 8)
+    assert inputs.num_classes == 10 and described["input_shape"] == [1, 8, 8]
+    assert inputs.membership.is_member.tolist() == [True] * 50 + [False] * 30
+    torch.testing.assert_close(inputs.x, torch.from_numpy(images[:30, None] / 255).float())
