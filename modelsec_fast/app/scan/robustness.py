@@ -67,7 +67,7 @@ def run(inputs: ScanInputs) -> ScanRobustnessSection:
                 continue
             inputs.log(f"robustness: APGD-CE, {norm} eps {factor * eps * width:.4g}")
             atk = APGD(unit.model, norm=norm, eps=factor * eps, steps=budget.attack_steps,
-                       seed=unit.seed)
+                       n_restarts=budget.restarts, seed=unit.seed)  # as the preset's APGD-CE
             curve[factor * eps * width] = robust_accuracy(
                 unit.model, (x, y), attacks=[atk], progress=False, check_masking=False,
                 seed=unit.seed).robust_accuracy
