@@ -35,7 +35,8 @@ import torch
 
 from ..console import one_line
 
-__all__ = ["DataLoadError", "ScanData", "load_data", "load_member_mask", "IMAGE_SUFFIXES"]
+__all__ = ["DataLoadError", "ScanData", "load_data", "load_member_mask", "subset_rows",
+           "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
@@ -140,7 +141,8 @@ def _mask(mask: np.ndarray, n: int, where: str, what: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- formats
-def _subset(n: int, limit: Optional[int], seed: int) -> np.ndarray:
+def subset_rows(n: int, limit: Optional[int], seed: int) -> np.ndarray:
+    """Rows read of ``n`` records: all, or a seeded ``limit`` of them in file order."""
     if limit is None or limit >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
@@ -172,7 +174,7 @@ def _pair(x_path: str, y_path: str, limit, seed) -> ScanData:
     y, _ = _array(y_path)
     if len(x) != len(y):
         raise DataLoadError(f"{x_path}: {len(x)} records but {y_path} has {len(y)} labels")
-    rows = _subset(len(y), limit, seed)
+    rows = subset_rows(len(y), limit, seed)
     try:
         xt, uint8 = _tensor(x, rows)
     except ValueError as e:
@@ -241,7 +243,7 @@ def _npz(path: str, limit, seed) -> ScanData:
     x, y = arrays["x"], arrays["y"]
     if len(x) != len(y):
         raise DataLoadError(f"{path}: {len(x)} records in x but {len(y)} labels in y")
-    rows = _subset(len(y), limit, seed)
+    rows = subset_rows(len(y), limit, seed)
     notes = ["loaded whole (.npz, allow_pickle=False)"]
     try:
         xt, uint8 = _tensor(x, rows)
@@ -281,7 +283,7 @@ def _csv(path: str, limit, seed) -> ScanData:
     x = np.delete(table, label_col, axis=1).astype(np.float32)
     if not np.isfinite(x).all():
         raise DataLoadError(f"{path}: features contain NaN or infinity")
-    keep = _subset(len(y), limit, seed)
+    keep = subset_rows(len(y), limit, seed)
     name = header[label_col] if header else f"column {label_col}"
     return ScanData(x=torch.from_numpy(x[keep]), y=_labels(y, keep, path), source=path,
                     format="csv", is_image=False, total=len(y),
@@ -298,7 +300,7 @@ def _image_folder(folder: str, limit, seed) -> ScanData:
     if not files:
         raise DataLoadError(f"{folder}: no images found (expected one subfolder of images per "
                             "class, or IDX files)")
-    rows = _subset(len(files), limit, seed)
+    rows = subset_rows(len(files), limit, seed)
     images, shape = None, None
     for i, index in enumerate(rows):  # streamed: one file open at a time
         path = files[index][0]

@@ -39,12 +39,11 @@ def run(inputs: ScanInputs):
     inputs.log(f"membership: {n_members} members, {len(data.is_member) - n_members} "
                f"non-members; loss threshold" + (f" and LiRA with {shadows} shadow models"
                                                  if shadows else ""))
-    train_fn = None
-    if shadows:
-        def train_fn(x, y, seed):
-            inputs.log(f"membership: shadow model (seed {seed})")
-            return inputs.train_fresh(x, y, seed)
+    def train_shadow(x, y, seed):
+        inputs.log(f"membership: shadow model (seed {seed})")
+        return inputs.train_fresh(x, y, seed)
 
-    audit = membership_audit(inputs.model, data.x, data.y, data.is_member, train_fn=train_fn,
+    audit = membership_audit(inputs.model, data.x, data.y, data.is_member,
+                             train_fn=train_shadow if shadows else None,
                              num_shadow=max(2, shadows), design="split", seed=inputs.seed)
     return ScanMembershipSection({MODEL_LABEL: audit}, lira_skipped=lira_skipped)

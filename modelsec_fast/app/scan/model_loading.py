@@ -109,10 +109,11 @@ class ExportedProgramModel(nn.Module):
 
 def _static_batch_size(program) -> Optional[int]:
     """The exported first input's batch size when it is a plain int, else None."""
+    signature = program.graph_signature
+    lifted = {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
+              **signature.inputs_to_lifted_tensor_constants}
     for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name not in program.graph_signature.inputs_to_parameters \
-                and node.name not in program.graph_signature.inputs_to_buffers \
-                and node.name not in program.graph_signature.inputs_to_lifted_tensor_constants:
+        if node.op == "placeholder" and node.name not in lifted:
             value = node.meta.get("val")
             if isinstance(value, torch.Tensor) and value.dim() > 0:
                 size = value.shape[0]

@@ -225,9 +225,9 @@ class _Loader:
 
 
 def _rows(n: int, limit: int, seed: int):
-    from .data_loading import _subset
+    from .data_loading import subset_rows
 
-    return torch.from_numpy(_subset(n, limit, seed))
+    return torch.from_numpy(subset_rows(n, limit, seed))
 
 
 def _companion_recipe(factory, spec: str) -> Optional[FitRecipe]:
