@@ -3,8 +3,6 @@ format the scan reads, and its data as .npz (built once per session, in seconds)
 
 import json
 import os
-import subprocess
-import sys
 import time
 import warnings
 
@@ -13,10 +11,7 @@ import pytest
 import torch
 
 from tests.app.scan.scan_factories import tiny_mlp
-from tests.audit.conftest import _one_thread  # noqa: F401  (autouse fixture)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))))
 FACTORY = "tests.app.scan.scan_factories:tiny_mlp"
 EXPORT_BATCH = 16  # a static batch size, so the adapter must split and pad
 N_TEST, N_POOL = 120, 300
@@ -25,11 +20,20 @@ N_TEST, N_POOL = 120, 300
 @pytest.fixture(scope="session")
 def scan_assets(tmp_path_factory):
     """name -> path: state dict, .pt2, TorchScript, test and pool .npz, and the arrays."""
+    out = tmp_path_factory.mktemp("scan_assets")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # session fixtures start before the modules' one-thread fixture
+    try:
+        return _write_assets(out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_assets(out):
     from modelsec_fast.app.scan.fitting import fit
     from modelsec_fast.app.scan.inputs import FitRecipe
     from modelsec_fast.data import load_dataset
 
-    out = tmp_path_factory.mktemp("scan_assets")
     ds = load_dataset("digits")
     pool_x, pool_y = ds.x_train[:N_POOL], ds.y_train[:N_POOL]
     member = np.random.default_rng(0).random(N_POOL) < 0.5
@@ -50,40 +54,35 @@ def scan_assets(tmp_path_factory):
             "pool_x": pool_x.numpy(), "pool_y": pool_y.numpy(), "member": member}
 
 
-def run_cli(args, cwd=ROOT):
-    """(exit status, stdout, stderr, seconds) of ``python -m modelsec_fast ARGS``."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("MODELSEC_FAST_DEBUG", None)
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "modelsec_fast", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    return done.returncode, done.stdout, done.stderr, time.perf_counter() - started
-
-
 def run_main(args):
-    """(exit status, stdout, stderr, seconds) of the CLI's ``main(ARGS)`` in this process."""
+    """(exit status, stdout, stderr, CPU seconds) of the CLI's ``main(ARGS)`` in this
+    process (CPU time: on a shared machine, wall time measures the neighbours)."""
     import contextlib
     import io
 
     from modelsec_fast.app.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
-    started = time.perf_counter()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        status = main(list(args))
-    return status, stdout.getvalue(), stderr.getvalue(), time.perf_counter() - started
+    threads = torch.get_num_threads()  # --threads sets it for the whole process
+    started = time.process_time()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+    return status, stdout.getvalue(), stderr.getvalue(), time.process_time() - started
 
 
 @pytest.fixture(scope="session")
 def exported_scan(scan_assets, tmp_path_factory):
     """``scan --budget quick`` of the .pt2 on the .npz with a membership pool: (status,
-    stdout, stderr, seconds, out dir, report.json)."""
+    stdout, stderr, CPU seconds, out dir, report.json)."""
     out = str(tmp_path_factory.mktemp("scan_report") / "report")
     p = scan_assets["paths"]
     status, stdout, stderr, seconds = run_main(
         ["scan", "--model", p["model.pt2"], "--trust-model", "--data", p["test.npz"],
          "--train-data", p["pool.npz"], "--members", p["members.npy"], "--budget", "quick",
-         "--out", out, "--no-progress"])
+         "--out", out, "--no-progress", "--threads", "1"])  # one thread: CPU time = wall time
     report = json.load(open(os.path.join(out, "report.json"))) if os.path.exists(
         os.path.join(out, "report.json")) else None
     return status, stdout, stderr, seconds, out, report

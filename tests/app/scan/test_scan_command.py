@@ -41,6 +41,7 @@ def test_quick_scan_of_an_exported_model_on_npz_runs_every_stage_or_says_why(exp
 
 
 def test_quick_scan_of_the_test_model_stays_under_a_minute(exported_scan):
+    """CPU seconds of the one-thread scan: its wall time on an idle machine."""
     status, _, _, seconds, _, report = exported_scan
     assert status == 0
     assert seconds < 60, report["sections"]["summary"]["result"]["settings"]["stage_seconds"]
