@@ -252,11 +252,13 @@ def _mismatch(error: Exception) -> str:
 def _load_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise ModelLoadError(f"{path}: weights file not found")
+    from modelsec_fast.state import read_tensor_file  # the package's one torch.load
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (corrupt file or pickled code)
+        state = read_tensor_file(path, "weights")
+    except (OSError, ValueError) as e:  # a foreign, damaged or code-carrying file
         raise ModelLoadError(f"{path}: not a state dict readable with weights_only=True "
-                             f"({type(e).__name__}: {one_line(e)[:200]})") from None
+                             f"({one_line(e)[:200]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
