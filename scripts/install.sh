@@ -40,3 +40,10 @@ echo "torch==2.13.0" > "$constraints"
 # The extension, built against the torch installed above: --no-build-isolation
 # stops pip from fetching a second torch into a throwaway build environment.
 "$PY" -m pip install -q --no-build-isolation -e .
+
+# Headless Chromium for the HTML-report tests (tests/app/scan/test_scan_html.py; they skip
+# without it). Debian's package; only where apt-get can install it.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi

@@ -12,6 +12,8 @@ Subcommands:
 * ``audit``: membership inference (loss threshold, LiRA with shadow models) on a
   checkpoint; ``--canary`` adds the one-run canary audit of its DP-SGD recipe.
 * ``epsilon``: accountant calculator, epsilon from sigma or sigma from epsilon.
+* ``scan``: a security review of the user's own model and data (evasion,
+  membership, extraction, inversion, backdoors, explanations) in one HTML report.
 
 Benchmarks are not a subcommand: they ship with the source tree, not the
 package (``bash bench/run_all.sh`` in a checkout).
@@ -33,7 +35,7 @@ import sys
 from typing import Callable
 
 from modelsec_fast.validation import (check_choice, check_in_range, check_int,
-                                      check_non_negative, check_positive)
+                                      check_non_negative, check_positive, check_real)
 
 from .console import PROG, UsageError, one_line
 from .recipe import ADV_METHODS, OPTIMIZERS
@@ -205,7 +207,72 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--delta", type=_probability, default=1e-5)
     ep.add_argument("--accountant", choices=ACCOUNTANTS + ("all",), default="pld")
     ep.add_argument("--json", action="store_true", help="print JSON")
+    _add_scan(sub)
     return parser
+
+
+def _range(text: str) -> tuple[float, float]:
+    """``LO,HI`` with LO < HI, both finite."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}")
+    lo, hi = (_flag_type(float, lambda v: check_real("value", v), "a number")(p) for p in parts)
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"expected LO < HI, got {text!r}")
+    return lo, hi
+
+
+def _numbers(text: str) -> list[float]:
+    """Comma-separated finite numbers (one per channel)."""
+    items = [t for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return [_flag_type(float, lambda v: check_real("value", v), "a number")(t) for t in items]
+
+
+def _radii(text: str) -> list[float]:
+    """``LINF`` or ``LINF,L2``, each > 0."""
+    items = [t for t in text.split(",") if t.strip()]
+    if not 1 <= len(items) <= 2:
+        raise argparse.ArgumentTypeError(f"expected LINF or LINF,L2, got {text!r}")
+    return [_positive(t) for t in items]
+
+
+def _add_scan(sub) -> None:
+    from .scan.inputs import BUDGETS
+
+    sc = sub.add_parser("scan", help="security review of your own model and data, "
+                                     "one HTML report")
+    sc.add_argument("--model", required=True,
+                    help="package.module:factory (with --weights), or a .pt2 / TorchScript "
+                         "file (with --trust-model), or an .onnx file (needs onnx2torch)")
+    sc.add_argument("--weights", help="state dict of the factory's model (read with "
+                                      "weights_only=True)")
+    sc.add_argument("--trust-model", action="store_true",
+                    help="allow .pt2 and TorchScript files: loading them unpickles, which can "
+                         "run code; only for files you trust")
+    sc.add_argument("--data", required=True,
+                    help="test records: an image folder, X.npy,Y.npy, IDX files, .npz "
+                         "(x, y, optional member) or .csv")
+    sc.add_argument("--train-data", help="training records (members), same formats")
+    sc.add_argument("--members", help=".npy bool mask: which --train-data records (or --data "
+                                      "records without it) were trained on")
+    sc.add_argument("--input-range", type=_range, default=(0.0, 1.0),
+                    help="LO,HI of the model's inputs (default 0,1)")
+    sc.add_argument("--mean", type=_numbers, help="per-channel mean the model normalises with")
+    sc.add_argument("--std", type=_numbers, help="per-channel std the model normalises with")
+    sc.add_argument("--eps", type=_radii, help="attack radii LINF[,L2] in input units "
+                                               "(default 8/255 and 0.5 of the input range)")
+    sc.add_argument("--budget", choices=tuple(BUDGETS), default="standard",
+                    help="quick, standard (default) or thorough: attack steps, restarts and "
+                         "shadow models together")
+    sc.add_argument("--recipe", help="training recipe for retraining the factory's model "
+                                     "(LiRA shadows): epochs=20,lr=1e-3,batch_size=64,"
+                                     "optimizer=adam")
+    sc.add_argument("--max-records", type=_positive_int, default=10_000,
+                    help="records read per data file, a seeded subset (default 10000)")
+    sc.add_argument("--out", default="scan-report", help="output folder (default ./scan-report)")
+    _add_common(sc)
 
 
 # ----------------------------------------------------------------------------- entry point

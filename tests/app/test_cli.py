@@ -204,7 +204,7 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
     assert sections["poisoning"]["figures"] == ["poisoning_detection_roc.png",
                                                 "poisoning_nc_anomaly.png"]
     for name in ("accuracy_vs_eps.png", "epsilon_vs_steps.png", "mi_roc.png", "report.md",
-                 "stealing_fidelity.png", "inversion_reconstructions.png"):
+                 "stealing_fidelity.png", "inversion_reconstructions.png", "report.html"):
         assert os.path.getsize(os.path.join(out_dir, name)) > 500
     text = open(os.path.join(out_dir, "report.md")).read()
     assert "shadow models per audited model (LiRA): 2" in text and "## One-run canary" in text

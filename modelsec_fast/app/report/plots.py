@@ -3,6 +3,7 @@
 * ``accuracy_vs_eps.png``: accuracy under the worst-case attack against the
   L-infinity radius eps (pixel space), one line per model; eps = 0 is clean.
 * ``epsilon_vs_steps.png``: the accountant's DP epsilon against DP-SGD steps.
+* ``robustness_vs_eps.png`` (scan): accuracy against the radius, one panel per norm.
 * ``mi_roc.png``: membership-inference ROC curves on log-log axes (the low-FPR
   regime is what matters, Carlini et al. 2022), one per model and attack.
 """
@@ -13,7 +14,8 @@ import math
 
 from modelsec_fast._plotting import agg_pyplot, save_figure
 
-__all__ = ["plot_accuracy_vs_eps", "plot_epsilon_vs_steps", "plot_mi_roc"]
+__all__ = ["plot_accuracy_vs_eps", "plot_epsilon_vs_steps", "plot_mi_roc",
+           "plot_robust_accuracy_curves"]
 
 
 
@@ -73,4 +75,23 @@ def plot_mi_roc(curves: dict[str, dict[str, tuple[list[float], list[float]]]], p
         ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("true positive rate")
     fig.suptitle("Membership inference ROC (log-log)")
+    return save_figure(fig, path)
+
+
+def plot_robust_accuracy_curves(curves: dict[str, dict[float, float]], path: str) -> str:
+    """``curves[norm][eps] = accuracy in [0, 1]``: one panel per norm (radii in input
+    units; eps 0 is clean accuracy); writes a PNG and returns its path."""
+    plt = agg_pyplot()
+    norms = list(curves) or ["(none)"]
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.2 * len(norms), 3.6), dpi=120,
+                             squeeze=False, sharey=True)
+    for ax, norm in zip(axes[0], norms):
+        points = curves.get(norm, {})
+        eps = sorted(points)
+        ax.plot(eps, [100 * points[e] for e in eps], marker="o")
+        ax.set_xlabel(f"{norm} radius eps")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy under attack (%)")
+    fig.suptitle("Accuracy against the attack radius")
     return save_figure(fig, path)

@@ -1,5 +1,5 @@
-"""Writes a report: ``report.md`` for people, ``report.json`` for programs, and the
-sections' PNG figures, all in one folder.
+"""Writes a report: ``report.md`` and a self-contained ``report.html`` for people,
+``report.json`` for programs, and the sections' PNG figures, all in one folder.
 
 ``report.json`` is ``{"title", "meta", "sections"}``; ``sections`` maps each
 section's key, in report order, to ``{"title", "status", "figures", "result"}``
@@ -17,6 +17,7 @@ from typing import Sequence
 
 from ..console import one_line
 from ..jsonio import strict_json
+from .html import render_html
 from .document import (Failed, FailedSection, Figure, RenderedSection, ReportMeta, Section,
                        SkippedSection)
 from .markdown import render_markdown
@@ -26,7 +27,7 @@ __all__ = ["ReportFiles", "write_report"]
 
 @dataclass(frozen=True)
 class ReportFiles:
-    """What :func:`write_report` wrote: ``markdown`` and ``json`` paths, the
+    """What :func:`write_report` wrote: ``markdown``, ``json`` and ``html`` paths, the
     ``figures``, and the keys of the sections that were ``skipped`` or ``failed``."""
 
     markdown: str
@@ -34,6 +35,7 @@ class ReportFiles:
     figures: tuple[str, ...]
     skipped: tuple[str, ...]
     failed: tuple[str, ...]
+    html: str = ""
 
 
 def write_report(out_dir: str, title: str, meta: ReportMeta, sections: Sequence[Section], *,
@@ -65,14 +67,18 @@ def write_report(out_dir: str, title: str, meta: ReportMeta, sections: Sequence[
         rendered.append(part)
         entries[section.key] = entry
     paths = {"json": os.path.join(out_dir, "report.json"),
-             "markdown": os.path.join(out_dir, "report.md")}
+             "markdown": os.path.join(out_dir, "report.md"),
+             "html": os.path.join(out_dir, "report.html")}
     with open(paths["json"], "w") as f:
         f.write(strict_json({"title": title, "meta": meta.to_json(), "sections": entries}) + "\n")
     with open(paths["markdown"], "w") as f:
         f.write(render_markdown(title, meta, rendered, out_dir))
+    with open(paths["html"], "w", encoding="utf-8") as f:
+        f.write(render_html(title, meta, rendered))
     status = {key: entry["status"] for key, entry in entries.items()}
     figures = tuple(os.path.join(out_dir, f) for f in owner)
-    return ReportFiles(markdown=paths["markdown"], json=paths["json"], figures=figures,
+    return ReportFiles(markdown=paths["markdown"], json=paths["json"], html=paths["html"],
+                       figures=figures,
                        skipped=tuple(k for k, s in status.items() if s == "skipped"),
                        failed=tuple(k for k, s in status.items() if s == "failed"))
 

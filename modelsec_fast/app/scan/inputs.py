@@ -15,13 +15,14 @@ Conventions every stage can rely on:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["Budget", "BUDGETS", "MembershipData", "ScanInputs", "ScanStage"]
+__all__ = ["Budget", "BUDGETS", "FitRecipe", "MembershipData", "ScanInputs", "ScanStage"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,20 @@ BUDGETS: dict[str, Budget] = {
                        shadow_models=64, query_budgets=(250, 1000, 4000, 16000),
                        optimisation_steps=1000),
 }
+
+
+@dataclass(frozen=True)
+class FitRecipe:
+    """How to train a fresh ``factory()`` model the way the user's model was trained
+    (``--recipe``, or the factory's ``training_recipe`` attribute): cross-entropy,
+    ``optimizer`` "adam" or "sgd" (momentum 0.9) at learning rate ``lr``,
+    ``epochs`` passes in shuffled batches of ``batch_size``."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,51 @@ class ScanInputs:
     membership: Optional[MembershipData] = None
     factory: Optional[Callable[[], nn.Module]] = None
     log: Callable[[str], None] = field(default=lambda message: None)
+    recipe: Optional[FitRecipe] = None
+
+    @property
+    def can_retrain(self) -> bool:
+        """Whether :meth:`train_fresh` can run: a factory and a training recipe."""
+        return self.factory is not None and self.recipe is not None
+
+    def train_fresh(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+        """A new ``factory()`` model trained on (x, y) by ``recipe`` (pixel space, eval
+        mode, on ``device``); the shadow models of LiRA and trigger repair use it.
+
+        Raises:
+            ValueError: no factory or no recipe (check :attr:`can_retrain` first).
+        """
+        if not self.can_retrain:
+            raise ValueError("retraining needs a model factory and a training recipe")
+        from .fitting import fit
+
+        return fit(self.factory, self.recipe, x, y, seed=seed, device=self.device)
+
+    def in_unit_range(self) -> "ScanInputs":
+        """These inputs seen in [0, 1]: the library's attacks work in that pixel range.
+
+        The model is wrapped to map [0, 1] onto ``input_range``; ``x``, the training
+        and membership records are mapped the other way and the radii divided by
+        the range's width. Returns ``self`` when the range is already [0, 1].
+        """
+        lo, hi = self.input_range
+        if (lo, hi) == (0.0, 1.0):
+            return self
+        width = hi - lo
+
+        def unit(t):
+            return (t - lo) / width
+
+        membership = None if self.membership is None else MembershipData(
+            unit(self.membership.x), self.membership.y, self.membership.is_member)
+        return dataclasses.replace(
+            self, model=_FromUnitRange(self.model, lo, hi).eval(), x=unit(self.x),
+            input_range=(0.0, 1.0), eps_linf=self.eps_linf / width,
+            eps_l2=self.eps_l2 / width,
+            train=None if self.train is None else (unit(self.train[0]), self.train[1]),
+            membership=membership,
+            factory=None if self.factory is None else (
+                lambda: _FromUnitRange(self.factory(), lo, hi)))
 
     def generator(self, salt: int = 0) -> torch.Generator:
         """A CPU generator seeded from ``seed`` and ``salt``: each stage passes its
@@ -108,3 +168,14 @@ class ScanInputs:
 ScanStage = Callable[[ScanInputs], object]
 """A scan stage: ``ScanInputs`` -> a report ``Section`` (typed loosely to keep
 this module free of the report package)."""
+
+
+class _FromUnitRange(nn.Module):
+    """``model`` on inputs in [0, 1]: maps them onto [lo, hi] first."""
+
+    def __init__(self, model: nn.Module, lo: float, hi: float):
+        super().__init__()
+        self.model, self.lo, self.width = model, lo, hi - lo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.lo + self.width * x)

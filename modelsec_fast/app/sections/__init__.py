@@ -12,6 +12,9 @@ threat family adds its own module here and the pipelines that run it append it.
 * :class:`PoisoningSection`, :class:`BackdoorScanSection`: data poisoning and backdoors.
 * :class:`StealingSection`: model stealing, output defences, PRADA, ownership.
 * :class:`InversionSection`: gradient inversion, plain and through DP-SGD.
+* :class:`ScanSummarySection` (with :class:`Verdict`, which a section's optional
+  ``verdict()`` returns), :class:`ScanRobustnessSection`, :class:`ScanMembershipSection`:
+  the scan's.
 """
 
 from .accountant import AccountantSection
@@ -22,10 +25,14 @@ from .minimum_norm import MinimumNormSection
 from .models import ModelsSection, TrainingSummary
 from .poisoning import BackdoorScanSection, PoisoningSection
 from .robustness import RobustnessSection
+from .scan_membership import ScanMembershipSection
+from .scan_robustness import ScanRobustnessSection
+from .scan_summary import ScanSummarySection, Verdict
 from .settings import SettingsSection
 from .stealing import DefendedExtraction, StealingSection
 
 __all__ = ["SettingsSection", "ModelsSection", "TrainingSummary", "RobustnessSection",
            "AccountantSection", "MembershipSection", "CanaryAuditSection",
            "MinimumNormSection", "PoisoningSection", "BackdoorScanSection",
-           "StealingSection", "DefendedExtraction", "InversionSection"]
+           "StealingSection", "DefendedExtraction", "InversionSection",
+           "ScanSummarySection", "Verdict", "ScanRobustnessSection", "ScanMembershipSection"]
