@@ -42,6 +42,7 @@ def measure_stealing(model: nn.Module, *, pool_x: torch.Tensor, held_x: torch.Te
                      private: tuple[torch.Tensor, torch.Tensor] | None = None,
                      independent_data: tuple[torch.Tensor, torch.Tensor] | None = None,
                      jacobian_queries: int = 600, seed: int = 0,
+                     num_classes: int | None = None,
                      log: Callable[[str], None] = lambda message: None) -> StealingSection:
     """Steals ``model`` (pixel inputs in [0, 1], logits) and measures the defences.
 
@@ -54,6 +55,8 @@ def measure_stealing(model: nn.Module, *, pool_x: torch.Tensor, held_x: torch.Te
             without it); ``independent_data``: (x, y) disjoint from it, on which a fresh
             thief is trained with true labels as the independent suspect.
         jacobian_queries: the Jacobian-augmentation stream's budget for PRADA (0: none).
+        num_classes: the model's classes, where its last layer does not say (an
+            exported program keeps no nn.Linear).
     """
     notes: list[str] = []
     asked = [int(b) for b in budgets]
@@ -70,6 +73,7 @@ def measure_stealing(model: nn.Module, *, pool_x: torch.Tensor, held_x: torch.Te
     for label, defence in [("none", None)] + output_defences():
         log(f"stealing: KnockoffNets against defence {label}, budgets {budgets}")
         victim = Victim.from_model(model, budget=max(budgets), postprocess=defence,
+                                   num_classes=num_classes,
                                    output="labels" if isinstance(defence, LabelOnly)
                                    else "probabilities",
                                    monitor=natural if defence is None and natural_ok else None)
@@ -87,7 +91,8 @@ def measure_stealing(model: nn.Module, *, pool_x: torch.Tensor, held_x: torch.Te
         prada["KnockoffNets (natural images, undefended run)"] = natural.result()
         if jacobian_queries:
             prada["Jacobian augmentation (synthetic images)"] = _jacobian_stream(
-                model, held_x, held_y, make_thief, jacobian_queries, natural.delta, seed, log)
+                model, held_x, held_y, make_thief, jacobian_queries, natural.delta, seed, log,
+                num_classes)
     ownership = {}
     if private is None:
         notes.append("ownership test skipped: the model's training data is not known")
@@ -117,14 +122,16 @@ def _calibrate(monitor: PradaMonitor, model: nn.Module, held_x: torch.Tensor,
     return True
 
 
-def _jacobian_stream(model, held_x, held_y, make_thief, budget, delta, seed, log):
+def _jacobian_stream(model, held_x, held_y, make_thief, budget, delta, seed, log,
+                     num_classes=None):
     """PRADA's verdict on a Jacobian-augmentation attacker seeded with a few held-out
     images per class."""
     log(f"stealing: PRADA against Jacobian augmentation ({budget} queries)")
     monitor = PradaMonitor(delta=delta)
     classes = held_y.unique()
     seeds = torch.cat([held_x[held_y == c][:max(1, 100 // len(classes))] for c in classes])
-    victim = Victim.from_model(model, output="labels", budget=budget, monitor=monitor)
+    victim = Victim.from_model(model, output="labels", budget=budget, monitor=monitor,
+                               num_classes=num_classes)
     rounds = max(1, math.ceil(math.log2(max(budget / len(seeds), 1)))) + 1
     torch.manual_seed(seed)
     JacobianAugmentation(victim, make_thief(), rounds=rounds, seed=seed,
@@ -202,4 +209,4 @@ def run(inputs: ScanInputs) -> StealingSection | SkippedSection:
                             training=ThiefTraining(epochs=20, min_steps=steps),
                             private=private, independent_data=independent,
                             jacobian_queries=min(600, max(inputs.budget.query_budgets)),
-                            seed=inputs.seed, log=inputs.log)
+                            seed=inputs.seed, num_classes=inputs.num_classes, log=inputs.log)

@@ -88,6 +88,11 @@ def run(inputs: ScanInputs) -> InversionSection | SkippedSection:
     if not inputs.is_image or inputs.x.dim() != 4:
         return SkippedSection(key, title, "gradient inversion reconstructs images (N, C, H, W)")
     model, to_box = pixel_model(inputs)
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        return SkippedSection(key, title, "gradient inversion reads the labels and the class "
+                              "count off the model's last nn.Linear layer, and this model has "
+                              "none (an exported program or TorchScript file keeps no layer "
+                              "objects): scan the factory form of the model to run it")
     model = _without_grad_state(model)
     x = to_box(inputs.x[:inputs.budget.n_examples].to(inputs.device))
     y = inputs.y[:inputs.budget.n_examples].to(inputs.device)
