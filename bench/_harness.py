@@ -78,7 +78,7 @@ from modelsec_fast.ops import build_info, native_available  # noqa: E402
 __all__ = [
     "CANARY_FACTOR", "MIN_ROUNDS_KEPT", "Sample", "Parts", "Stats", "Measurement", "Row",
     "Section", "Report", "sync", "timed", "rounds_kept", "measure", "parse_args",
-    "machine_facts", "format_seconds", "optional_import",
+    "machine_facts", "format_seconds", "optional_import", "peak_rss_increase_mib",
 ]
 
 CANARY_FACTOR = 1.5  # the canary rule: see the module docstring
@@ -306,6 +306,37 @@ def measure(contenders: Mapping[str, Callable[[], Any]], *, device, rounds: int,
 
 
 # ------------------------------------------------------------------ rows and tables
+def _status_kib(field: str) -> int | None:
+    """A field of /proc/self/status in KiB (Linux), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_increase_mib(fn: Callable[[], Any]) -> float:
+    """Peak RSS increase (MiB) while ``fn()`` runs; call it in a fresh process.
+
+    Linux: the VmHWM high-water mark, reset to the current RSS right before ``fn``
+    (``/proc/self/clear_refs``). Elsewhere ``ru_maxrss``, which may hold an earlier
+    peak (and survives exec, so a child starts at its parent's peak).
+    """
+    before = _status_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        peak = lambda: _status_kib("VmHWM")  # noqa: E731
+    except (OSError, TypeError):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
+    fn()
+    return (peak() - before) / 1024.0
+
+
 def format_seconds(s: float | None) -> str:
     """A duration with a readable unit: '85.2 µs', '638 ms', '6.51 s'."""
     if s is None:

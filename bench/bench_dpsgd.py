@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import warnings
@@ -183,36 +182,17 @@ def _quiet(fn):
     return call
 
 
-def _proc_status_kib(field: str):
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
 
 def child_memory(name, config, device, steps, batch):
-    """Peak RSS increase (MiB) of ``steps`` training steps, in this fresh process.
-
-    Linux: the VmHWM high-water mark, reset to the current RSS right before the
-    steps (``/proc/self/clear_refs``). ``ru_maxrss`` is not used there because it
-    survives exec, so a child would start at its parent's peak.
-    """
+    """Prints the peak RSS increase (MiB) of ``steps`` training steps, in this fresh
+    process (see :func:`_harness.peak_rss_increase_mib`)."""
     fn = make_step(config, name, device, batch)
-    before = _proc_status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        peak = lambda: _proc_status_kib("VmHWM")
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(steps):
-        fn()
-    print(json.dumps({"peak_rss_increase_mib": (peak() - before) / 1024.0}))
+
+    def run_steps():
+        for _ in range(steps):
+            fn()
+
+    print(json.dumps({"peak_rss_increase_mib": h.peak_rss_increase_mib(run_steps)}))
 
 
 def measure_memory(name, config, device, steps, batch):

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import warnings
@@ -127,16 +126,6 @@ def smoothgrad_reference(model, x, y, samples: int) -> torch.Tensor:
         NoiseTunnel._add_noise_to_input = original
 
 
-def _status_kib(field: str):
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
 
 def child_memory(method: str, name: str, device, quick: bool) -> None:
     """Prints the peak-RSS increase (MiB) of one call, measured in this fresh process."""
@@ -145,16 +134,7 @@ def child_memory(method: str, name: str, device, quick: bool) -> None:
     fn = contender(method, name, model, x, y, steps, samples)
     with torch.no_grad():
         model(x[:1])  # first-call set-up (kernels, allocator) outside the measurement
-    before = _status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        peak = lambda: _status_kib("VmHWM")  # noqa: E731
-    except OSError:  # not Linux: ru_maxrss, which may hold an earlier peak
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
-    fn()
-    print(json.dumps({"peak_rss_increase_mib": (peak() - before) / 1024.0}))
+    print(json.dumps({"peak_rss_increase_mib": h.peak_rss_increase_mib(fn)}))
 
 
 def measure_memory(method: str, name: str, args) -> float | None:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from typing import Iterable, Iterator, Sequence
@@ -55,6 +54,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ._json import json_text
 from .attacks.base import Attack, frozen_parameters
 from .attacks.gradient import EvaluationPool, GradientAttack
 from .attacks.losses import dlr_loss
@@ -164,11 +164,7 @@ class RobustAccuracyResult:
 
     def to_json(self, path: str | None = None, indent: int = 2) -> str:
         """The :meth:`to_dict` as JSON text; also written to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-        return text
+        return json_text(self.to_dict(), path, indent)
 
     def __str__(self) -> str:
         if self.eps is not None:

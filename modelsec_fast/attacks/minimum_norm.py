@@ -18,7 +18,6 @@ attack's norm ("L2" or "Linf").
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -26,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from .._json import json_text
 from ..validation import check_choice, check_non_negative
 from .base import Attack
 
@@ -159,11 +159,7 @@ class MinimumNormResult:
 
     def to_json(self, path: str | None = None, indent: int = 2) -> str:
         """:meth:`to_dict` as JSON text; also written to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-        return text
+        return json_text(self.to_dict(), path, indent)
 
     def __str__(self) -> str:
         head = (f"{self.attack} ({self.norm}) on {self.n_samples} samples: found "
