@@ -18,6 +18,9 @@ def _setting(sigma) -> str:
     return "plain gradient" if sigma is None else f"DP-SGD, sigma {sigma:g}"
 
 
+LEAK_MARGIN_DB = 3.0  # the summary's rule (see InversionSection.verdict)
+
+
 @dataclass
 class InversionSection:
     """``protection``: :func:`~modelsec_fast.inversion.dp_protection`'s result (one
@@ -33,6 +36,29 @@ class InversionSection:
     def to_json(self) -> dict:
         return {"model": self.model, "protection": self.protection.to_json(),
                 "notes": list(self.notes)}
+
+    def verdict(self):
+        """At risk when reconstructions from one plain update are closer to their own
+        image than to another image of its class by :data:`LEAK_MARGIN_DB`."""
+        from .scan_summary import AT_RISK, INCONCLUSIVE, NO_FINDING, Verdict
+
+        try:
+            plain = self.protection.row(None)
+        except KeyError:
+            return Verdict(INCONCLUSIVE, "no plain-gradient run", "", "")
+        if plain.mean_psnr_other is None:
+            return Verdict(INCONCLUSIVE, f"PSNR {plain.mean_psnr:.1f} dB, with no other image "
+                           "of the class to compare against", "", "")
+        gap = plain.mean_psnr - plain.mean_psnr_other
+        return Verdict(
+            AT_RISK if gap > LEAK_MARGIN_DB else NO_FINDING,
+            f"{self.protection.attack} from one plain update: PSNR {plain.mean_psnr:.1f} dB "
+            f"to the image, {plain.mean_psnr_other:.1f} dB to another of its class",
+            f"at risk when the reconstruction is closer to its own image by more than "
+            f"{LEAK_MARGIN_DB:g} dB",
+            "this tool's rule: the attacker then recovers that example, not a class "
+            "average (relevant wherever per-example updates are shared, as in federated "
+            "learning; the DP rows show what clipping and noise leave)")
 
     def blocks(self, figure_dir: str) -> list[Block]:
         p = self.protection

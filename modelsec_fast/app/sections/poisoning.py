@@ -159,6 +159,23 @@ class BackdoorScanSection:
                 "mitigation_skipped": self.mitigation_skipped,
                 "trigger_success": dict(self.trigger_success)}
 
+    def verdict(self):
+        """At risk when Neural Cleanse flags a class (the scan's summary)."""
+        from .scan_summary import AT_RISK, NO_FINDING, Verdict
+
+        nc = self.neural_cleanse
+        top = max(range(len(nc.anomaly_index)), key=lambda c: nc.anomaly_index[c])
+        ratio = nc.settings.get("max_relative_norm", 0.6)
+        return Verdict(
+            AT_RISK if nc.flagged else NO_FINDING,
+            f"largest anomaly index {nc.anomaly_index[top]:.2f} (class {top}, mask L1 "
+            f"{nc.relative_norms[top]:.2f} of the median)"
+            + (f"; flagged: {', '.join(str(c) for c in nc.flagged)}" if nc.flagged else ""),
+            f"at risk when a class has an anomaly index above {nc.threshold:g} and a mask "
+            f"at most {ratio:g} of the median",
+            "Wang et al. 2019 (Neural Cleanse: MAD anomaly index above 2); the mask-size "
+            "guard is this tool's, against flags from a near-median class")
+
     def blocks(self, figure_dir: str) -> list[Block]:
         from modelsec_fast.poisoning.plots import plot_anomaly_index
 

@@ -30,6 +30,9 @@ class DefendedExtraction:
                 "utility_cost": None if self.utility is None else self.utility.to_json()}
 
 
+FIDELITY_AT_RISK = 0.9  # the summary's rule (see StealingSection.verdict)
+
+
 @dataclass
 class StealingSection:
     """``runs``: the same attack against each defence (the first undefended);
@@ -54,6 +57,23 @@ class StealingSection:
                 "prada": {label: r.to_json() for label, r in self.prada.items()},
                 "ownership": {label: r.to_json() for label, r in self.ownership.items()},
                 "notes": list(self.notes)}
+
+    def verdict(self):
+        """At risk when the undefended thief agrees with the model on at least
+        :data:`FIDELITY_AT_RISK` of the held-out inputs at its largest budget."""
+        from .scan_summary import AT_RISK, INCONCLUSIVE, NO_FINDING, Verdict
+
+        undefended = next((r for r in self.runs if r.defence == "none"), None)
+        point = undefended.result.curve[-1] if undefended and undefended.result.curve else None
+        if point is None or point.fidelity is None:
+            return Verdict(INCONCLUSIVE, "no undefended extraction run", "", "")
+        return Verdict(
+            AT_RISK if point.fidelity >= FIDELITY_AT_RISK else NO_FINDING,
+            f"thief fidelity {percent(point.fidelity)} after {point.queries} queries",
+            f"at risk when a thief agrees with the model on at least "
+            f"{FIDELITY_AT_RISK:.0%} of held-out inputs within the scan's largest budget",
+            "this tool's rule: such a copy serves most of the model's answers without "
+            "paying for them, and is a good surrogate for transfer attacks")
 
     def blocks(self, figure_dir: str) -> list[Block]:
         blocks: list[Block] = [Paragraph(self._intro())]

@@ -34,7 +34,11 @@ def test_quick_scan_of_an_exported_model_on_npz_runs_every_stage_or_says_why(exp
     assert "LiRA" not in json.dumps(membership["attacks"])
     threats = report["sections"]["summary"]["result"]["threats"]
     assert [t["section"] for t in threats] == STAGE_KEYS
-    assert threats[0]["verdict"]["threshold"] and threats[0]["verdict"]["source"]
+    with_rules = {t["section"]: t["verdict"] for t in threats if t["verdict"]}
+    assert {"robustness", "stealing", "backdoor"} <= set(with_rules), threats
+    for key, verdict in with_rules.items():
+        assert verdict["verdict"] in ("at risk", "no finding", "inconclusive"), key
+        assert verdict["measured"] and verdict["threshold"] and verdict["source"], key
     for name in ("report.html", "report.md", "robustness_vs_eps.png", "mi_roc.png"):
         assert os.path.getsize(os.path.join(out, name)) > 500, name
     assert "[scan] Evasion: robust accuracy: ok" in stderr  # a log line per stage, no bar
