@@ -281,11 +281,13 @@ def _train(model, x, y, epochs, device, seed=0):
     return model.eval()
 
 
-def bench_eval(args, device, ta, report):
+def _trained_small_cnn(args, device, report, train_size: int, test_size: int):
+    """(model, data, source, training time): a SmallCNN trained for 2 epochs (1 with
+    --quick) on Fashion-MNIST, or on sklearn digits when that is not installed."""
     from modelsec_fast.data import DataError, load_dataset
     try:
-        data = load_dataset("fashion-mnist", train_size=2000 if args.quick else 20000,
-                            test_size=args.eval_n, seed=0)
+        data = load_dataset("fashion-mnist", train_size=2000 if args.quick else train_size,
+                            test_size=test_size, seed=0)
         source = "fashion-mnist"
     except DataError as err:
         report.note(f"Fashion-MNIST missing ({err}); falling back to sklearn digits")
@@ -295,6 +297,11 @@ def bench_eval(args, device, ta, report):
     model = SmallCNN(data.in_shape, data.num_classes).to(device)
     trained, _ = h.timed(lambda: _train(model, data.x_train, data.y_train,
                                         1 if args.quick else 2, device), device)
+    return model, data, source, trained
+
+
+def bench_eval(args, device, ta, report):
+    model, data, source, trained = _trained_small_cnn(args, device, report, 20000, args.eval_n)
     x, y = data.x_test[:args.eval_n].to(device), data.y_test[:args.eval_n].to(device)
     restarts, eps = args.eval_restarts, 0.1
 
@@ -337,19 +344,7 @@ _SHARED: dict = {}
 def shared_model(args, device, report):
     """(model, test images, test labels, data name): one SmallCNN for sections 5-9, trained once."""
     if "model" not in _SHARED:
-        from modelsec_fast.data import DataError, load_dataset
-        try:
-            data = load_dataset("fashion-mnist", train_size=2000 if args.quick else 10000,
-                                test_size=2000, seed=0)
-            source = "fashion-mnist"
-        except DataError as err:
-            report.note(f"Fashion-MNIST missing ({err}); falling back to sklearn digits")
-            data = load_dataset("digits", seed=0)
-            source = "digits (Fashion-MNIST missing)"
-        torch.manual_seed(0)
-        model = SmallCNN(data.in_shape, data.num_classes).to(device)
-        trained, _ = h.timed(lambda: _train(model, data.x_train, data.y_train,
-                                            1 if args.quick else 2, device), device)
+        model, data, source, trained = _trained_small_cnn(args, device, report, 10000, 2000)
         report.note(f"sections cw..floor: SmallCNN on {source}, trained in {trained.wall:.1f} s")
         _SHARED.update(model=model, x=data.x_test.to(device), y=data.y_test.to(device),
                        source=source, shape=tuple(data.in_shape), classes=data.num_classes)

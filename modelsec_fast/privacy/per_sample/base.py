@@ -244,3 +244,23 @@ def row_sq_norms(t: torch.Tensor) -> torch.Tensor:
     """||t[i]||^2 for each row of (B, ...), without a squared temporary."""
     flat = flat_rows(t)
     return torch.linalg.vecdot(flat, flat)
+
+
+class CompactedRule(LayerRule):
+    """A rule whose calls hold their per-sample gradients (``call.parts``) once
+    compacted: norms, per-sample gradients and clipped sums all come from those
+    parts' sums over the calls."""
+
+    def sq_norms(self, module, calls, mask, batch_dim):
+        per = summed_parts(calls)
+        ref = next(iter(per.values()))
+        sq = torch.zeros(ref.shape[0], dtype=ref.dtype, device=ref.device)
+        for v in per.values():
+            sq += row_sq_norms(v)
+        return sq, per
+
+    def per_sample_grads(self, module, calls, mask, batch_dim):
+        return summed_parts(calls)
+
+    def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
+        return {k: factors.to(v.dtype) @ flat_rows(v) for k, v in cache.items()}

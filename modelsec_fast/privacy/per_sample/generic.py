@@ -34,7 +34,7 @@ import torch
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from .base import LayerRule, flat_rows, opmath, row_sq_norms, summed_parts
+from .base import CompactedRule, opmath
 
 _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__,
         torch.sub, torch.Tensor.sub, torch.Tensor.__sub__, torch.Tensor.__rsub__,
@@ -313,7 +313,7 @@ def _escaped(out) -> list:
     return [t for t in flat if isinstance(t, _Tapped)]
 
 
-class GenericRule(LayerRule):
+class GenericRule(CompactedRule):
     """Per-sample gradients of a module's own parameters without a layer rule."""
 
     def present_params(self, module):
@@ -339,20 +339,6 @@ class GenericRule(LayerRule):
 
     def compact(self, module, call, mask, batch_dim):
         return  # parts are set at capture
-
-    def sq_norms(self, module, calls, mask, batch_dim):
-        per = summed_parts(calls)
-        ref = next(iter(per.values()))
-        sq = torch.zeros(ref.shape[0], dtype=ref.dtype, device=ref.device)
-        for v in per.values():
-            sq += row_sq_norms(v)
-        return sq, per
-
-    def per_sample_grads(self, module, calls, mask, batch_dim):
-        return summed_parts(calls)
-
-    def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
-        return {k: factors.to(v.dtype) @ flat_rows(v) for k, v in cache.items()}
 
 
 GENERIC = GenericRule()

@@ -19,8 +19,7 @@ from torch import nn
 
 import math
 
-from .base import (LayerRule, batch_first, flat_rows, layout_meta, opmath, row_sq_norms,
-                   summed_parts)
+from .base import CompactedRule, batch_first, layout_meta, opmath
 from .registry import register_rule
 
 
@@ -55,7 +54,7 @@ class _AffineFunction(torch.autograd.Function):
         return grad_in, None, None, None, None, None, None
 
 
-class _AffineNormRule(LayerRule):
+class _AffineNormRule(CompactedRule):
     """Shared per-sample math; subclasses say how to normalise and broadcast."""
 
     def normalise(self, module, x):
@@ -110,25 +109,11 @@ class _AffineNormRule(LayerRule):
         call.parts = self._call_parts(module, call, mask)
         call.tensors = ()
 
-    def sq_norms(self, module, calls, mask, batch_dim):
-        per = summed_parts(calls)  # every call was compacted at capture
-        ref = next(iter(per.values()))
-        sq = torch.zeros(ref.shape[0], dtype=ref.dtype, device=ref.device)
-        for v in per.values():
-            sq += row_sq_norms(v)
-        return sq, per
-
-    def per_sample_grads(self, module, calls, mask, batch_dim):
-        return summed_parts(calls)
-
     def example_input(self, module):
         ref = module.weight if getattr(module, "weight", None) is not None else module.bias
         nd = self.param_ndim(module)
         shape = (2,) + (tuple(ref.shape) if nd else (ref.shape[0], 5))
         return torch.randn(shape, dtype=ref.dtype, device=ref.device)
-
-    def clipped_sums(self, module, calls, mask, batch_dim, cache, factors):
-        return {k: factors.to(v.dtype) @ flat_rows(v) for k, v in cache.items()}
 
 
 class _LayerNormFunction(torch.autograd.Function):
