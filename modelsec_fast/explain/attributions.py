@@ -74,6 +74,14 @@ def _check_input_range(input_range) -> tuple[float, float]:
     return lo, hi
 
 
+def _noise_stdev(stdev_fraction: float, input_range) -> float:
+    """Gaussian noise's standard deviation: ``stdev_fraction`` in (0, 1] of the input
+    range's width (SmoothGrad's 10-20% of the range, not an absolute level)."""
+    lo, hi = _check_input_range(input_range)
+    return check_in_range("stdev_fraction", stdev_fraction, 0.0, 1.0, low_open=True,
+                          reason=" (a fraction of the input range)") * (hi - lo)
+
+
 def _check_generator(generator) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got "
@@ -251,9 +259,7 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target=None, *,
     from captum.attr import Saliency
 
     inputs = check_attribution_inputs(inputs)
-    lo, hi = _check_input_range(input_range)
-    stdev = check_in_range("stdev_fraction", stdev_fraction, 0.0, 1.0, low_open=True,
-                           reason=" (a fraction of the input range)") * (hi - lo)
+    stdev = _noise_stdev(stdev_fraction, input_range)
     n_samples = check_int("n_samples", n_samples, 1)
     max_inputs = _check_max_inputs(max_inputs)
     generator = _check_generator(generator)

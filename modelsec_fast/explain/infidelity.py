@@ -15,10 +15,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from modelsec_fast.validation import check_in_range, check_int
+from modelsec_fast.validation import check_int
 
-from .attributions import (_check_generator, _check_input_range, _check_max_inputs,
-                           _check_model, _normal, check_attribution_inputs, resolve_target)
+from .attributions import (_check_generator, _check_max_inputs, _check_model, _noise_stdev,
+                           _normal, check_attribution_inputs, resolve_target)
 from .chunking import DEFAULT_MAX_INPUTS, plan_chunks
 
 __all__ = ["infidelity"]
@@ -52,9 +52,7 @@ def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor
     if attributions.shape != inputs.shape:
         raise ValueError(f"attributions must have the shape of inputs {tuple(inputs.shape)}, "
                          f"got {tuple(attributions.shape)}")
-    lo, hi = _check_input_range(input_range)
-    stdev = check_in_range("stdev_fraction", stdev_fraction, 0.0, 1.0, low_open=True,
-                           reason=" (a fraction of the input range)") * (hi - lo)
+    stdev = _noise_stdev(stdev_fraction, input_range)
     n_perturb_samples = check_int("n_perturb_samples", n_perturb_samples, 1)
     max_inputs = _check_max_inputs(max_inputs)
     generator = _check_generator(generator)
