@@ -38,6 +38,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import _harness as h  # noqa: I001  (puts this checkout on sys.path)
 import torch
@@ -59,11 +60,15 @@ def sizes(quick: bool) -> tuple[int, int, int]:
 
 
 def resnet18():
-    """(name, model): torchvision's ResNet-18, or where torchvision does not import (a
-    build for another torch) modelsec_fast's CIFAR ResNet-18 (3x3 stem, no max-pool:
-    16x the activations of torchvision's at 32x32)."""
+    """(name, model): torchvision's ResNet-18, or where torchvision does not import
+    modelsec_fast's CIFAR ResNet-18 (3x3 stem, no max-pool: 16x the activations of
+    torchvision's at 32x32). PyPI's torchvision wheel is a CUDA build that imports on
+    the CPU torch only through tests/privacy/real_models.py's workaround."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "privacy"))
     try:
-        import torchvision
+        import real_models
+
+        torchvision = real_models.import_torchvision()
     except (ImportError, RuntimeError, OSError):
         from modelsec_fast.models import ResNet18
 

@@ -37,6 +37,12 @@ echo "torch==2.13.0" > "$constraints"
 "$PY" -m pip install -q -c "$constraints" transformers==5.25.0 timm==1.0.31 peft==0.21.2 \
     torchvision==0.28.0
 
+# ONNX models for `scan` (through onnx2torch; tests/app/scan/test_scan_loading.py skips
+# without them). --no-deps: onnx2torch declares torch and torchvision; onnx's own
+# dependencies are pure data libraries, installed under the torch constraint.
+"$PY" -m pip install -q -c "$constraints" onnx==1.23.2 "protobuf>=6.31.1" "ml_dtypes>=0.5.4"
+"$PY" -m pip install -q --no-deps onnx2torch==1.5.15
+
 # The extension, built against the torch installed above: --no-build-isolation
 # stops pip from fetching a second torch into a throwaway build environment.
 "$PY" -m pip install -q --no-build-isolation -e .

@@ -127,7 +127,8 @@ def train_model(
 
         engine = PrivacyEngine(accountant=recipe.accountant)
         common = dict(module=model, optimizer=optimizer, data_loader=loader,
-                      max_grad_norm=recipe.max_grad_norm, poisson_sampling=True)
+                      max_grad_norm=recipe.max_grad_norm, poisson_sampling=True,
+                      noise_generator=torch.Generator().manual_seed(seed + 7919))
         if recipe.noise_multiplier is not None:
             train_module, optimizer, loader = engine.make_private(
                 noise_multiplier=recipe.noise_multiplier, **common)
@@ -135,8 +136,6 @@ def train_model(
             train_module, optimizer, loader = engine.make_private_with_epsilon(
                 target_epsilon=recipe.target_epsilon, target_delta=recipe.delta,
                 epochs=recipe.epochs, **common)
-        if getattr(optimizer, "noise_generator", None) is not None:
-            optimizer.noise_generator.manual_seed(seed + 7919)
     result = TrainedModel(model=model, recipe=recipe, history=[], privacy=None)
     if recipe.adv:
         trainer = _adversarial_trainer(recipe, train_module, optimizer, engine, progress,

@@ -296,11 +296,11 @@ def _train_engine(net, rows, labels, num_classes, sigma, max_norm, batches, step
     loader = torch.utils.data.DataLoader(dataset, batch_size=_batch_size_for(len(rows), batches))
     engine = PrivacyEngine(accountant="rdp")
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
-    torch.manual_seed(seed + 3)  # the Poisson sampler draws its base seed from it
+    torch.manual_seed(seed + 3)  # the Poisson sampler draws its epochs' base seeds from it
     module, optimizer, loader = engine.make_private(
         module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
-        max_grad_norm=max_norm, poisson_sampling=True, loss_reduction="sum")
-    optimizer.noise_generator.manual_seed(seed + 2)
+        max_grad_norm=max_norm, poisson_sampling=True, loss_reduction="sum",
+        noise_generator=torch.Generator().manual_seed(seed + 2))
     done = 0
     while done < steps:
         for xb, yb in loader:

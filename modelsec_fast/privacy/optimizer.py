@@ -73,10 +73,10 @@ class DPOptimizer(Optimizer):
         max_grad_norm: clipping bound C > 0 on each sample's total gradient norm.
         expected_batch_size: public E[B], the divisor for ``loss_reduction="mean"``.
         loss_reduction: ``"mean"`` or ``"sum"``, the reduction of the training loss.
-        generator: ``torch.Generator`` for the noise; when None, a fresh one
-            seeded from torch's global generator (so ``torch.manual_seed``
-            reproduces a run, as in Opacus). Its state is the noise (seed,
-            offset) for checkpoints.
+        generator: ``torch.Generator`` for the noise; when None, each step
+            draws its noise key from torch's global generator, so
+            ``torch.manual_seed`` reproduces a run, as in Opacus (checkpoints
+            save that generator's state). Secure mode never reads either.
         secure_mode: draw noise from the ChaCha20 CSPRNG (``source="secure"``).
         clipping: ``"flat"`` (one C over all parameters) or ``"per_layer"``
             (``max_grad_norm`` a list with one C_k per trainable parameter, in
@@ -134,14 +134,6 @@ class DPOptimizer(Optimizer):
             check_positive("expected_batch_size", expected_batch_size)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if generator is None:
-            # from torch's global generator: torch.manual_seed reproduces the noise
-            # (secure mode draws from the CSPRNG and never reads this generator)
-            generator = torch.Generator()
-            if secure_mode:
-                generator.seed()
-            else:
-                generator.manual_seed(int(torch.randint(0, 2 ** 62, (1,)).item()))
         self.original_optimizer = optimizer
         self.loss_reduction = loss_reduction
         self.expected_batch_size = expected_batch_size

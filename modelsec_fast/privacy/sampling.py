@@ -14,10 +14,14 @@ API:
 
 Reproducibility and resumption. Outside secure mode, the mask of the t-th
 logical batch of the stream is drawn from a fresh ``torch.Generator`` seeded
-with a hash of (base seed, t). The sampler's whole state is therefore
-(base seed, number of batches handed out), which checkpoints save, and a
-resumed run draws bit-identical masks. Prefetching by worker processes does
-not matter: the count is of batches the training loop received.
+with a hash of (base seed, t). Without an explicit ``seed``, each epoch's base
+seed is drawn when the epoch starts, from the loader's ``generator`` or else
+torch's global one, so ``torch.manual_seed`` before an epoch reproduces it, as
+in Opacus (which draws every mask from that generator as the epoch runs). The
+sampler's state is (this epoch's base seed, number of batches handed out),
+which checkpoints save with the global generators, and a resumed run draws
+bit-identical masks. Prefetching by worker processes does not matter: the
+count is of batches the training loop received.
 
 Secure mode draws every mask from the OS CSPRNG (:mod:`.secure`); nothing
 about it can be reproduced, by design.
@@ -65,9 +69,10 @@ class PoissonBatchSampler(Sampler[List[int]]):
         num_samples: dataset size N (> 0).
         sample_rate: q in (0, 1].
         steps: batches per epoch (``len(self)``); default round(1 / q).
-        seed: base seed (non-secure mode). Default: drawn from ``generator``,
-            or from torch's default generator when that is None.
-        generator: torch.Generator used only to draw the base seed.
+        seed: base seed of every epoch (non-secure mode). Default: a new base
+            seed per epoch, drawn from ``generator`` (torch's global generator
+            when that is None) when the epoch starts.
+        generator: torch.Generator used only to draw the epochs' base seeds.
         secure_mode: draw masks from the OS CSPRNG; ``seed``/``generator`` must be None.
         shard: (rank, world_size): keep only indices i = rank (mod world_size).
 
@@ -101,24 +106,39 @@ class PoissonBatchSampler(Sampler[List[int]]):
         self.steps = steps
         self.secure_mode = bool(secure_mode)
         self.rank, self.world_size = rank, world
-        if secure_mode:
-            self.seed = None
-        elif seed is not None:
-            self.seed = int(seed) & _SEED_MASK
-        else:
-            self.seed = int(torch.randint(0, _SEED_MASK, (1,), generator=generator).item())
+        #: the epoch's base seed: fixed when ``seed`` is given, else drawn per epoch
+        #: by :meth:`start_epoch` (None before the first epoch and in secure mode)
+        self.seed = None if secure_mode or seed is None else int(seed) & _SEED_MASK
+        self.reseeds = not secure_mode and seed is None
+        #: the generator the base seeds come from (None: torch's global one)
+        self.generator = generator if self.reseeds else None
         self._window = (0, steps)
+        self._fresh_epoch = True
         #: batch index -> sample count, for batches iterated but not yet handed out
         self.batch_sizes: dict[int, int] = {}
 
     def __len__(self) -> int:
         return self.steps
 
-    def set_window(self, first_batch: int, count: int) -> None:
-        """Make the next iteration yield batches first_batch, ..., first_batch + count - 1."""
+    def start_window(self) -> None:
+        """The window's first batch is about to be drawn: a fresh epoch (marked by
+        :meth:`set_window`) draws its base seed, unless the seed is fixed.
+
+        Called when the batches are first needed, after the DataLoader iterator
+        has drawn its workers' seed, so plain and ``BatchMemoryManager``
+        iteration take the same draws from the generator in the same order.
+        """
+        if self._fresh_epoch and self.reseeds:
+            self.seed = int(torch.randint(0, _SEED_MASK, (1,), generator=self.generator).item())
+        self._fresh_epoch = False
+
+    def set_window(self, first_batch: int, count: int, *, fresh_epoch: bool = True) -> None:
+        """Make the next iteration yield batches first_batch, ..., first_batch + count - 1
+        (``fresh_epoch``: they start an epoch, rather than finish a resumed one)."""
         if first_batch < 0 or count < 0:
             raise ValueError(f"invalid window ({first_batch}, {count})")
         self._window = (int(first_batch), int(count))
+        self._fresh_epoch = fresh_epoch
 
     def shard_indices(self) -> torch.Tensor:
         """Dataset indices this rank samples from; int64, shape (ceil((N - rank) / world),)."""
@@ -142,6 +162,7 @@ class PoissonBatchSampler(Sampler[List[int]]):
 
     def __iter__(self) -> Iterator[List[int]]:
         first, count = self._window
+        self.start_window()
         self.batch_sizes.clear()
         for t in range(first, first + count):
             indices = self.batch(t)
@@ -252,12 +273,14 @@ class DPDataLoader(DataLoader):
         sample_rate: q in (0, 1].
         collate_fn: collate function (default ``default_collate``), wrapped by
             :class:`EmptyBatchCollate`.
-        generator: torch.Generator that draws the sampler's base seed.
+        generator: torch.Generator that draws each epoch's base seed when the
+            epoch starts (default torch's global generator).
         secure_mode: Poisson masks from the OS CSPRNG (no generator allowed).
         steps: batches per epoch (default round(1/q)).
         distributed: sample only this rank's shard (needs torch.distributed).
-        seed: the sampler's base seed, instead of drawing it from ``generator``
-            (in distributed mode rank 0's seed is broadcast to all ranks).
+        seed: one base seed for every epoch, instead of drawing them (in
+            distributed mode rank 0's seed, drawn once here when not given, is
+            broadcast to all ranks and fixed).
         **kwargs: other DataLoader arguments (num_workers, pin_memory, ...);
             ``batch_size``, ``shuffle``, ``sampler``, ``batch_sampler`` and
             ``drop_last`` are refused, because they would replace Poisson sampling.
@@ -365,17 +388,25 @@ class DPDataLoader(DataLoader):
         return self.sample_rate * len(self.dataset)
 
     def _next_window(self) -> Tuple[int, int]:
-        """(first batch, count) of the epoch that starts now; finishes a resumed epoch."""
+        """Set the sampler to the epoch that starts now (or the rest of a resumed one);
+        returns its (first batch, count)."""
         steps = self.batch_sampler.steps
         offset = self._resume_offset if self._resume_offset < steps else 0
         self._resume_offset = 0
         self._epoch_start = self.batches_yielded - offset
+        self.batch_sampler.set_window(self.batches_yielded, steps - offset,
+                                      fresh_epoch=offset == 0)
         return self.batches_yielded, steps - offset
 
+    def _resuming(self) -> bool:
+        """The next epoch finishes one a checkpoint interrupted."""
+        return 0 < self._resume_offset < self.batch_sampler.steps
+
     def __iter__(self):
-        first, count = self._next_window()
-        self.batch_sampler.set_window(first, count)
-        for batch in super().__iter__():
+        resuming = self._resuming()
+        self._next_window()
+        batches = _iterator(super().__iter__, keep_global_rng=resuming)
+        for batch in batches:
             self.logical_batch_samples = self.batch_sampler.batch_sizes.pop(self.batches_yielded)
             self.batches_yielded += 1
             yield batch
@@ -384,7 +415,10 @@ class DPDataLoader(DataLoader):
         return self.batch_sampler.steps
 
     def state_dict(self) -> dict:
-        """Sampler state for checkpoints: base seed and batches handed out."""
+        """Sampler state for checkpoints: the epoch's base seed and batches handed out.
+
+        Epochs not yet started draw their seeds from the loader's generator or
+        torch's global one: a checkpoint saves those too (``capture_state``)."""
         sampler = self.batch_sampler
         return {
             "kind": "poisson",
@@ -419,10 +453,27 @@ class DPDataLoader(DataLoader):
                     f"data loader state was saved with {key}={theirs!r}, this loader has {mine!r}"
                 )
         if not sampler.secure_mode:
-            sampler.seed = int(state["seed"])
+            sampler.seed = None if state["seed"] is None else int(state["seed"])
         self.batches_yielded = int(state["batches_yielded"])
         self._resume_offset = int(state["epoch_offset"])
         self._epoch_start = self.batches_yielded - self._resume_offset
+
+
+def _iterator(make, *, keep_global_rng: bool):
+    """``make()``, a DataLoader iterator, with torch's global generator left as it was
+    when ``keep_global_rng``.
+
+    Making an iterator draws the workers' base seed from that generator. An
+    uninterrupted run made the interrupted epoch's iterator before its
+    checkpoint, so a resumed run must not draw again: the next epochs' base
+    seeds come from the same generator.
+    """
+    if not keep_global_rng:
+        return make()
+    state = torch.get_rng_state()
+    iterator = make()
+    torch.set_rng_state(state)
+    return iterator
 
 
 class _PhysicalBatchSampler(Sampler[List[int]]):
@@ -437,6 +488,7 @@ class _PhysicalBatchSampler(Sampler[List[int]]):
     def __iter__(self):
         sampler = self.loader.batch_sampler
         first, count = self.loader._next_window()
+        sampler.start_window()
         for t in range(first, first + count):
             indices = sampler.batch(t)
             chunks = max(1, math.ceil(len(indices) / self.max_batch_size))
@@ -519,7 +571,8 @@ class _PhysicalBatchLoader:
 
     def __iter__(self):
         self.flags.clear()
-        for batch in self._physical:
+        batches = _iterator(self._physical.__iter__, keep_global_rng=self.loader._resuming())
+        for batch in batches:
             is_first, is_last, logical_samples = self.flags.popleft()
             if is_first:
                 self.loader.logical_batch_samples = logical_samples

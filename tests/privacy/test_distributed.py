@@ -62,7 +62,7 @@ def _worker(rank, store_dir, out_dir):
         sizes = _train(model, opt, loader)
         torch.save({"params": [p.detach() for p in model.parameters()], "sizes": sizes,
                     "history": engine.accountant.history, "adds_noise": opt.adds_noise,
-                    "sample_rate": loader.sample_rate},
+                    "sample_rate": loader.sample_rate, "seed": loader.batch_sampler.seed},
                    os.path.join(out_dir, f"parity{rank}.pt"))
 
         # noise run: zero data gradient, so the gradient is the noise alone
@@ -107,8 +107,10 @@ def test_two_rank_training_without_noise_matches_single_process(distributed_resu
         module=base, optimizer=torch.optim.SGD(base.parameters(), lr=0.3),
         data_loader=DataLoader(_data(), batch_size=BATCH), noise_multiplier=0.0,
         max_grad_norm=CLIP, loss_reduction="sum")
-    loader = DPDataLoader.from_data_loader(DataLoader(_data(), batch_size=BATCH),
-                                           generator=torch.Generator().manual_seed(7))
+    # distributed mode fixes the base seed rank 0 drew (a single process redraws it
+    # per epoch), so the reference takes that one seed
+    steps = len(DataLoader(_data(), batch_size=BATCH))
+    loader = DPDataLoader(_data(), sample_rate=1.0 / steps, steps=steps, seed=parity[0]["seed"])
     opt.logical_batch_source = loader
     sizes = _train(model, opt, loader)
 

@@ -40,12 +40,15 @@ def _private(lib, model, loader, **kw):
             data_loader=loader, **args)
 
 
-def _run(lib, seed, steps=3, loader_seed=None, noise=1.0):
+def _run(lib, seed, steps=3, loader_seed=None, noise=1.0, seed_after_make_private=False):
     model = _model()
-    torch.manual_seed(seed)  # the user's one seed, before make_private
+    if not seed_after_make_private:
+        torch.manual_seed(seed)  # the user's one seed, before make_private...
     gen = None if loader_seed is None else torch.Generator().manual_seed(loader_seed)
     loader = DataLoader(_data(), batch_size=6, generator=gen)
     _, m, o, dl = _private(lib, model, loader, noise_multiplier=noise)
+    if seed_after_make_private:  # ...or after it (Opacus's test_global_seed)
+        torch.manual_seed(seed)
     seen = []
     for x, y in dl:
         o.zero_grad()
@@ -57,11 +60,15 @@ def _run(lib, seed, steps=3, loader_seed=None, noise=1.0):
     return [p.detach().clone() for p in model.parameters()], seen
 
 
+@pytest.mark.parametrize("after", [False, True], ids=["seed_before", "seed_after"])
 @pytest.mark.parametrize("lib", [opacus, modelsec_fast], ids=["opacus", "ours"])
-def test_torch_manual_seed_reproduces_a_run(lib):
-    a, _ = _run(lib, 1)
-    b, _ = _run(lib, 1)
-    c, _ = _run(lib, 2)
+def test_torch_manual_seed_reproduces_a_run(lib, after):
+    # seeding after make_private must reproduce too: the noise and the epoch's
+    # Poisson masks are drawn from torch's generator when the run uses them
+    a, _ = _run(lib, 1, steps=6, seed_after_make_private=after)
+    torch.randn(7)  # the generator's state between runs must not matter
+    b, _ = _run(lib, 1, steps=6, seed_after_make_private=after)
+    c, _ = _run(lib, 2, steps=6, seed_after_make_private=after)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
 

@@ -142,11 +142,14 @@ def test_state_dict_resumes_the_exact_remaining_batches(stop_after):
             seen.append(y.tolist())
             if len(seen) == stop_after:
                 break
-    state = first.state_dict()
+    # a checkpoint saves the loader's state and torch's generator (the next epochs'
+    # base seeds come from it, as Opacus's masks do)
+    state, rng = first.state_dict(), torch.get_rng_state()
 
-    torch.manual_seed(999)  # the resumed loader must not depend on the global seed
+    torch.manual_seed(999)
     resumed = DPDataLoader(_dataset(40), sample_rate=0.15, steps=steps)
     resumed.load_state_dict(state)
+    torch.set_rng_state(rng)
     rest_of_epoch = _ids(resumed)
     assert seen + rest_of_epoch == two_epochs[: len(seen) + len(rest_of_epoch)]
     assert len(seen + rest_of_epoch) % steps == 0
@@ -156,11 +159,11 @@ def test_state_dict_resumes_the_exact_remaining_batches(stop_after):
 def test_prefetching_workers_do_not_shift_the_resume_point():
     torch.manual_seed(8)
     dp = DPDataLoader(_dataset(30), sample_rate=0.2, steps=6, num_workers=1, prefetch_factor=4)
-    ref = _ids(DPDataLoader(_dataset(30), sample_rate=0.2, steps=6, seed=dp.batch_sampler.seed))
     it = iter(dp)
     got = [next(it)[1].tolist() for _ in range(2)]
     state = dp.state_dict()
     del it
+    ref = _ids(DPDataLoader(_dataset(30), sample_rate=0.2, steps=6, seed=dp.batch_sampler.seed))
     assert state["batches_yielded"] == 2
     resumed = DPDataLoader(_dataset(30), sample_rate=0.2, steps=6)
     resumed.load_state_dict(state)
@@ -247,9 +250,11 @@ def test_distributed_without_process_group_is_refused():
 
 @pytest.mark.parametrize("max_physical", [1, 3, 4, 100])
 def test_batch_memory_manager_splits_logical_batches_and_signals_one_step_each(max_physical):
+    # the same global seed gives the same logical batches with and without the manager
+    torch.manual_seed(21)
+    logical = _ids(DPDataLoader(_dataset(60), sample_rate=0.2, steps=6))
     torch.manual_seed(21)
     dp = DPDataLoader(_dataset(60), sample_rate=0.2, steps=6)
-    logical = _ids(DPDataLoader(_dataset(60), sample_rate=0.2, steps=6, seed=dp.batch_sampler.seed))
     opt = _RecordingOptimizer()
     physical, yielded_at = [], []
     with BatchMemoryManager(data_loader=dp, max_physical_batch_size=max_physical,

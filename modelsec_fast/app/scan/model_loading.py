@@ -296,6 +296,8 @@ def _load_onnx(path: str) -> LoadedModel:
     except ImportError:
         raise ModelLoadError(f"{path}: reading ONNX needs the onnx2torch package "
                              "(pip install onnx2torch)") from None
+    except RuntimeError as e:  # e.g. a torchvision build that does not match torch
+        raise ModelLoadError(f"{path}: onnx2torch did not import ({one_line(e)[:200]})") from None
     try:
         model = convert(path)
     except Exception as e:  # noqa: BLE001
