@@ -83,6 +83,9 @@ run explain bench/bench_explain.py --threads 2
 # Witches' Brew over 10 retrained victims, Neural Cleanse and mitigations on Fashion-MNIST,
 # the DP-SGD ASR-vs-epsilon sweep with its plot. About 15 minutes.
 run poisoning bench/bench_poisoning.py --threads 1 --plot bench/poisoning_asr_vs_epsilon.png
+# modelsec-fast scan at --budget standard on a Fashion-MNIST CNN (a factory, its state dict,
+# .npz test data and a training pool with its membership mask): wall time per stage.
+run scan bench/bench_scan.py --threads 2
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "failed: ${failed[*]}"

@@ -28,7 +28,8 @@ about it can be reproduced, by design.
 
 Distributed. With ``distributed=True`` rank r keeps only the examples
 i = r (mod world_size) of the dataset. Outside secure mode all ranks share
-the base seed (broadcast from rank 0) and cut their masks from the same
+one base seed for the whole run (rank 0's, broadcast once, since a per-epoch draw
+would need a collective in every iteration) and cut their masks from the same
 global mask, so the union over ranks is exactly one Poisson sample of the
 whole dataset, identical to a single-process run with the same seed. In
 secure mode each rank draws its own shard's mask from its own OS entropy,
