@@ -10,12 +10,14 @@ size 1) except ``max_iter`` (``--art-iterations``; ART's default is 10,000), and
 batch size of all the classes. Its continue condition keeps every class running while
 the class's probability is above 0.01, so every class runs to ``max_iter``.
 
-The objective compared: the worst class's probability, ``min_k p_k(x_k)``, i.e. every
-inverted image is at least that confident. Its target is the value ART reaches (from
-an untimed ART run at the same settings). "ours (to ART's objective)" is
-``ClassInversion`` with ``threshold = 1 - target + 1e-6`` (each class stops once its
-probability is within 1e-6 of the target: ART computes in float32), "ours (ART's
-iterations)" runs ART's number of steps with no early stop (the cost per step).
+The objective compared: each class's probability ``p_k(x_k)``; its target is the
+value ART reaches for that class with its defaults (an untimed run at batch size 1).
+"ours (to ART's objective)" is ``ClassInversion`` with per-class thresholds
+``1 - p_k + 1e-6`` (each class stops once its probability is within 1e-6 of ART's:
+ART computes in float32); "classes reached" counts the classes at least that probable.
+"ours (ART's iterations)" runs ART's number of steps with no early stop (the cost per
+step; the same iterates as ART's). A class whose probability is below 0.01 after a
+step fails ART's continue condition and stops there: the note counts them.
 
 Part 2, gradient inversion (no ART counterpart): one-image updates (plain averaged
 cross-entropy gradient) of an untrained small ConvNet (digits 8x8, width 8) for
@@ -89,9 +91,10 @@ def class_inversion_part(args, report) -> None:
     ours_same = ClassInversion(victim, steps=iterations, lr=0.1, patience=iterations,
                                threshold=0.0)
 
-    def run_ours(attack):
+    def run_ours(attack, thresholds=None):
         def run():
-            result = attack.invert(classes, input_shape=shape, init=0.0)
+            result = attack.invert(classes, input_shape=shape, init=0.0,
+                                   thresholds=thresholds)
             return result.images, result.steps.double().mean().item()
         return run
 
@@ -115,11 +118,11 @@ def class_inversion_part(args, report) -> None:
                 return attack.infer(None, classes.numpy()), None  # ART does not count
             return run
 
-        first, _ = run_art(args.classes)()
-        target = float(_class_probabilities(victim, first, classes, device).min())
-        ours_to_target = ClassInversion(victim, steps=iterations, lr=0.1,
-                                        threshold=1.0 - target + FLOAT32_SLACK)
-        contenders["ours (to ART's objective)"] = run_ours(ours_to_target)
+        first, _ = run_art(1)()  # the objective ART reaches with its defaults
+        target = _class_probabilities(victim, first, classes, device)
+        ours_to_target = ClassInversion(victim, steps=iterations, lr=0.1)
+        contenders["ours (to ART's objective)"] = run_ours(
+            ours_to_target, thresholds=1.0 - target + FLOAT32_SLACK)
         contenders["ART MIFace (defaults, batch 1)"] = run_art(1)
         contenders[f"ART MIFace (batch {args.classes})"] = run_art(args.classes)
     contenders["ours (ART's iterations)"] = run_ours(ours_same)
@@ -133,9 +136,13 @@ def class_inversion_part(args, report) -> None:
         row.values.update({"worst-class probability": float(p.min()),
                            "mean probability": float(p.mean()), "mean steps": steps})
         if target is not None:
-            row.values["reached ART's objective"] = bool(p.min() >= target - FLOAT32_SLACK)
+            reached = int((p >= target - FLOAT32_SLACK).sum())
+            row.values["classes reached"] = f"{reached}/{len(classes)}"
     if target is not None:
-        report.note(f"class inversion: ART's objective (worst-class probability) {target:.6f}")
+        stopped = int((target < 0.01).sum())
+        report.note(f"class inversion: ART's probabilities per class "
+                    f"{[round(float(t), 4) for t in target]}; {stopped} of {len(classes)} classes "
+                    "below 0.01, where ART's continue condition stops a class")
 
 
 def _digits_images(n):
