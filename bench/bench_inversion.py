@@ -212,7 +212,7 @@ def dp_part(args, report) -> None:
     attack = InvertingGradients(cnn, iterations=args.ig_iterations, restarts=2)
     protection = dp_protection(attack, cnn, x.to(device), y.to(device),
                                noise_multipliers=args.sigmas, max_grad_norm=1.0,
-                               other_images=other.to(device))
+                               other_images=other)  # scored on the CPU
     section = report.section(
         "Inverting Gradients against the DP engine's released update (ConvNet, clip 1)",
         note=f"{args.ig_iterations} iterations, 2 restarts; {args.images} images; "
