@@ -1,4 +1,4 @@
-"""Model stealing and gradient inversion benchmark, side by side with ART 1.20.
+"""Model stealing benchmark, side by side with ART 1.20, and PRADA's detection delay.
 
 Part 1, extraction: a victim MLP is trained on one half of the training data; the
 attacker's pool is the other half, the held-out set the test data. At each query
@@ -13,19 +13,23 @@ Reported: the thief's accuracy and fidelity (agreement with the victim) on the
 held-out set, wall and CPU time; ratios: ART's defaults to ours with its defaults,
 equal settings to ours at equal settings.
 
-Part 2, gradient inversion (no ART counterpart): one-image updates of untrained
-digits models; Inverting Gradients on a small ConvNet, iDLG and the analytic
-recovery on an MLP: PSNR and time, with the iterations stated; then the PSNR of
-iDLG against the DP engine's noise multiplier (clip 1), beside the PSNR against
-another image of the same class.
+Part 2, PRADA (Juuti et al. 2019): its threshold delta is calibrated on the benign
+held-out stream (the victim's labels); then one client per row queries up to
+``--prada-queries`` with a monitor watching: Jacobian augmentation from 10 seeds per
+class (synthetic inputs, the attack PRADA was made for), KnockoffNets' random sampling
+of the natural pool (known to evade PRADA: measured, not assumed), and a benign client
+of natural images. Reported: detected or not, the detection delay in queries, the last
+Shapiro-Wilk W. Gradient and class inversion are in bench_inversion.py.
 
     python bench/bench_stealing.py [--quick] [--data fashion-mnist|digits]
-        [--budgets 250,1000,5000] [--epochs 10] [--json out.json] [--threads 1]
+        [--budgets 250,1000,5000] [--epochs 10] [--prada-queries 2000]
+        [--json out.json] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 import _harness as h
@@ -135,59 +139,56 @@ def extraction_part(args, report) -> None:
                         f"{args.art_default_max} queries (--art-default-max)")
 
 
-def inversion_part(args, report) -> None:
-    from modelsec_fast.inversion import (IDLG, AnalyticLinearRecovery, InvertingGradients,
-                                         dp_protection, plain_gradient, psnr)
+def prada_part(args, report) -> None:
+    from modelsec_fast.defenses import PradaMonitor
+    from modelsec_fast.stealing import (JacobianAugmentation, KnockoffNets, ThiefTraining,
+                                        Victim, fit_thief)
 
-    ds = load_dataset("digits", seed=0)
-    x, other = [], []
-    for c in range(args.images):
-        idx = (ds.y_test == c).nonzero()[:, 0]
-        x.append(ds.x_test[idx[0]])
-        other.append(ds.x_test[idx[1]])
-    x, other, y = torch.stack(x), torch.stack(other), torch.arange(args.images)
-    torch.manual_seed(0)
-    cnn = build_model("small_cnn", (1, 8, 8), 10, width=8, hidden=32)
-    mlp = _mlp((1, 8, 8), 0)
+    ds, private, pool_idx = _data(args)
+    shape = tuple(ds.x_train.shape[1:])
+    victim = fit_thief(_mlp(shape, 0), ds.x_train[private],
+                       nn.functional.one_hot(ds.y_train[private], 10).float(),
+                       ThiefTraining(epochs=args.victim_epochs, min_steps=0), seed=0)
+    with torch.no_grad():
+        held_labels = victim(ds.x_test).argmax(1)
+    # delta just below the lowest W of the benign held-out stream (the victim's labels)
+    delta = PradaMonitor().calibrate(ds.x_test, held_labels)
+    pool = ds.x_train[pool_idx]
+    budget = min(args.prada_queries, len(pool))
+    seeds = torch.cat([ds.x_test[ds.y_test == c][:10] for c in range(10)])
+    rounds = max(1, math.ceil(math.log2(budget / len(seeds)))) + 1
 
-    def updates(model):
-        return [plain_gradient(model, x[i:i + 1], y[i:i + 1]) for i in range(len(x))]
+    def stream(kind):
+        def run():
+            monitor = PradaMonitor(delta=delta)
+            output = "labels" if kind == "jacobian" else "probabilities"
+            v = Victim.from_model(victim, budget=budget, output=output, monitor=monitor)
+            if kind == "jacobian":
+                JacobianAugmentation(v, _mlp(shape, 1), rounds=rounds, seed=0,
+                                     training=ThiefTraining(epochs=5, min_steps=50)
+                                     ).extract(seeds, budget=budget)
+            elif kind == "knockoff":
+                KnockoffNets(v, _mlp(shape, 1), training=ThiefTraining(epochs=1, min_steps=0),
+                             query_batch=256, seed=0).extract(pool, budgets=[budget])
+            else:  # a benign client: natural images never seen by the calibration
+                v.query(pool[-budget:])
+            return monitor.result()
+        return run
 
-    attacks = {
-        f"Inverting Gradients, small ConvNet ({args.ig_iterations} it., 2 restarts)":
-            (InvertingGradients(cnn, iterations=args.ig_iterations, restarts=2), cnn),
-        f"iDLG, MLP ({args.idlg_iterations} L-BFGS it.)":
-            (IDLG(mlp, iterations=args.idlg_iterations), mlp),
-        "analytic linear recovery, MLP": (AnalyticLinearRecovery(mlp), mlp),
-    }
-    contenders = {}
-    for name, (attack, model) in attacks.items():
-        ups = updates(model)
-        contenders[name] = (lambda a=attack, u=ups:
-                            a.reconstruct(u, input_shape=(1, 8, 8)))
-    measured = h.measure(contenders, device="cpu", rounds=args.rounds, warmup=0)
+    contenders = {f"Jacobian augmentation ({len(seeds)} seeds, {rounds} rounds)":
+                  stream("jacobian"),
+                  "KnockoffNets (random, natural images)": stream("knockoff"),
+                  "benign client (natural images)": stream("benign")}
+    measured = h.measure(contenders, device="cpu", rounds=1, warmup=0)
     section = report.section(
-        "gradient inversion of one-image updates (digits 8x8)",
-        note=f"{args.images} test images, one update each, plain averaged gradient of an "
-             "untrained model; PSNR in dB (100 = exact), mean over the images")
+        "PRADA: detection delay in queries",
+        note=f"{ds.describe()}; delta {delta:.4f} calibrated on the {len(ds.x_test)} held-out "
+             f"images (benign); up to {budget} queries per client; time: the attack with "
+             "PRADA watching every query (KnockoffNets' thief trains 1 epoch)")
     for row in section.add(measured):
-        result = measured.results[row.contender]
-        scores = result.score(x, y)
-        row.values.update({"PSNR": scores.mean_psnr,
-                           "PSNR vs same-class image": float(psnr(result.images, other).mean()),
-                           "labels": scores.label_accuracy})
-    sigmas = (0.01, 0.1, 0.5, 1.0)
-    protection = dp_protection(IDLG(mlp, iterations=args.idlg_iterations), mlp, x, y,
-                               noise_multipliers=sigmas, max_grad_norm=1.0,
-                               other_images=other)
-    dp = report.section("iDLG against the DP engine's released update (MLP, clip 1)",
-                        note=f"{args.idlg_iterations} L-BFGS iterations; {args.images} images; "
-                             f"{protection.seconds:.1f} s for all rows")
-    for r in protection.rows:
-        dp.add_row(labels={"noise multiplier": "plain" if r.noise_multiplier is None
-                           else r.noise_multiplier},
-                   values={"PSNR": r.mean_psnr, "PSNR vs same-class image": r.mean_psnr_other,
-                           "SSIM": r.mean_ssim, "labels": r.label_accuracy})
+        r = measured.results[row.contender]
+        row.values.update({"detected": r.detected, "delay (queries)": r.detection_delay,
+                           "queries": r.queries, "last W": r.last_w})
 
 
 def main(argv=None) -> dict:
@@ -203,9 +204,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--victim-epochs", type=int, default=None, help="default 20 (quick 10)")
     parser.add_argument("--art-default-max", type=int, default=None,
                         help="largest budget ART runs at batch size 1 (default 1000; quick 400)")
-    parser.add_argument("--images", type=int, default=None, help="inverted images (8; quick 4)")
-    parser.add_argument("--ig-iterations", type=int, default=None, help="default 500 (quick 100)")
-    parser.add_argument("--idlg-iterations", type=int, default=None, help="default 100 (quick 30)")
+    parser.add_argument("--prada-queries", type=int, default=None,
+                        help="queries per client PRADA watches (default 2000; quick 600)")
     args = h.parse_args(parser, argv, rounds=3, quick_rounds=1, threads=1)
     if args.data is None:
         args.data = "fashion-mnist" if os.path.isdir(FASHION_MNIST_DIR) and not args.quick \
@@ -215,12 +215,10 @@ def main(argv=None) -> dict:
     args.epochs = args.epochs or (5 if args.quick else 10)
     args.victim_epochs = args.victim_epochs or (10 if args.quick else 20)
     args.art_default_max = args.art_default_max or (400 if args.quick else 1000)
-    args.images = args.images or (4 if args.quick else 8)
-    args.ig_iterations = args.ig_iterations or (100 if args.quick else 500)
-    args.idlg_iterations = args.idlg_iterations or (30 if args.quick else 100)
+    args.prada_queries = args.prada_queries or (600 if args.quick else 2000)
     report = h.Report("bench_stealing", args)
     extraction_part(args, report)
-    inversion_part(args, report)
+    prada_part(args, report)
     return report.finish()
 
 

@@ -83,6 +83,12 @@ run explain bench/bench_explain.py --threads 2
 # Witches' Brew over 10 retrained victims, Neural Cleanse and mitigations on Fashion-MNIST,
 # the DP-SGD ASR-vs-epsilon sweep with its plot. About 15 minutes.
 run poisoning bench/bench_poisoning.py --threads 1 --plot bench/poisoning_asr_vs_epsilon.png
+# Stealing against ART 1.20: Copycat and KnockoffNets at 250, 1,000 and 5,000 queries (ART's
+# batch size 1 up to 1,000), PRADA's detection delay. About 15 minutes.
+run stealing bench/bench_stealing.py --threads 1
+# Inversion: class inversion against ART's MIFace (1,000 iterations), DLG, iDLG and Inverting
+# Gradients on a small ConvNet, PSNR against the DP noise multiplier. About 6 minutes.
+run inversion bench/bench_inversion.py --threads 1
 # modelsec-fast scan at --budget standard on a Fashion-MNIST CNN (a factory, its state dict,
 # .npz test data and a training pool with its membership mask): wall time per stage.
 run scan bench/bench_scan.py --threads 2

@@ -109,15 +109,19 @@ class ClassInversion:
         return out
 
     def invert(self, classes: Sequence[int] | torch.Tensor, *, input_shape: Sequence[int],
-               init: torch.Tensor | float = 0.0) -> ClassInversionResult:
+               init: torch.Tensor | float = 0.0,
+               thresholds: Sequence[float] | torch.Tensor | None = None
+               ) -> ClassInversionResult:
         """Inverts every class of ``classes`` (n,), one image each.
 
         Args:
             input_shape: one image's (C, H, W).
             init: the start, a value for every pixel or images (n, C, H, W) in [0, 1].
+            thresholds: (n,) gamma of each class, in place of ``threshold`` (to stop
+                each class at a cost reached elsewhere, a baseline's for instance).
         Raises:
-            ValueError: ``init`` outside [0, 1] or of the wrong shape, a class outside
-                the model's range, no classes.
+            ValueError: ``init`` outside [0, 1] or of the wrong shape, ``thresholds``
+                not (n,) finite values, a class outside the model's range, no classes.
         """
         started = time.perf_counter()
         device = next(self.model.parameters()).device
@@ -133,14 +137,21 @@ class ClassInversion:
         else:
             x = torch.full(shape, check_real("init", init), device=device)
         check_input_pixels(x, unnormalised=False)
+        if thresholds is None:
+            gamma = torch.full((n,), self.threshold, dtype=torch.float64, device=device)
+        else:
+            gamma = torch.as_tensor(thresholds, dtype=torch.float64).flatten().to(device)
+            if gamma.shape != (n,) or not bool(torch.isfinite(gamma).all()):
+                raise ValueError(f"thresholds must be {n} finite values, one per class, got "
+                                 f"{tuple(torch.as_tensor(thresholds).shape)}")
         was = self.model.training
         self.model.eval()
         try:
-            return self._run(x, classes, started)
+            return self._run(x, classes, gamma, started)
         finally:
             self.model.train(was)
 
-    def _run(self, x, classes, started) -> ClassInversionResult:
+    def _run(self, x, classes, gamma, started) -> ClassInversionResult:
         n = len(classes)
         with torch.no_grad():
             k = self.model(to_model_space(x[:1], self.normalization)).shape[1]
@@ -172,7 +183,7 @@ class ClassInversion:
             # (filled only once that many steps were taken), or at or below gamma.
             full = i >= self.patience
             stalled = (new >= window[rows].amax(1)) & full
-            reached = new <= self.threshold
+            reached = new <= gamma[rows]
             window[rows, i % self.patience] = new
             for r, s, g in zip(rows.tolist(), stalled.tolist(), reached.tolist()):
                 if g or s:
@@ -187,5 +198,6 @@ class ClassInversion:
             images=best_x.detach().cpu(), classes=classes.cpu(), costs=best_cost.cpu(),
             confidences=conf.cpu(), steps=steps, stop_reasons=reasons,
             settings={"steps": self.steps, "lr": self.lr, "patience": self.patience,
-                      "threshold": self.threshold, "tv_weight": self.tv_weight},
+                      "threshold": self.threshold, "thresholds": gamma.cpu().tolist(),
+                      "tv_weight": self.tv_weight},
             seconds=time.perf_counter() - started)

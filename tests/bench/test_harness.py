@@ -234,6 +234,7 @@ QUICK = [
     pytest.param("bench_explain.py", id="explain", marks=pytest.mark.slow),
     pytest.param("bench_poisoning.py", id="poisoning", marks=pytest.mark.slow),
     pytest.param("bench_stealing.py", id="stealing", marks=pytest.mark.slow),
+    pytest.param("bench_inversion.py", id="inversion", marks=pytest.mark.slow),
     pytest.param("bench_scan.py", id="scan", marks=pytest.mark.slow),
 ]
 

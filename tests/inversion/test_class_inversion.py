@@ -44,6 +44,18 @@ def test_a_class_stops_at_the_threshold_on_the_first_step_that_reaches_it():
     assert short.stop_reasons == ["max_steps"] and float(short.costs[0]) > 0.3
 
 
+def test_per_class_thresholds_stop_each_class_at_its_own_gamma():
+    model, _ = _logistic(0)
+    inversion = ClassInversion(model, steps=500, lr=0.05, patience=50)
+    loose = inversion.invert([1], input_shape=(1, 4, 4), init=0.5, thresholds=[0.4])
+    both = inversion.invert([1, 1], input_shape=(1, 4, 4), init=0.5, thresholds=[0.4, 0.3])
+    assert both.stop_reasons == ["threshold", "threshold"]
+    assert int(both.steps[0]) == int(loose.steps[0]) < int(both.steps[1])
+    assert float(both.costs[0]) <= 0.4 and float(both.costs[1]) <= 0.3 < float(both.costs[0])
+    with pytest.raises(ValueError, match="thresholds must be 2 finite values"):
+        inversion.invert([1, 0], input_shape=(1, 4, 4), thresholds=[0.3])
+
+
 def test_the_best_iterate_is_returned_and_classes_are_inverted_independently():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4))
