@@ -430,11 +430,11 @@ def neural_cleanse_part(s: Setup, args, report):
 
     n = 300 if args.quick else 1000
     x_def, y_def = s.x_def[:n], s.y_def[:n]
-    nc = NeuralCleanse(s.victim, epochs=args.nc_epochs, batch_size=32, seed=0)
+    nc = NeuralCleanse(s.victim, epochs=args.nc_epochs, seed=0)
     sample, result = h.timed(lambda: nc.reverse_engineer(x_def, y_def), args.device)
     section = report.section(
         "Neural Cleanse (ART: Keras only, NotImplementedError for PyTorch)",
-        note=f"{len(x_def)} clean images, {args.nc_epochs} epochs of batch 32 through all "
+        note=f"{len(x_def)} clean images, {args.nc_epochs} epochs of batch {nc.batch_size} through all "
              f"{s.ds.num_classes} triggers at once; {sample.wall:.1f} s wall, "
              f"{sample.cpu:.1f} s CPU; "
              f"flagged {result.flagged}")
@@ -508,7 +508,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=None,
                         help="victim epochs (default 10, quick 5)")
-    parser.add_argument("--nc-epochs", type=int, default=None, help="default 30 (quick 5)")
+    parser.add_argument("--nc-epochs", type=int, default=None, help="default 20 (quick 5)")
     parser.add_argument("--wb-targets", type=int, default=None, help="default 10 (quick 1)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the DP-SGD sweep")
     parser.add_argument("--plot", default=None, help="PNG path of the ASR-vs-epsilon plot")
@@ -517,7 +517,7 @@ def main(argv=None) -> dict:
         args.data = "fashion-mnist" if os.path.isdir(FASHION_MNIST_DIR) and not args.quick \
             else "digits"
     args.epochs = args.epochs or (5 if args.quick else 10)
-    args.nc_epochs = args.nc_epochs or (5 if args.quick else 30)
+    args.nc_epochs = args.nc_epochs or (5 if args.quick else 20)
     args.wb_targets = args.wb_targets or (1 if args.quick else 10)
     report = h.Report("bench_poisoning", args)
     # ART's FastICA rarely converges on these features; it is used as ART uses it.
