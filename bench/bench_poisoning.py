@@ -264,7 +264,7 @@ def strip_part(s: Setup, args, report):
     from art.defences.transformer.poisoning import STRIP as ArtSTRIP
 
     from modelsec_fast.audit.metrics import auc
-    from modelsec_fast.defenses.strip import STRIP
+    from modelsec_fast.defenses.strip import GPU_BATCH, STRIP
     from modelsec_fast.poisoning.training import eval_mode
 
     n = 300 if args.quick else 1000
@@ -303,8 +303,11 @@ def strip_part(s: Setup, args, report):
             for i in range(0, len(images), batch):
                 s.victim(images[i:i + batch])
 
-    floors = {f"floor: forwards alone, batches of {per_forward}": lambda: floor(per_forward),
-              f"floor: forwards alone, batches of {copies} (ART's)": lambda: floor(copies)}
+    # Ours' batch, the accelerator's (ours before it capped CPU batches) and ART's.
+    sizes = dict.fromkeys([per_forward, GPU_BATCH // copies * copies, copies])
+    floors = {f"floor: forwards alone, batches of {b}"
+              + (" (ours)" if b == per_forward else " (ART's)" if b == copies else ""):
+              (lambda b=b: floor(b)) for b in sizes}
     m = h.measure({"ours": ours, "ART": art, **floors}, device=args.device,
                   rounds=max(1, args.rounds // 2), warmup=0)
     full = next(iter(floors))
