@@ -45,7 +45,7 @@ DEMO_SETTINGS = {
     "min_norm": ((1000, 100), (128, 100)),
     # The poisoning review's ReviewSizes (its victims are small_cnn whatever the model);
     # quick mode skips its DP-SGD sweep (dozens of private trainings).
-    "poisoning": (dict(epochs=20, strip_copies=20, nc_epochs=30, sweep_ks=(1, 10),
+    "poisoning": (dict(epochs=20, strip_copies=20, nc_epochs=20, sweep_ks=(1, 10),
                        sweep_epsilons=(1.0, 8.0, math.inf), sweep_seeds=5, sweep_epochs=5),
                   dict(epochs=8, strip_copies=10, nc_epochs=10, sweep_ks=(1,),
                        sweep_epsilons=(1.0, math.inf), sweep_seeds=2, sweep_epochs=1)),

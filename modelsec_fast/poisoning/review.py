@@ -61,12 +61,12 @@ class ReviewSizes:
 
     @classmethod
     def quick(cls) -> "ReviewSizes":
-        return cls(epochs=20, strip_copies=20, nc_epochs=30, sweep_ks=(1, 10),
+        return cls(epochs=20, strip_copies=20, nc_epochs=10, sweep_ks=(1, 10),
                    sweep_epsilons=(1.0, 8.0, math.inf), sweep_seeds=5, sweep_epochs=5)
 
     @classmethod
     def full(cls) -> "ReviewSizes":
-        return cls(epochs=40, strip_copies=50, nc_epochs=60, sweep_ks=(1, 2, 5, 10),
+        return cls(epochs=40, strip_copies=50, nc_epochs=30, sweep_ks=(1, 2, 5, 10),
                    sweep_epsilons=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf), sweep_seeds=5,
                    sweep_epochs=10)
 
@@ -244,7 +244,7 @@ def poisoning_review(data="digits", *, model: str = "small_cnn", target: int = 0
     strip_eval = strip.evaluate(x_te, evaluation.x)
     lap("strip")
 
-    nc = NeuralCleanse(victim, epochs=sizes.nc_epochs, batch_size=32, seed=seed)
+    nc = NeuralCleanse(victim, epochs=sizes.nc_epochs, seed=seed)
     nc_result = nc.reverse_engineer(x_def, y_def)
     lap("neural_cleanse")
 

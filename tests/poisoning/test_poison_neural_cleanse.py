@@ -16,7 +16,7 @@ from tests.poisoning.conftest import TARGET
 
 
 def _nc(model, setup):
-    return NeuralCleanse(model, epochs=30, batch_size=32, seed=setup.seed).reverse_engineer(
+    return NeuralCleanse(model, epochs=10, seed=setup.seed).reverse_engineer(
         setup.x_def, setup.y_def)
 
 
@@ -123,3 +123,21 @@ def test_bad_input(setup, nc_backdoored):
         NeuralCleanse(setup.backdoored).reverse_engineer(setup.x_def, num_classes=2)
     with pytest.raises(ValueError, match="cost_multiplier must be > 1"):
         NeuralCleanse(setup.backdoored, cost_multiplier=1.0)
+
+
+def test_cost_schedule_follows_the_paper():
+    """lambda stays 0 until `patience` successful checks, is then init_cost, doubles
+    after `patience` more, and falls by 2 ** 1.5 after `patience` failed checks."""
+    nc = NeuralCleanse(torch.nn.Identity(), init_cost=1e-3, cost_multiplier=2.0, patience=3)
+    cost = torch.zeros(2, dtype=torch.float64)
+    up = torch.zeros(2, dtype=torch.long)
+    down = torch.zeros(2, dtype=torch.long)
+    history = []
+    # class 0 always succeeds; class 1 succeeds 3 times, then fails 6 times.
+    for ok1 in [True] * 3 + [False] * 6:
+        cost, up, down = nc._schedule(torch.tensor([True, ok1]), cost, up, down)
+        history.append(cost.tolist())
+    assert [h[0] for h in history] == [0, 0, 1e-3, 1e-3, 1e-3, 2e-3, 2e-3, 2e-3, 4e-3]
+    lowered = 1e-3 / 2 ** 1.5
+    assert [h[1] for h in history] == pytest.approx(
+        [0, 0, 1e-3, 1e-3, 1e-3, lowered, lowered, lowered, lowered / 2 ** 1.5])

@@ -52,3 +52,21 @@ def test_review_bad_input():
         poisoning_review("digits", defender_fraction=0.9)
     with pytest.raises(ValueError, match="not found"):
         poisoning_review("no-such-dataset")
+
+
+def test_the_quick_demo_review_flags_the_badnets_target():
+    """The poisoning stage of ``demo --quick`` (its data caps and sizes, seed 0): Neural
+    Cleanse flags the BadNets target, the only flagged class, by the paper's index."""
+    from modelsec_fast.app.demo import DEMO_SETTINGS
+    from modelsec_fast.data import load_dataset
+    from modelsec_fast.poisoning import ReviewSizes
+
+    (train_size, test_size), sizes = DEMO_SETTINGS["max_sizes"][1], DEMO_SETTINGS["poisoning"][1]
+    data = load_dataset("digits", train_size=train_size, test_size=test_size, seed=0)
+    with one_thread():
+        r = poisoning_review(data, seed=0, sizes=ReviewSizes(**sizes), dp_sweep=False)
+    nc = r.neural_cleanse
+    print(f"indices {[round(v, 2) for v in nc.anomaly_index]}, "
+          f"relative {[round(v, 2) for v in nc.relative_norms]}")
+    assert r.backdoor.asr >= 0.95
+    assert nc.flagged == [r.settings["target"]] and nc.anomaly_index[r.settings["target"]] > 2

@@ -76,3 +76,16 @@ def test_strip_bad_input(setup):
     with pytest.raises(ValueError, match="must lie in"):
         strip.entropy(setup.x_test * 3)
     assert math.isfinite(strip.calibrate(setup.x_test[:200]))
+
+
+def test_default_forward_batch_on_a_cpu_is_capped_by_input_values():
+    """On a CPU a forward pass holds at most CPU_FORWARD_VALUES input values (larger
+    batches fault their activations in afresh), never fewer images than copies."""
+    from modelsec_fast.defenses.strip import CPU_FORWARD_VALUES, GPU_BATCH
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    wide = STRIP(model, torch.rand(4, 1, 28, 28), n_copies=20)
+    assert wide.batch_size * 28 * 28 <= CPU_FORWARD_VALUES and wide.batch_size >= 20
+    assert STRIP(model, torch.rand(4, 1, 8, 8)).batch_size == GPU_BATCH
+    assert STRIP(model, torch.rand(4, 3, 512, 512), n_copies=7).batch_size == 7
+    assert STRIP(model, torch.rand(4, 1, 28, 28), batch_size=64).batch_size == 64

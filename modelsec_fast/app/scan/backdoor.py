@@ -92,7 +92,7 @@ def run(inputs: ScanInputs):
     u = _to_unit(x, lo, hi)
     seed = int(torch.randint(2**31 - 1, (1,), generator=inputs.generator(SALT)))
 
-    batch = min(32, len(u), MAX_TRIGGERED_VALUES // per_input)
+    batch = min(16, len(u), MAX_TRIGGERED_VALUES // per_input)
     steps = inputs.budget.optimisation_steps
     epochs = max(1, round(steps / math.ceil(len(u) / batch)))
     inputs.log(f"backdoor: Neural Cleanse over {inputs.num_classes} classes, {epochs} epochs "
