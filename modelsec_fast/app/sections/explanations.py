@@ -123,7 +123,8 @@ class ExplanationsSection:
                 else "sanity check not run"
             return Verdict(INCONCLUSIVE, f"{name}: {why}; {shift}", threshold, source)
         others = [f"{_METHOD_NAMES.get(c.method, c.method).split(' (')[0]} "
-                  f"{c.final_rank_correlation:.3f}" for c in self.sanity if c is not check]
+                  f"{c.final_rank_correlation:.3f}, {'passes' if c.passed else 'fails'}"
+                  for c in self.sanity if c is not check]
         sanity = (f"{name} maps: rank correlation {check.final_rank_correlation:.3f} with "
                   f"every layer random, {'passes' if check.passed else 'fails'} the check"
                   + (f" ({', '.join(others)})" if others else ""))
