@@ -4,7 +4,8 @@
 model on one dataset, attacks each (FGSM, PGD, APGD) over a grid of L-inf radii,
 runs the membership-inference audit (loss threshold and LiRA with shadow models),
 the one-run canary audit of the DP-SGD recipe, measures each model's distances to
-the decision boundary with minimum-norm attacks (CW, DeepFool), runs the poisoning
+the decision boundary with minimum-norm attacks (CW, DeepFool; SPSA and HopSkipJump,
+which read no gradient, check them for masking), runs the poisoning
 review (a BadNets victim, its detection and repair, DP-SGD as a defence), model
 stealing and gradient inversion, and writes the report
 (``report.md``, ``report.json`` and PNG plots), one section per analysis. The
@@ -43,6 +44,8 @@ DEMO_SETTINGS = {
     "max_sizes": ((4000, 1000), (1000, 300)),
     # Minimum-norm attacks: test examples attacked, CW's Adam steps per binary-search step.
     "min_norm": ((1000, 100), (128, 100)),
+    # Query-based attacks (SPSA, HopSkipJump): test examples attacked, queries per example.
+    "query_attacks": ((200, 2000), (32, 500)),
     # The poisoning review's ReviewSizes (its victims are small_cnn whatever the model);
     # quick mode skips its DP-SGD sweep (dozens of private trainings).
     "poisoning": (dict(epochs=20, strip_copies=20, nc_epochs=20, sweep_ks=(1, 10),
@@ -279,17 +282,26 @@ class _DemoRun:
         return build_section(key, title, audit, raise_errors=self.raise_errors)
 
     def minimum_norm_section(self, trained: dict):
-        from .scan.minimum_norm import describe_attacks, minimum_norm_results
+        from .scan.minimum_norm import (describe_attacks, describe_query_attacks,
+                                        minimum_norm_results, query_attack_results)
 
         n, cw_steps = self.setting["min_norm"]
         x, y = self.x_test[:n], self.y_test[:n]
-        results = {}
+        n_query, queries = self.setting["query_attacks"]
+        n_query = min(n_query, n)  # the first examples of the same set, to compare with
+        results, score_based, decision_based = {}, {}, {}
         for label, t in trained.items():
-            self.log(f"[{label}] minimum-norm attacks (CW-L2, DeepFool) on {len(y)} examples")
+            self.log(f"[{label}] minimum-norm attacks (CW-L2, DeepFool) on {len(y)} examples; "
+                     f"SPSA and HopSkipJump ({queries} queries) on {n_query}")
             results[label] = minimum_norm_results(t.model, x, y, cw_steps=cw_steps)
+            score_based[label], decision_based[label] = query_attack_results(
+                t.model, x[:n_query], y[:n_query], eps_linf=HEADLINE_EPS, max_queries=queries,
+                seed=self.seed)
         grid = {"L2": MIN_NORM_L2_RADII, "Linf": [e for e in self.setting["eps_grid"] if e > 0]}
         return MinimumNormSection(results, eps_grid=grid, n_examples=len(y),
-                                  method=describe_attacks(cw_steps))
+                                  method=describe_attacks(cw_steps) + " "
+                                  + describe_query_attacks(queries), score_based=score_based,
+                                  decision_based=decision_based, max_queries=queries)
 
     def poisoning_section(self):
         from modelsec_fast.poisoning import ReviewSizes, poisoning_review

@@ -11,6 +11,7 @@ import torch
 
 from modelsec_fast.app.checkpoint import FORMAT
 from modelsec_fast.app.cli import main
+from modelsec_fast.app.demo import DEMO_SETTINGS
 from modelsec_fast.state import read_checkpoint, write_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -198,6 +199,13 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
     assert (list(minimum_norm["result"]["models"])
             == list(sections["robustness"]["result"]["models"]))
     assert minimum_norm["figures"] == ["minimum_norm_L2.png", "minimum_norm_Linf.png"]
+    n_query, queries = DEMO_SETTINGS["query_attacks"][1]
+    for kind in ("score_based", "decision_based"):  # SPSA and HopSkipJump on every model
+        results = minimum_norm["result"][kind]
+        assert list(results) == list(minimum_norm["result"]["models"])
+        assert all(r["n_samples"] == n_query and max(r["queries"]) <= queries
+                   for r in results.values())
+    assert len(minimum_norm["result"]["masking_checks"]) == 2 * 3
     poisoning = sections["poisoning"]["result"]
     assert poisoning["backdoor"]["asr"] > 0.9 and poisoning["dp_sweep"] is None
     assert poisoning["dp_sweep_skipped"].startswith("quick mode")
@@ -208,6 +216,8 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
         assert os.path.getsize(os.path.join(out_dir, name)) > 500
     text = open(os.path.join(out_dir, "report.md")).read()
     assert "shadow models per audited model (LiRA): 2" in text and "## One-run canary" in text
+    assert "### Query-based attacks: the check for gradient masking" in text
+    assert "| HopSkipJump | decisions |" in text
     for name in ("accuracy_vs_eps.png", "epsilon_vs_steps.png", "mi_roc.png"):
         assert f"]({name})" in text
 

@@ -143,3 +143,66 @@ def test_a_trigger_mask_adds_its_share(scanned, tmp_path):
     text = " ".join(b.text for b in with_trigger.blocks(str(tmp_path)) if isinstance(b, Paragraph))
     assert "Neural Cleanse, class 0" in text and f"{100 * region.mean_share:.1f}%" in text
     assert with_trigger.to_json()["trigger"]["mean_area"] == pytest.approx(4 / 64)
+
+
+# ------------------------------------------------------------------ summary verdict
+from modelsec_fast.app.sections.explanations import FRAGILE_OVERLAP  # noqa: E402
+from modelsec_fast.app.sections.scan_summary import (AT_RISK, INCONCLUSIVE,  # noqa: E402
+                                                     NO_FINDING)
+from modelsec_fast.explain import attribution_shift  # noqa: E402
+
+
+def _check(method, final):
+    return RandomisationCheck(method, 6, [RandomisationStage(("0",), 0.95, 0.9),
+                                          RandomisationStage(("0", "2"), final, 0.3)], 0.5, 0.1)
+
+
+def _verdict_case(section, *, ig, flipped, overlap_of_unflipped=None):
+    """``section`` with an IG check of final rank correlation ``ig`` (saliency passing),
+    the first ``flipped`` examples flipped by the attack, and the maps of the others
+    sharing ``overlap_of_unflipped`` of their top 10%."""
+    examples = [dataclasses.replace(e, adversarial_prediction=(e.label + 1) % 3 if i < flipped
+                                    else e.clean_prediction)
+                for i, e in enumerate(section.examples)]
+    shift = section.shift
+    if overlap_of_unflipped is not None:
+        overlap = shift.top_k_overlap.clone()
+        overlap[flipped:] = overlap_of_unflipped
+        shift = dataclasses.replace(shift, top_k_overlap=overlap)
+    sanity = [] if ig is None else [_check("integrated_gradients", ig), _check("saliency", 0.02)]
+    return _with(section, examples=examples, shift=shift, sanity=sanity).verdict()
+
+
+def test_maps_that_fail_the_randomisation_check_are_at_risk(scanned):
+    verdict = _verdict_case(scanned[3], ig=0.8, flipped=len(scanned[3].examples))
+    assert verdict.verdict == AT_RISK
+    assert "rank correlation 0.800 with every layer random, fails the check" in verdict.measured
+    assert "saliency 0.020, passes" in verdict.measured
+    assert "at least 0.5" in verdict.threshold and "Adebayo et al. 2018" in verdict.source
+    passing = _verdict_case(scanned[3], ig=0.3, flipped=len(scanned[3].examples))
+    assert passing.verdict == NO_FINDING and "passes the check" in passing.measured
+    assert "the attack flipped all 6 examples, so fragility is not measured" in passing.measured
+
+
+def test_maps_that_move_while_the_decision_stays_are_fragile(scanned):
+    section = scanned[3]
+    fragile = _verdict_case(section, ig=0.3, flipped=4, overlap_of_unflipped=0.2)
+    assert fragile.verdict == AT_RISK
+    assert "0.20 on the 2 of 6 examples the attack did not flip" in fragile.measured
+    assert f"under {FRAGILE_OVERLAP:.0%} of the top-10% features" in fragile.threshold
+    assert "Ghorbani et al. 2019" in fragile.source
+    steady = _verdict_case(section, ig=0.3, flipped=4, overlap_of_unflipped=0.9)
+    assert steady.verdict == NO_FINDING and "0.90 on the 2 of 6" in steady.measured
+    # The flipped examples' overlap does not count: only the unflipped ones are fragile.
+    unrelated = torch.rand(section.shift.clean.shape, generator=torch.Generator().manual_seed(0))
+    moved = attribution_shift(section.shift.clean, unrelated)
+    assert moved.mean_top_k_overlap < FRAGILE_OVERLAP
+    assert _verdict_case(_with(section, shift=moved), ig=0.3, flipped=6).verdict == NO_FINDING
+
+
+def test_a_sanity_check_that_did_not_run_is_inconclusive(scanned):
+    errored = _with(scanned[3], sanity=[], sanity_error="TypeError: cannot copy")
+    verdict = errored.verdict()
+    assert verdict.verdict == INCONCLUSIVE
+    assert "sanity check failed to run (TypeError: cannot copy)" in verdict.measured
+    assert verdict.threshold and verdict.source

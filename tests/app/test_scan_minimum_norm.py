@@ -26,11 +26,13 @@ class Affine(nn.Module):
         return torch.stack([torch.zeros_like(score), score], 1)
 
 
-def _inputs(model, x, y, *, input_range=(-1.0, 1.0), steps=2, **kwargs):
+def _inputs(model, x, y, *, input_range=(-1.0, 1.0), steps=2, queries=40, eps_linf=0.05,
+            eps_l2=0.2, **kwargs):
     budget = Budget("test", n_examples=len(y), attack_steps=steps, restarts=1,
-                    shadow_models=2, query_budgets=(10,), optimisation_steps=1)
+                    shadow_models=2, query_budgets=(10,), optimisation_steps=1,
+                    attack_queries=queries)
     return ScanInputs(model=model.eval(), x=x, y=y, num_classes=2, input_range=input_range,
-                      eps_linf=0.05, eps_l2=0.2, budget=budget, **kwargs)
+                      eps_linf=eps_linf, eps_l2=eps_l2, budget=budget, **kwargs)
 
 
 @pytest.fixture
@@ -111,3 +113,39 @@ def test_non_image_data_is_skipped_with_the_reason():
                                        input_range=(0.0, 1.0), is_image=False))
     assert isinstance(section, SkippedSection) and section.key == MinimumNormSection.key
     assert "not image data" in section.reason
+
+
+def test_query_attacks_keep_their_budget_and_report_in_input_units(affine):
+    model, x, y, d2, dinf = affine
+    section = minimum_norm.run(_inputs(model, x, y, queries=400))
+    assert section.max_queries == 400 and section.eps == {"L2": 0.2, "Linf": 0.05}
+    spsa, hsj = section.score_based["model"], section.decision_based["model"]
+    assert spsa.n_samples == hsj.n_samples == len(y) and spsa.max_queries == 400
+    assert max(spsa.queries) <= 400 and max(hsj.queries) <= 400
+    # SPSA's eps is the scan's, in input units: no example farther than it breaks, and
+    # the attack (12 Adam steps on an affine model) breaks those well inside it.
+    assert spsa.eps == 0.05
+    robust = torch.tensor(spsa.robust)
+    assert robust[dinf > 0.05 * (1 + 1e-4)].all()
+    assert not robust[dinf < 0.04].any()
+    # Survivors spend every whole iteration of the budget (a clean query, then 12 of 33);
+    # broken examples stop early.
+    queries = torch.tensor(spsa.queries)
+    assert (queries[robust] == 1 + 12 * (2 * minimum_norm.SPSA_SAMPLES + 1)).all()
+    assert queries[~robust].double().median() < 397
+    # HopSkipJump's distances, in input units, are never below the exact ones.
+    found = torch.tensor(hsj.distances, dtype=torch.float64)
+    assert hsj.n_found == len(y) and (found >= d2.double() * (1 - 1e-4)).all()
+
+
+def test_the_stage_judges_the_distances_against_the_scans_eps(affine):
+    model, x, y, d2, dinf = affine  # every example is correctly classified
+    # 80% of the examples lie within the L2 eps (DeepFool's overshoot included): at risk.
+    eps_l2 = float(d2.quantile(0.8)) * 1.05
+    risky = minimum_norm.run(_inputs(model, x, y, eps_l2=eps_l2, eps_linf=1e-4)).verdict()
+    assert risky.verdict == "at risk" and f"against eps {eps_l2:.4g}" in risky.measured
+    # 20% within either radius (no attack finds a point closer than the exact distance).
+    small = dict(eps_l2=float(d2.quantile(0.2)) * 0.95, eps_linf=float(dinf.quantile(0.2)) * 0.95)
+    safe = minimum_norm.run(_inputs(model, x, y, **small)).verdict()
+    assert safe.verdict == "no finding", safe.measured
+    assert f"of {len(y)} correct examples" in safe.measured

@@ -32,7 +32,9 @@ class Budget:
     ``n_examples``: test examples attacked/explained; ``attack_steps`` and
     ``restarts``: gradient attacks; ``shadow_models``: LiRA shadows (needs a
     factory); ``query_budgets``: extraction thief budgets (queries);
-    ``optimisation_steps``: trigger reverse-engineering and inversion steps.
+    ``optimisation_steps``: trigger reverse-engineering and inversion steps;
+    ``attack_queries``: model queries per example of the query-based attacks (SPSA,
+    HopSkipJump).
     """
 
     name: str
@@ -42,17 +44,18 @@ class Budget:
     shadow_models: int
     query_budgets: tuple[int, ...]
     optimisation_steps: int
+    attack_queries: int = 1000
 
 
 BUDGETS: dict[str, Budget] = {
     "quick": Budget("quick", n_examples=128, attack_steps=10, restarts=1, shadow_models=4,
-                    query_budgets=(100, 400), optimisation_steps=50),
+                    query_budgets=(100, 400), optimisation_steps=50, attack_queries=500),
     "standard": Budget("standard", n_examples=500, attack_steps=50, restarts=2,
                        shadow_models=16, query_budgets=(250, 1000, 4000),
-                       optimisation_steps=300),
+                       optimisation_steps=300, attack_queries=1000),
     "thorough": Budget("thorough", n_examples=2000, attack_steps=100, restarts=5,
                        shadow_models=64, query_budgets=(250, 1000, 4000, 16000),
-                       optimisation_steps=1000),
+                       optimisation_steps=1000, attack_queries=5000),
 }
 
 

@@ -40,7 +40,8 @@ def summary_section(stages: Sequence, sections: Sequence, options, described: di
         f"budget {budget.name}: {budget.n_examples} examples attacked, {budget.attack_steps} "
         f"attack steps, {budget.restarts} restart(s), {budget.shadow_models} shadow models, "
         f"query budgets {', '.join(map(str, budget.query_budgets))}, "
-        f"{budget.optimisation_steps} optimisation steps",
+        f"{budget.optimisation_steps} optimisation steps, {budget.attack_queries} queries "
+        "per example for the query-based attacks",
         f"seed {options.seed}, device {options.device}, torch {torch.__version__}",
     ]
     if described.get("train_data"):

@@ -9,14 +9,19 @@ from typing import Optional
 
 import torch
 
-from modelsec_fast.explain import AttributionShift, RandomisationCheck, RegionAttribution, heatmap
+from modelsec_fast.explain import (DEFAULT_MAX_SIMILARITY, AttributionShift, RandomisationCheck,
+                                   RegionAttribution, heatmap)
 
 from ..report.document import Block, BulletList, Failed, Figure, Paragraph, Subheading, Table
 
-__all__ = ["ExplainedExample", "ExplanationsSection"]
+__all__ = ["ExplainedExample", "ExplanationsSection", "FRAGILE_OVERLAP"]
 
 # Rows of the attribution-map figure: enough to see a pattern, small enough to read.
 MAX_FIGURE_ROWS = 6
+# Mean top-k overlap of clean and attacked maps, on examples whose decision the attack did
+# not change, below which the maps count as fragile (Ghorbani et al. 2019 measure top-k
+# intersection; they give no cut): under half, most of the top features moved.
+FRAGILE_OVERLAP = 0.5
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,53 @@ class ExplanationsSection:
         if self.trigger is not None:
             doc["trigger"] = {"source": self.trigger_source, **self.trigger.to_json()}
         return doc
+
+    def unchanged_decisions(self) -> list[int]:
+        """Positions of the examples whose prediction the attack did not change."""
+        return [i for i, e in enumerate(self.examples)
+                if e.adversarial_prediction == e.clean_prediction]
+
+    def verdict(self):
+        """Whether the maps can be trusted: at risk when the maps of the method shown
+        fail the model-randomisation check (they barely change when the weights are
+        noise), or when they are fragile: on the examples whose decision the attack
+        left unchanged, the mean top-k overlap of clean and attacked maps is below
+        :data:`FRAGILE_OVERLAP`. Inconclusive when the check could not run."""
+        from .scan_summary import AT_RISK, INCONCLUSIVE, NO_FINDING, Verdict
+
+        check = next((c for c in self.sanity if c.method == self.method), None)
+        max_similarity = check.max_similarity if check else DEFAULT_MAX_SIMILARITY
+        top = f"top-{100 * self.shift.top_k_fraction:g}%"
+        threshold = (f"at risk when the maps' rank correlation with those of the fully "
+                     f"randomised model is at least {max_similarity:g}, or when an attack that "
+                     f"leaves the decision unchanged keeps under {FRAGILE_OVERLAP:.0%} of the "
+                     f"{top} features")
+        source = ("Adebayo et al. 2018 (model-randomisation test: maps that survive random "
+                  "weights describe the input, not the model) and Ghorbani et al. 2019 (top-k "
+                  "intersection of maps under perturbations that keep the label); both cuts "
+                  "are this tool's, as the papers give curves, not numbers")
+        name = _METHOD_NAMES.get(self.method, self.method).split(" (")[0]
+        unchanged = self.unchanged_decisions()
+        overlap = (sum(float(self.shift.top_k_overlap[i]) for i in unchanged) / len(unchanged)
+                   if unchanged else None)
+        k = len(self.examples)
+        shift = (f"{top} overlap of clean and attacked maps {self.shift.mean_top_k_overlap:.2f}"
+                 + (f", {overlap:.2f} on the {len(unchanged)} of {k} examples the attack did "
+                    "not flip" if unchanged else
+                    f"; the attack flipped all {k} examples, so fragility is not measured"))
+        if check is None:
+            why = f"sanity check failed to run ({self.sanity_error})" if self.sanity_error \
+                else "sanity check not run"
+            return Verdict(INCONCLUSIVE, f"{name}: {why}; {shift}", threshold, source)
+        others = [f"{_METHOD_NAMES.get(c.method, c.method).split(' (')[0]} "
+                  f"{c.final_rank_correlation:.3f}, {'passes' if c.passed else 'fails'}"
+                  for c in self.sanity if c is not check]
+        sanity = (f"{name} maps: rank correlation {check.final_rank_correlation:.3f} with "
+                  f"every layer random, {'passes' if check.passed else 'fails'} the check"
+                  + (f" ({', '.join(others)})" if others else ""))
+        fragile = overlap is not None and overlap < FRAGILE_OVERLAP
+        return Verdict(AT_RISK if not check.passed or fragile else NO_FINDING,
+                       f"{sanity}; {shift}", threshold, source)
 
     def blocks(self, figure_dir: str) -> list[Block]:
         k = len(self.examples)

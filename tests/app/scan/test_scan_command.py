@@ -35,10 +35,20 @@ def test_quick_scan_of_an_exported_model_on_npz_runs_every_stage_or_says_why(exp
     threats = report["sections"]["summary"]["result"]["threats"]
     assert [t["section"] for t in threats] == STAGE_KEYS
     with_rules = {t["section"]: t["verdict"] for t in threats if t["verdict"]}
-    assert {"robustness", "stealing", "backdoor"} <= set(with_rules), threats
+    assert {"robustness", "stealing", "backdoor", "minimum_norm",
+            "explanations"} <= set(with_rules), threats
     for key, verdict in with_rules.items():
         assert verdict["verdict"] in ("at risk", "no finding", "inconclusive"), key
         assert verdict["measured"] and verdict["threshold"] and verdict["source"], key
+    minimum_norm = report["sections"]["minimum_norm"]["result"]
+    quick = 500  # the quick budget's queries per example
+    assert minimum_norm["max_queries"] == quick and minimum_norm["eps"] == {
+        "L2": pytest.approx(0.5), "Linf": pytest.approx(8 / 255)}
+    spsa, hsj = (minimum_norm[k]["model"] for k in ("score_based", "decision_based"))
+    assert spsa["attack"] == "SPSA" and hsj["attack"] == "HopSkipJump"
+    assert spsa["n_samples"] == hsj["n_samples"] == minimum_norm["n_examples"]
+    assert 0 < max(spsa["queries"]) <= quick and 0 < max(hsj["queries"]) <= quick
+    assert [c["attack"] for c in minimum_norm["masking_checks"]] == ["SPSA", "HopSkipJump"]
     for name in ("report.html", "report.md", "robustness_vs_eps.png", "mi_roc.png"):
         assert os.path.getsize(os.path.join(out, name)) > 500, name
     assert "[scan] Evasion: robust accuracy: ok" in stderr  # a log line per stage, no bar

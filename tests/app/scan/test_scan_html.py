@@ -83,6 +83,10 @@ def test_scan_report_renders_in_headless_chromium(exported_scan, tmp_path):
     for key, section in report["sections"].items():
         assert f'id="{key}"' in dom, key
         assert f'class="section {section["status"]}"' in dom, key
+    # The query-based attacks' rows, and a verdict for every section that has a rule.
+    assert "Query-based attacks: the check for gradient masking" in dom
+    assert "<td>SPSA</td>" in dom and "<td>HopSkipJump</td>" in dom
+    assert "<td>evasion (distances)</td>" in dom and "<td>explanations</td>" in dom
     images = re.findall(r"<img [^>]*src=\"([^\"]*)\"", dom)
     assert len(images) == sum(len(s["figures"]) for s in report["sections"].values()) >= 2
     for src in images:
