@@ -48,6 +48,10 @@ run dpsgd_t2 bench/bench_dpsgd.py --threads 2 --rounds 7 --steps 2 \
   --configs nonprivate,opacus_ghost,opacus_ew,ours
 run dpsgd_t1 bench/bench_dpsgd.py --threads 1 --rounds 7 --steps 2 \
   --configs nonprivate,opacus_ghost,opacus_ew,ours
+# The real models (torchvision ResNet-18, timm ViT, Hugging Face BERT and GPT-2, GPT-2 with
+# peft LoRA, an LSTM), every configuration that runs them, 2 threads.
+run dpsgd_real bench/bench_dpsgd.py --threads 2 --rounds 7 --steps 2 \
+  --models resnet18,vit,bert,gpt2,gpt2_lora,lstm_text
 # Peak-RSS increase, one subprocess per model and configuration, Opacus hooks included.
 # About 3 minutes.
 run dpsgd_memory bench/bench_dpsgd.py --threads 2 --rounds 1 --steps 1 --memory \
