@@ -38,7 +38,9 @@ contender; each row reports its time, ratio to ours, and its strength:
 8. hsj: ``HopSkipJump`` against ART ``HopSkipJump`` (L2, its per-sample loop).
    ART has no query budget: it runs first, its model queries are counted, and
    ours gets their mean per sample as its budget; median L2 and queries. The two
-   are timed in separate measurements (the ratio is of their medians).
+   are timed in separate measurements (the ratio is of their medians). The floor,
+   timed interleaved with ours, is the rows our run queried as forwards alone in
+   full batches of ``max_batch_size``; at 10 and 50 images (``--hsj-n``).
 9. floor: ``robust_accuracy`` with PGD-20 x 5 restarts on 2,000 test images at an
    eps where about a quarter stay robust (default batch_size 500, so the data
    comes in chunks) against torchattacks running each restart on every point and
@@ -477,45 +479,69 @@ def bench_spsa(args, device, report):
     print("  spsa: done", flush=True)
 
 
+def hsj_floor(model, x, rows: int, batch: int):
+    """The forwards alone: ``rows`` model rows (the queries of a run) in forwards of ``batch``."""
+    full = x.repeat((math.ceil(batch / len(x)),) + (1,) * (x.dim() - 1))[:batch]
+
+    def run():
+        with torch.no_grad():
+            for lo in range(0, rows, batch):
+                model(full[:min(batch, rows - lo)])
+    return run
+
+
 def bench_hsj(args, device, has_art, report):
-    model, x, y, source = shared_model(args, device, report)
-    x, y = x[:args.hsj_n], y[:args.hsj_n]
+    model, x_all, y_all, source = shared_model(args, device, report)
     section = report.section(
         "HopSkipJump (L2): median L2 at equal queries", baseline=None,
-        note=f"{source}, first {len(y)} test images; ART: {args.hsj_iter} iterations, "
+        note=f"{source}, first test images; ART: {args.hsj_iter} iterations, "
              "init_eval 100, max_eval 1000, its queries counted; ours: max_queries = ART's mean "
-             "queries per sample; separate measurements, 'x ours' is the ratio of medians")
-    queries = args.hsj_queries
-    art_row = None
-    if has_art:
-        from art.attacks.evasion import HopSkipJump as ArtHopSkipJump
-        art = ArtHopSkipJump(art_classifier(model), norm=2, max_iter=args.hsj_iter, max_eval=1000,
-                             init_eval=100, init_size=100, batch_size=64, verbose=False)
-        rows = [0]
+             "queries per sample; floor: the model rows our run queried, as forwards of "
+             "max_batch_size (4096) rows alone, interleaved with ours ('x floor': ours / floor "
+             "per round); ART in separate measurements, 'x ours' is the ratio of medians")
+    for n in (int(v) for v in str(args.hsj_n).split(",")):
+        x, y = x_all[:n], y_all[:n]
+        queries = args.hsj_queries
+        art_row = None
+        if has_art:
+            from art.attacks.evasion import HopSkipJump as ArtHopSkipJump
+            art = ArtHopSkipJump(art_classifier(model), norm=2, max_iter=args.hsj_iter,
+                                 max_eval=1000, init_eval=100, init_size=100, batch_size=64,
+                                 verbose=False)
+            rows = [0]
 
-        def count(_module, a):
-            rows[0] += a[0].shape[0]
+            def count(_module, a):
+                rows[0] += a[0].shape[0]
 
-        def art_call():
-            rows[0] = 0
-            handle = model.register_forward_pre_hook(count)
-            try:
-                return torch.as_tensor(art.generate(x.cpu().numpy(), y=y.cpu().numpy()))
-            finally:
-                handle.remove()
-        m_art = h.measure({"ART": art_call}, device=device, rounds=args.slow_rounds, warmup=0)
-        queries = max(1, round(rows[0] / len(y)))
-        art_row, = section.add(m_art, labels={"images": len(y)})
-        art_row.values.update(strength(*distances(model, m_art.results["ART"], x, y)))
-        art_row.values["queries/sample"] = rows[0] / len(y)
-    ours = ma.HopSkipJump(model, norm="L2", max_queries=queries, seed=0)
-    m = h.measure({"ours": lambda: ours(x, y)}, device=device, rounds=args.rounds_mn, warmup=0)
-    ours_row, = section.add(m, labels={"images": len(y)})
-    ours_row.values.update(strength(*distances(model, m.results["ours"], x, y)))
-    ours_row.values["queries/sample"] = float(ours.queries.double().mean())
-    if art_row is not None:
-        art_row.values["x ours"] = art_row.wall.median / ours_row.wall.median
-    section.rows.sort(key=lambda r: r.contender != "ours")
+            def art_call():
+                rows[0] = 0
+                handle = model.register_forward_pre_hook(count)
+                try:
+                    return torch.as_tensor(art.generate(x.cpu().numpy(), y=y.cpu().numpy()))
+                finally:
+                    handle.remove()
+            m_art = h.measure({"ART": art_call}, device=device, rounds=args.slow_rounds, warmup=0)
+            queries = max(1, round(rows[0] / len(y)))
+            art_row, = section.add(m_art, labels={"images": len(y)})
+            art_row.values.update(strength(*distances(model, m_art.results["ART"], x, y)))
+            art_row.values["queries/sample"] = rows[0] / len(y)
+        ours = ma.HopSkipJump(model, norm="L2", max_queries=queries, seed=0)
+        ours(x, y)  # the rows it queries (the same seed, the same run)
+        spent = int(ours.queries.sum())
+        m = h.measure({"ours": lambda: ours(x, y),
+                       "floor": hsj_floor(model, x, spent, ours.max_batch_size)},
+                      device=device, rounds=args.rounds_mn, warmup=0)
+        ours_row, floor_row = section.add(m, labels={"images": len(y)}, series=["ours", "floor"])
+        ours_row.values.update(strength(*distances(model, m.results["ours"], x, y)))
+        ours_row.values["queries/sample"] = float(ours.queries.double().mean())
+        ours_row.values["x floor"] = m.ratio("ours", "floor").median
+        ours_row.values["CPU x floor"] = m.ratio("ours", "floor", "cpu").median
+        floor_row.values["queries/sample"] = spent / len(y)
+        if art_row is not None:
+            art_row.values["x ours"] = art_row.wall.median / ours_row.wall.median
+            art_row.values["x floor"] = art_row.wall.median / floor_row.wall.median
+            section.rows.remove(art_row)
+            section.rows.append(art_row)
     print("  hsj: done", flush=True)
 
 
@@ -613,7 +639,7 @@ def main(argv=None) -> dict:
     p.add_argument("--spsa-eps", type=float, default=0.05)
     p.add_argument("--spsa-iter", type=int, default=20)
     p.add_argument("--spsa-samples", type=int, default=64)
-    p.add_argument("--hsj-n", type=int, default=10)
+    p.add_argument("--hsj-n", default="10,50", help="hsj: image counts, comma-separated")
     p.add_argument("--hsj-iter", type=int, default=10, help="ART's max_iter")
     p.add_argument("--hsj-queries", type=int, default=2000,
                    help="ours' budget when ART is missing")
@@ -634,7 +660,7 @@ def main(argv=None) -> dict:
         args.paired_seconds, args.warmup = 0.0, 0
         args.cw_n, args.cw_steps, args.cw_binary_steps = 2, 2, 1
         args.deepfool_n, args.spsa_n, args.spsa_iter, args.spsa_samples = 3, 3, 2, 8
-        args.hsj_n, args.hsj_iter = 2, 1
+        args.hsj_n, args.hsj_iter = "2", 1
         args.floor_n, args.floor_restarts, args.floor_batch = 100, 2, 50
         args.rounds_mn, args.slow_rounds, args.floor_rounds = 1, 1, 1
     report = h.Report("bench_attacks", args)

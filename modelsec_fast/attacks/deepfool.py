@@ -1,27 +1,33 @@
 """DeepFool (Moosavi-Dezfooli et al. 2016), L2 and L-inf, batched over samples, top-k classes.
 
-Each step linearises the model around the current point and moves to the
+Each step linearises the model at the current iterate ``p`` and moves to the
 nearest linearised boundary between the label ``y`` and one of the candidate
 classes ``k``: with ``f_k = z_k - z_y`` and ``w_k = grad f_k``, the class with
 the smallest ``|f_k| / ||w_k||_*`` wins (``||.||_*`` the dual norm: L2 for L2,
 L1 for L-inf) and the step is ``|f_k| / ||w_k||_2^2 * w_k`` (L2) or
-``|f_k| / ||w_k||_1 * sign(w_k)`` (L-inf).  As in the authors' reference code the
-steps accumulate in ``r``, the iterate is ``clamp(x + (1 + overshoot) * r, 0, 1)``
-and a sample stops at its first misclassified iterate.
+``|f_k| / ||w_k||_1 * sign(w_k)`` (L-inf).  The iterate stays in the box:
+``p <- clamp(p + step, 0, 1)`` (as ART's and torchattacks').  The overshoot
+scales the accumulated perturbation, as in the authors' reference code and
+ART: the candidate example is ``clamp(x + (1 + overshoot) * (p - x), 0, 1)``,
+tested after every step, and a sample stops at its first misclassified one.
 
-Inside the box: gradient components that would push a pixel already at 0 or 1
-further out are dropped, so the step spends its length on pixels that can move
-(on images with many saturated pixels the plain step keeps growing in clamped
-directions and stalls).
+Why clamp rather than drop the components the box blocks: a step whose pixels
+partly saturate falls short of the linearised boundary, so the iterate creeps
+up to the curved boundary and is re-linearised on the way; a full step in the
+free pixels overshoots it (on a Fashion-MNIST CNN, 1-7 steps and a median L2
+about 10% below that of the full step).  With ``overshoot = 0`` the creeping
+iterate may approach the boundary without crossing it (ART's behaviour too):
+use a small positive overshoot.
 
 The candidates are the ``top_k - 1`` classes with the largest clean logits
-besides the label (ART's ``nb_grads`` idea): a step costs one forward and
-``top_k - 1`` input-gradient passes for the whole batch, never a full Jacobian
-per sample.  On an affine classifier one step lands exactly
-``(1 + overshoot)`` times the distance to the boundary away.
+besides the label (ART's ``nb_grads`` idea): a step costs one forward at the
+candidate example, one at the iterate and ``top_k - 1`` input-gradient passes
+for the samples still running, never a full Jacobian per sample.  On an affine
+classifier one step lands exactly ``(1 + overshoot)`` times the distance to the
+boundary away (while the box does not bind).
 
 Units: pixel space [0, 1]; the returned examples are the first misclassified
-iterates, or the last iterate where none was reached in ``steps``.
+candidates, or the last candidate where none was reached in ``steps``.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ class DeepFool(MinimumNormAttack):
     Args:
         model: the classifier (returns logits; probabilities get a warning).
         steps: maximum steps per sample (>= 1). Default 50.
-        overshoot: the accumulated step is scaled by ``1 + overshoot`` (>= 0). Default 0.02.
+        overshoot: the accumulated perturbation is scaled by ``1 + overshoot`` (>= 0;
+            0 may leave samples just short of the boundary). Default 0.02.
         norm: "L2" or "Linf". Default "L2".
         top_k: classes considered, the label included (>= 2); fewer when the
             model has fewer classes. Default 10.
@@ -90,49 +97,36 @@ class DeepFool(MinimumNormAttack):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         result = images.clone()
-        r_tot = torch.zeros_like(images)
         active = torch.arange(images.shape[0], device=images.device)
-        x, y, cand = images, labels, None
+        x, y, p, cand = images, labels, images.clone(), None
         scale = 1.0 + self.overshoot
         for step in range(self.steps + 1):
-            adv, logits = self._forward_at(x, r_tot, scale)
+            candidate = torch.clamp(x + scale * (p - x), 0.0, 1.0)
+            with torch.no_grad():
+                logits = self.get_logits(candidate)
             if step == 0:
                 self.check_labels_against_logits(logits, y)
                 warn_if_probabilities(logits, self.attack)
-                cand = self._candidates(logits.detach(), y)
-            done = logits.detach().argmax(1) != y
-            rows = None  # rows of the gradients to keep, when done samples stay in the graph
-            n_done = int(done.sum())
-            if n_done:
-                result[active[done]] = adv.detach()[done]
-                keep = ~done
-                active, x, y, cand, r_tot = active[keep], x[keep], y[keep], cand[keep], r_tot[keep]
-                if active.numel() == 0:
-                    return result
-                if step < self.steps and 2 * n_done * cand.shape[1] > active.numel():
-                    # A fresh forward on the rest costs less than backward passes through the done.
-                    adv, logits = self._forward_at(x, r_tot, scale)
-                else:
-                    rows, logits = keep, logits[keep]
+                cand = self._candidates(logits, y)
+            done = logits.argmax(1) != y
+            result[active[done]] = candidate[done]
             if step == self.steps:
+                result[active] = candidate
                 break
-            with torch.enable_grad():
-                diffs = logits.gather(1, cand) - logits.gather(1, y[:, None])       # (B, k)
-                grads = []
-                for j in range(cand.shape[1]):
-                    grad, = torch.autograd.grad(diffs[:, j].sum(), adv,
-                                                retain_graph=j + 1 < cand.shape[1])
-                    grads.append(grad if rows is None else grad[rows])
-            grads = torch.stack(grads)
-            # Directions the box blocks (pixels at 0 pushed down, at 1 pushed up) move nothing.
-            point = adv.detach() if rows is None else adv.detach()[rows]
-            blocked = ((point <= 0) & (grads < 0)) | ((point >= 1) & (grads > 0))
-            r_tot = r_tot + self._step(diffs.detach(), grads.masked_fill(blocked, 0.0))
-        result[active] = torch.clamp(x + scale * r_tot, 0.0, 1.0)
+            keep = ~done
+            active, x, y, p, cand = active[keep], x[keep], y[keep], p[keep], cand[keep]
+            if active.numel() == 0:
+                break
+            p = torch.clamp(p + self._step(*self._linearise(p, y, cand)), 0.0, 1.0)
         return result
 
-    def _forward_at(self, x, r_tot, scale) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the iterate clamp(x + scale * r_tot, 0, 1) as a leaf that requires grad, its logits)."""
-        adv = torch.clamp(x + scale * r_tot, 0.0, 1.0).requires_grad_(True)
+    def _linearise(self, p, y, cand) -> tuple[torch.Tensor, torch.Tensor]:
+        """(diffs (B, k) ``z_c - z_y`` at ``p``, their input gradients (k, B, ...))."""
+        point = p.detach().requires_grad_(True)
         with torch.enable_grad():
-            return adv, self.get_logits(adv)
+            logits = self.get_logits(point)
+            diffs = logits.gather(1, cand) - logits.gather(1, y[:, None])
+            grads = [torch.autograd.grad(diffs[:, j].sum(), point,
+                                         retain_graph=j + 1 < cand.shape[1])[0]
+                     for j in range(cand.shape[1])]
+        return diffs.detach(), torch.stack(grads)

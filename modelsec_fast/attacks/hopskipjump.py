@@ -214,7 +214,12 @@ class HopSkipJump(MinimumNormAttack):
             # A sample short of queries uses only its first `left` probes.
             valid = torch.arange(n_evals, device=c.device)[None, :] < left[lo:lo + per_forward, None]
             fval = torch.zeros(valid.shape, dtype=c.dtype, device=c.device)
-            fval[valid] = self._decide(probes[valid], r[:, None].expand_as(valid)[valid]).to(c.dtype)
+            owners = r[:, None].expand_as(valid)
+            if bool(valid.all()):  # the usual case: no masked copy of every probe
+                fval = self._decide(probes.flatten(0, 1), owners.flatten()).to(c.dtype)
+                fval = fval.view(valid.shape)
+            else:
+                fval[valid] = self._decide(probes[valid], owners[valid]).to(c.dtype)
             fval = (2 * fval - 1) * valid
             count = valid.sum(1).clamp_min(1).to(c.dtype)
             mean = fval.sum(1) / count
