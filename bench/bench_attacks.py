@@ -40,7 +40,7 @@ contender; each row reports its time, ratio to ours, and its strength:
    ours gets their mean per sample as its budget; median L2 and queries. The two
    are timed in separate measurements (the ratio is of their medians). The floor,
    timed interleaved with ours, is the rows our run queried as forwards alone in
-   full batches of ``max_batch_size``; at 10 and 50 images (``--hsj-n``).
+   full batches of its ``batch_rows``; at 10 and 50 images (``--hsj-n``).
 9. floor: ``robust_accuracy`` with PGD-20 x 5 restarts on 2,000 test images at an
    eps where about a quarter stay robust (default batch_size 500, so the data
    comes in chunks) against torchattacks running each restart on every point and
@@ -497,7 +497,7 @@ def bench_hsj(args, device, has_art, report):
         note=f"{source}, first test images; ART: {args.hsj_iter} iterations, "
              "init_eval 100, max_eval 1000, its queries counted; ours: max_queries = ART's mean "
              "queries per sample; floor: the model rows our run queried, as forwards of "
-             "max_batch_size (4096) rows alone, interleaved with ours ('x floor': ours / floor "
+             "batch_rows rows alone, interleaved with ours ('x floor': ours / floor "
              "per round); ART in separate measurements, 'x ours' is the ratio of medians")
     for n in (int(v) for v in str(args.hsj_n).split(",")):
         x, y = x_all[:n], y_all[:n]
@@ -529,7 +529,7 @@ def bench_hsj(args, device, has_art, report):
         ours(x, y)  # the rows it queries (the same seed, the same run)
         spent = int(ours.queries.sum())
         m = h.measure({"ours": lambda: ours(x, y),
-                       "floor": hsj_floor(model, x, spent, ours.max_batch_size)},
+                       "floor": hsj_floor(model, x, spent, ours.batch_rows)},
                       device=device, rounds=args.rounds_mn, warmup=0)
         ours_row, floor_row = section.add(m, labels={"images": len(y)}, series=["ours", "floor"])
         ours_row.values.update(strength(*distances(model, m.results["ours"], x, y)))

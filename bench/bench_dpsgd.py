@@ -26,7 +26,10 @@ import _harness as h
 import torch
 from torch import nn
 
-CONFIGS = ("nonprivate", "opacus_hooks", "opacus_ghost", "opacus_ew", "ours")
+# nonprivate_fixed: the non-private step of the architecture the private runs train, after
+# ModuleValidator.fix (GroupNorm for BatchNorm, DPLSTM's unrolled steps for nn.LSTM's fused
+# kernel); only where fix() changes the model
+CONFIGS = ("nonprivate", "nonprivate_fixed", "opacus_hooks", "opacus_ghost", "opacus_ew", "ours")
 # the real models of tests/privacy/real_models.py (torchvision, timm, transformers, peft:
 # scripts/install.sh); opt in with --models
 REAL_MODELS = ("resnet18", "vit", "bert", "gpt2", "gpt2_lora", "lstm_text")
@@ -100,7 +103,13 @@ def make_step(config: str, name: str, device, batch: int):
 
         def run(m):
             return loss_fn(m(x), y)
-    if config == "nonprivate":
+    if config == "nonprivate_fixed":
+        from modelsec_fast.privacy import ModuleValidator
+        before = [type(m) for m in model.modules()]
+        model = ModuleValidator.fix(model)
+        if [type(m) for m in model.modules()] == before:
+            raise ValueError("ModuleValidator.fix changes nothing here: the nonprivate row")
+    if config in ("nonprivate", "nonprivate_fixed"):
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
         def step():

@@ -18,7 +18,7 @@ The model is only asked for its decision (adversarial or not).  Per sample:
    ``gamma / d^2``, with d the input size), as in the authors' reference code.
 
 Batching: every sample takes each phase at once, in forwards of at most
-``max_batch_size`` rows; a sample leaves a bisection when its own interval is
+``batch_rows`` rows; a sample leaves a bisection when its own interval is
 small enough.  Every row of the model's input is one query of its sample,
 counted in ``atk.queries`` (int64 (B,), the last call; the clean check counts
 one).  ``max_queries`` is never exceeded: a probe set is cut to what is left,
@@ -41,6 +41,7 @@ import math
 
 import torch
 
+from .._forward_batch import rows_per_forward
 from ..validation import check_choice, check_int, check_positive
 from .minimum_norm import MinimumNormAttack, perturbation_norms
 from .streams import SampleStreams
@@ -50,6 +51,7 @@ __all__ = ["HopSkipJump"]
 _INIT_THRESHOLD = 1e-3    # bisection threshold of the initialisation (reference code)
 _MAX_HALVINGS = 30        # step-size halvings before a step is given up
 _GUARD = 1e-12
+ACCELERATOR_ROWS = 4096   # rows per model forward on an accelerator
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -68,7 +70,9 @@ class HopSkipJump(MinimumNormAttack):
         max_evals: most probes of one estimate (>= 1). Default 10000.
         init_size: random images tried for an adversarial start (>= 1). Default 100.
         gamma: scales the bisection threshold theta (> 0). Default 1.
-        max_batch_size: rows per model forward (>= 1). Default 4096.
+        max_batch_size: rows per model forward (>= 1). Default None: 4096 on an
+            accelerator, on a CPU as many as hold 2^17 input values (see
+            ``modelsec_fast._forward_batch``); resolved per call as ``batch_rows``.
         seed: seed of the private generator. Default 0.
 
     Raises:
@@ -79,7 +83,7 @@ class HopSkipJump(MinimumNormAttack):
 
     def __init__(self, model, norm: str = "L2", max_queries: int = 5000, steps: int = 64,
                  init_evals: int = 100, max_evals: int = 10000, init_size: int = 100,
-                 gamma: float = 1.0, max_batch_size: int = 4096, seed: int = 0):
+                 gamma: float = 1.0, max_batch_size: int | None = None, seed: int = 0):
         super().__init__("HopSkipJump", model)
         self.norm = check_choice("norm", norm, ("L2", "Linf"))
         self.max_queries = check_int("max_queries", max_queries, 1, allow_integral_float=True)
@@ -88,8 +92,9 @@ class HopSkipJump(MinimumNormAttack):
         self.max_evals = check_int("max_evals", max_evals, 1, allow_integral_float=True)
         self.init_size = check_int("init_size", init_size, 1, allow_integral_float=True)
         self.gamma = check_positive("gamma", gamma)
-        self.max_batch_size = check_int("max_batch_size", max_batch_size, 1,
-                                        allow_integral_float=True)
+        self.max_batch_size = None if max_batch_size is None else check_int(
+            "max_batch_size", max_batch_size, 1, allow_integral_float=True)
+        self.batch_rows = self.max_batch_size
         self.seed = check_int("seed", seed)
         self.queries: torch.Tensor | None = None
         self.history: list[torch.Tensor] = []
@@ -103,7 +108,7 @@ class HopSkipJump(MinimumNormAttack):
         One query per point, added to ``self.queries``.
         """
         out = []
-        for part, r in zip(points.split(self.max_batch_size), rows.split(self.max_batch_size)):
+        for part, r in zip(points.split(self.batch_rows), rows.split(self.batch_rows)):
             pred = self.get_logits(part).argmax(1)
             out.append(pred == self._cls[r] if self.targeted else pred != self._cls[r])
         self.queries.index_add_(0, rows, torch.ones_like(rows))
@@ -202,7 +207,7 @@ class HopSkipJump(MinimumNormAttack):
         """Unit-free estimate (n, ...) of the boundary normal at ``cur``; zero where undetermined."""
         grads = torch.zeros_like(cur)
         left = self._left(rows)
-        per_forward = max(1, self.max_batch_size // n_evals)
+        per_forward = max(1, self.batch_rows // n_evals)
         for lo in range(0, rows.numel(), per_forward):
             r, c, d = rows[lo:lo + per_forward], cur[lo:lo + per_forward], delta[lo:lo + per_forward]
             shape = (r.numel(), n_evals) + c.shape[1:]
@@ -255,6 +260,8 @@ class HopSkipJump(MinimumNormAttack):
     # --------------------------------------------------------------- main
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         b, dev = images.shape[0], images.device
+        self.batch_rows = self.max_batch_size or rows_per_forward(images.shape[1:], dev,
+                                                                  ACCELERATOR_ROWS)
         self._cls = self.get_target_label(images, labels) if self.targeted else labels
         self._x0 = images
         d = images[0].numel()

@@ -13,7 +13,7 @@ Every model evaluation of a sample's row is one query, counted per sample in
 ``atk.queries`` (int64 (B,), the last call): 1 for the clean check, then
 ``2 * nb_sample + 1`` per iteration.  ``max_queries`` caps that count: a sample
 whose next iteration would pass it stops.  The queries of all samples and
-perturbations go through the model in forwards of at most ``max_batch_size``
+perturbations go through the model in forwards of at most ``batch_rows``
 rows.  Randomness (the start and the directions) comes from per-sample
 generators, sample ``i`` seeded with ``seed + i`` (:mod:`.streams`): a call is
 reproducible and each sample's result does not depend on the others in the batch.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .._forward_batch import rows_per_forward
 from ..validation import check_int, check_non_negative, check_positive
 from .base import Attack
 from .streams import SampleStreams
@@ -33,6 +34,7 @@ __all__ = ["SPSA"]
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
+ACCELERATOR_ROWS = 4096  # rows per model forward on an accelerator
 
 
 def margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -54,7 +56,9 @@ class SPSA(Attack):
         nb_sample: Rademacher directions per iteration, each queried at +delta
             and -delta (>= 1). Default 128.
         max_batch_size: rows per model forward (>= 2; at least one direction
-            pair of one sample goes in each). Default 4096.
+            pair of one sample goes in each). Default None: 4096 on an accelerator,
+            on a CPU as many as hold 2^17 input values (see
+            ``modelsec_fast._forward_batch``); resolved per call as ``batch_rows``.
         max_queries: per-sample query budget (>= 1), or None for
             ``1 + nb_iter * (2 * nb_sample + 1)``. Default None.
         seed: seed of the private generator. Default 0.
@@ -67,7 +71,7 @@ class SPSA(Attack):
     gradient_free = True
 
     def __init__(self, model, eps: float = 8 / 255, delta: float = 0.01, lr: float = 0.01,
-                 nb_iter: int = 100, nb_sample: int = 128, max_batch_size: int = 4096,
+                 nb_iter: int = 100, nb_sample: int = 128, max_batch_size: int | None = None,
                  max_queries: int | None = None, seed: int = 0):
         super().__init__("SPSA", model)
         self.eps = check_non_negative("eps", eps)
@@ -75,8 +79,9 @@ class SPSA(Attack):
         self.lr = check_positive("lr", lr)
         self.nb_iter = check_int("nb_iter", nb_iter, 1, allow_integral_float=True)
         self.nb_sample = check_int("nb_sample", nb_sample, 1, allow_integral_float=True)
-        self.max_batch_size = check_int("max_batch_size", max_batch_size, 2,
-                                        allow_integral_float=True)
+        self.max_batch_size = None if max_batch_size is None else check_int(
+            "max_batch_size", max_batch_size, 2, allow_integral_float=True)
+        self.batch_rows = self.max_batch_size
         self.max_queries = None if max_queries is None else check_int(
             "max_queries", max_queries, 1, allow_integral_float=True)
         self.seed = check_int("seed", seed)
@@ -85,9 +90,9 @@ class SPSA(Attack):
 
     @torch.no_grad()
     def _losses(self, points: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-        """Margin losses (N,) of ``points`` (N, ...) in forwards of ``max_batch_size`` rows."""
+        """Margin losses (N,) of ``points`` (N, ...) in forwards of ``batch_rows`` rows."""
         out = [margin(self.get_logits(part), c, self.targeted)
-               for part, c in zip(points.split(self.max_batch_size), cls.split(self.max_batch_size))]
+               for part, c in zip(points.split(self.batch_rows), cls.split(self.batch_rows))]
         return torch.cat(out)
 
     @torch.no_grad()
@@ -97,7 +102,7 @@ class SPSA(Attack):
         b, n = adv.shape[0], self.nb_sample
         grad = torch.zeros_like(adv)
         # Samples per forward: all 2n probes of each sample, or one sample's probes split up.
-        per_forward = max(1, self.max_batch_size // (2 * n))
+        per_forward = max(1, self.batch_rows // (2 * n))
         for lo in range(0, b, per_forward):
             a, c = adv[lo:lo + per_forward], cls[lo:lo + per_forward]
             v = streams.draw(rows[lo:lo + per_forward], (n,) + a.shape[1:], "sign", a.dtype)
@@ -115,6 +120,8 @@ class SPSA(Attack):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cls = self.get_target_label(images, labels) if self.targeted else labels
         b, dev = images.shape[0], images.device
+        self.batch_rows = self.max_batch_size or rows_per_forward(
+            images.shape[1:], dev, ACCELERATOR_ROWS, minimum=2)
         budget = self._budget()
         per_iter = 2 * self.nb_sample + 1
         queries = torch.zeros(b, dtype=torch.int64, device=dev)

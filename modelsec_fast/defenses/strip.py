@@ -10,9 +10,7 @@ rejection rate) would be flagged.
 
 Vectorised: every superimposed copy of a chunk of inputs goes through the model in
 one batch on the model's device (on a CPU, a chunk of at most ``CPU_FORWARD_VALUES``
-input values: past a few MB of activations glibc's allocator hands a forward pass
-fresh pages that fault in each time, which made 500 28x28 images per forward 2.2x
-slower per image than 160); the overlay indices are one (B, n_copies) draw from
+input values: see ``modelsec_fast._forward_batch``); the overlay indices are one (B, n_copies) draw from
 a seeded generator, so a run is reproducible and equals the per-sample loop that
 uses the same indices.
 """
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._forward_batch import rows_per_forward
 from ..audit.metrics import auc, tpr_at_fpr
 from ..poisoning.base import check_images
 from ..poisoning.training import eval_mode, model_device
@@ -33,7 +32,6 @@ from ..validation import check_in_range, check_int
 __all__ = ["STRIP", "StripResult", "StripEvaluation"]
 
 GPU_BATCH = 512  # superimposed images per forward pass on an accelerator
-CPU_FORWARD_VALUES = 1 << 17  # input values per forward pass on a CPU (see above)
 
 
 @dataclass
@@ -106,8 +104,7 @@ class STRIP:
         self.alpha = check_in_range("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
         self.frr = check_in_range("frr", frr, 0.0, 1.0, low_open=True, high_open=True)
         if batch_size is None:
-            batch_size = (GPU_BATCH if self.device.type != "cpu"
-                          else min(GPU_BATCH, CPU_FORWARD_VALUES // overlays[0].numel()))
+            batch_size = rows_per_forward(overlays.shape[1:], self.device, GPU_BATCH)
             batch_size = max(batch_size, self.n_copies)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.seed = check_int("seed", seed, 0)

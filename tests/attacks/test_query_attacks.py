@@ -148,6 +148,22 @@ def test_hopskipjump_starts_from_a_batch_image_where_no_noise_fools_the_model():
     assert all(result.distances[i] < float(nearest[i]) for i in range(4))
 
 
+@pytest.mark.parametrize("make", [lambda m, **kw: ma.SPSA(m, nb_iter=1, nb_sample=4, **kw),
+                                  lambda m, **kw: ma.HopSkipJump(m, max_queries=50, **kw)],
+                         ids=["spsa", "hopskipjump"])
+def test_query_attacks_size_their_cpu_forwards_by_input_values(make, digits_cnn):
+    """By default a CPU forward holds at most CPU_FORWARD_VALUES input values (larger
+    batches run slower there); an explicit max_batch_size is kept."""
+    from modelsec_fast._forward_batch import CPU_FORWARD_VALUES
+    x, y = digits_cnn.x[:4], digits_cnn.y[:4]
+    atk = make(digits_cnn.model)
+    atk(x, y)
+    assert atk.batch_rows == min(4096, CPU_FORWARD_VALUES // x[0].numel())
+    explicit = make(digits_cnn.model, max_batch_size=40)
+    explicit(x, y)
+    assert explicit.batch_rows == 40
+
+
 # ---------------------------------------------------------- reference loops
 @pytest.mark.parametrize("make", [
     lambda m, seed: ma.SPSA(m, eps=0.1, lr=0.05, nb_iter=6, nb_sample=8, max_batch_size=37,

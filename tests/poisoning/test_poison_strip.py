@@ -81,7 +81,8 @@ def test_strip_bad_input(setup):
 def test_default_forward_batch_on_a_cpu_is_capped_by_input_values():
     """On a CPU a forward pass holds at most CPU_FORWARD_VALUES input values (larger
     batches fault their activations in afresh), never fewer images than copies."""
-    from modelsec_fast.defenses.strip import CPU_FORWARD_VALUES, GPU_BATCH
+    from modelsec_fast._forward_batch import CPU_FORWARD_VALUES
+    from modelsec_fast.defenses.strip import GPU_BATCH
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10))
     wide = STRIP(model, torch.rand(4, 1, 28, 28), n_copies=20)
