@@ -15,13 +15,14 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["CPU_FORWARD_VALUES", "rows_per_forward"]
+__all__ = ["CPU_FORWARD_VALUES", "ACCELERATOR_ROWS", "rows_per_forward"]
 
 CPU_FORWARD_VALUES = 1 << 17  # input values per forward pass on a CPU
+ACCELERATOR_ROWS = 4096  # rows per forward pass on an accelerator, by default
 
 
-def rows_per_forward(row_shape: Sequence[int], device, accelerator_rows: int,
-                     minimum: int = 1) -> int:
+def rows_per_forward(row_shape: Sequence[int], device,
+                     accelerator_rows: int = ACCELERATOR_ROWS, minimum: int = 1) -> int:
     """Rows of shape ``row_shape`` per forward pass on ``device``: ``accelerator_rows``
     off the CPU; on a CPU as many as hold ``CPU_FORWARD_VALUES`` values, at most
     ``accelerator_rows`` and at least ``minimum``."""

@@ -62,7 +62,8 @@ from .attacks.minimum_norm import MinimumNormResult, looks_like_probabilities, p
 from .validation import (check_choice, check_input_pixels, check_int, check_non_negative,
                          check_normalization, to_pixels)
 
-__all__ = ["robust_accuracy", "RobustAccuracyResult", "AttackRecord", "standard_attacks"]
+__all__ = ["robust_accuracy", "RobustAccuracyResult", "AttackRecord", "standard_attacks",
+           "valid_examples"]
 
 # Slack of the ball / range checks (fp32 rounding of x + clamp(delta)).
 _LINF_SLACK = 1e-5
@@ -286,8 +287,9 @@ def _pixels(atk: Attack, t: torch.Tensor) -> torch.Tensor:
     return atk.inverse_normalize(t) if atk.normalization_used is not None else t
 
 
-def _valid_examples(atk: Attack, adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Bool (B,): finite, in [0, 1] and inside the attack's eps ball (pixel space)."""
+def valid_examples(atk: Attack, adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Bool (B,): which of ``atk``'s examples ``adv`` count: finite, in [0, 1] and inside
+    its eps ball (pixel space, with fp32 slack); an example that fails never counts as broken."""
     if adv.shape != x.shape:
         raise ValueError(f"{atk.attack} returned shape {tuple(adv.shape)} for input {tuple(x.shape)}")
     pa, px = _pixels(atk, adv).flatten(1), _pixels(atk, x).flatten(1)
@@ -570,7 +572,7 @@ class _Outcomes:
 
 def _judge(model, atk: Attack, adv, x, y, record: AttackRecord) -> torch.Tensor:
     """Bool (n,): checked (valid) and misclassified in eval mode; counts rejections."""
-    valid = _valid_examples(atk, adv, x)
+    valid = valid_examples(atk, adv, x)
     with torch.no_grad(), _eval_mode(model):
         pred = model(adv).argmax(1)
     # Every invalid example is rejected: a NaN one has no meaningful prediction.

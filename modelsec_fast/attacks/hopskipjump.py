@@ -51,7 +51,6 @@ __all__ = ["HopSkipJump"]
 _INIT_THRESHOLD = 1e-3    # bisection threshold of the initialisation (reference code)
 _MAX_HALVINGS = 30        # step-size halvings before a step is given up
 _GUARD = 1e-12
-ACCELERATOR_ROWS = 4096   # rows per model forward on an accelerator
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -260,8 +259,7 @@ class HopSkipJump(MinimumNormAttack):
     # --------------------------------------------------------------- main
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         b, dev = images.shape[0], images.device
-        self.batch_rows = self.max_batch_size or rows_per_forward(images.shape[1:], dev,
-                                                                  ACCELERATOR_ROWS)
+        self.batch_rows = self.max_batch_size or rows_per_forward(images.shape[1:], dev)
         self._cls = self.get_target_label(images, labels) if self.targeted else labels
         self._x0 = images
         d = images[0].numel()

@@ -34,7 +34,6 @@ __all__ = ["SPSA"]
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
-ACCELERATOR_ROWS = 4096  # rows per model forward on an accelerator
 
 
 def margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -121,7 +120,7 @@ class SPSA(Attack):
         cls = self.get_target_label(images, labels) if self.targeted else labels
         b, dev = images.shape[0], images.device
         self.batch_rows = self.max_batch_size or rows_per_forward(
-            images.shape[1:], dev, ACCELERATOR_ROWS, minimum=2)
+            images.shape[1:], dev, minimum=2)
         budget = self._budget()
         per_iter = 2 * self.nb_sample + 1
         queries = torch.zeros(b, dtype=torch.int64, device=dev)

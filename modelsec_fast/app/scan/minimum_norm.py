@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from modelsec_fast.attacks import CW, SPSA, DeepFool, HopSkipJump, MinimumNormResult
+from modelsec_fast.evaluate import valid_examples
 
 from ..report import Section, SkippedSection
 from ..sections.minimum_norm import MinimumNormSection, ScoreBasedResult
@@ -117,10 +118,7 @@ def query_attack_results(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     adv = spsa(x, y)
     seconds = time.perf_counter() - start
     correct, after = _predict(model, x) == y, _predict(model, adv) == y
-    # Only a checked example counts as broken: inside the ball and the range (as evaluate does).
-    valid = (((adv - x).flatten(1).abs().amax(1) <= eps_linf * (1 + 1e-5) + 1e-7)
-             & (adv.flatten(1).amin(1) >= 0) & (adv.flatten(1).amax(1) <= 1))
-    robust = correct & (after | ~valid)
+    robust = correct & (after | ~valid_examples(spsa, adv, x))
     score_based = ScoreBasedResult("SPSA", "Linf", eps_linf, correct.tolist(), robust.tolist(),
                                    [int(q) for q in spsa.queries.tolist()], max_queries,
                                    seconds, repr(spsa))
