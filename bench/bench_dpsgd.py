@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 import warnings
+from unittest import mock
 
 import _harness as h
 import torch
@@ -28,8 +29,10 @@ from torch import nn
 
 # nonprivate_fixed: the non-private step of the architecture the private runs train, after
 # ModuleValidator.fix (GroupNorm for BatchNorm, DPLSTM's unrolled steps for nn.LSTM's fused
-# kernel); only where fix() changes the model
+# kernel); only where fix() changes the model. ours_unfused (opt in with --configs): ours
+# with the conv rule's fused native kernel switched off, to show what that kernel brings.
 CONFIGS = ("nonprivate", "nonprivate_fixed", "opacus_hooks", "opacus_ghost", "opacus_ew", "ours")
+OPT_IN_CONFIGS = ("ours_unfused",)
 # the real models of tests/privacy/real_models.py (torchvision, timm, transformers, peft:
 # scripts/install.sh); opt in with --models
 REAL_MODELS = ("resnet18", "vit", "bert", "gpt2", "gpt2_lora", "lstm_text")
@@ -85,6 +88,15 @@ def _loader(x, y, batch):
     return DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=batch)
 
 
+def _without_fused_conv(step):
+    from modelsec_fast.privacy.per_sample import conv
+
+    def unfused():
+        with mock.patch.object(conv, "_fused_applies", lambda *a: False):
+            step()
+    return unfused
+
+
 def make_step(config: str, name: str, device, batch: int):
     """A zero-argument callable doing one full training step of ``config``."""
     torch.manual_seed(0)
@@ -118,7 +130,7 @@ def make_step(config: str, name: str, device, batch: int):
             opt.step()
         return step
     loader = _loader(torch.zeros(4 * batch, 1), torch.zeros(4 * batch, dtype=torch.long), batch)
-    if config == "ours":
+    if config in ("ours", "ours_unfused"):
         from modelsec_fast import PrivacyEngine
         from modelsec_fast.privacy import ModuleValidator
         model = ModuleValidator.fix(model)
@@ -133,7 +145,7 @@ def make_step(config: str, name: str, device, batch: int):
             dpo.zero_grad()
             run(pm).backward()
             dpo.step()
-        return step
+        return step if config == "ours" else _without_fused_conv(step)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import opacus
@@ -235,6 +247,9 @@ def main(argv=None):
     batches = QUICK_BATCH if args.quick else BATCH
     models = [m for m in args.models.split(",") if m]
     configs = [c for c in args.configs.split(",") if c]
+    for c in configs:
+        if c not in CONFIGS + OPT_IN_CONFIGS:
+            raise SystemExit(f"unknown config {c!r}; choose from {CONFIGS + OPT_IN_CONFIGS}")
     for m in models:
         if m not in MODELS:
             raise SystemExit(f"unknown model {m!r}; choose from {MODELS}")

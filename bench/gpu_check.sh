@@ -97,6 +97,7 @@ bench_stage bench_ops 120 --rounds 5
 bench_stage bench_dpsgd 120 --rounds 3
 bench_stage bench_attacks 120 --rounds 3 --eval-rounds 1
 bench_stage bench_add_noise 30 --rounds 5
+bench_stage bench_conv_norms 30 --rounds 5
 # Last, and only its smoke size: it trains models, and whatever time is left goes to it.
 bench_stage bench_adv_training 90 --quick
 

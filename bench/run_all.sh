@@ -9,7 +9,7 @@
 #
 # Run it on a quiet host: on 2 cores, any other process stalls 2-thread torch code (see
 # RESULTS.md). The durations below are estimates for the 2-vCPU host of RESULTS.md, quiet;
-# about 55 minutes in all, 22 of them the interleaved-floor run. Fashion-MNIST
+# about 56 minutes in all, 22 of them the interleaved-floor run. Fashion-MNIST
 # (/usr/share/datasets/fashion-mnist) should be installed: without it the attacks'
 # evaluation, the adversarial training and the audit fall back to sklearn digits (and say so).
 # To repeat a run with freed memory kept in the process (RESULTS.md, attacks), put
@@ -52,6 +52,9 @@ run dpsgd_t1 bench/bench_dpsgd.py --threads 1 --rounds 7 --steps 2 \
 # peft LoRA, an LSTM), every configuration that runs them, 2 threads.
 run dpsgd_real bench/bench_dpsgd.py --threads 2 --rounds 7 --steps 2 \
   --models resnet18,vit,bert,gpt2,gpt2_lora,lstm_text
+# Per-sample conv weight-gradient norms: the fused kernel against the materialised methods
+# and the batched weight gradient, on the benchmark CNNs' layers. About 1 minute.
+run conv_norms bench/bench_conv_norms.py --threads 2 --rounds 7
 # Peak-RSS increase, one subprocess per model and configuration, Opacus hooks included.
 # About 3 minutes.
 run dpsgd_memory bench/bench_dpsgd.py --threads 2 --rounds 1 --steps 1 --memory \

@@ -6,6 +6,8 @@
 #include <array>
 #include <cmath>
 #include <sstream>
+#include <tuple>
+#include <utility>
 
 #include "os_entropy.h"
 
@@ -200,6 +202,56 @@ void check_step_args(const char* op, const Tensor& x, const Tensor& g, const Ten
     STD_TORCH_CHECK(t.device() == x.device(), op, ": ", name, " on ", device_name(t),
                     ", x_adv on ", device_name(x));
   }
+}
+
+ConvGeometry check_conv_grad_args(const char* op, const Tensor& x, const Tensor& grad_out,
+                                  const std::vector<int64_t>& kernel,
+                                  const std::vector<int64_t>& stride,
+                                  const std::vector<int64_t>& padding,
+                                  const std::vector<int64_t>& dilation, int64_t groups) {
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"x", &x},
+                                {"grad_out", &grad_out}}) {
+    STD_TORCH_CHECK(t->scalar_type() == ScalarType::Float, op, ": ", name, " has dtype ",
+                    dtype_name(*t), "; supported: float32");
+    STD_TORCH_CHECK(t->dim() == 4, op, ": ", name, " must be 4-D (B, C, H, W), got shape ",
+                    shape_name(*t));
+  }
+  STD_TORCH_CHECK(x.device() == grad_out.device(), op, ": x on ", device_name(x),
+                  ", grad_out on ", device_name(grad_out));
+  STD_TORCH_CHECK(x.size(0) == grad_out.size(0), op, ": x has B=", x.size(0),
+                  ", grad_out has B=", grad_out.size(0));
+  for (const auto& [name, v, least] :
+       {std::tuple<const char*, const std::vector<int64_t>*, int64_t>{"kernel", &kernel, 1},
+        {"stride", &stride, 1}, {"padding", &padding, 0}, {"dilation", &dilation, 1}}) {
+    STD_TORCH_CHECK(v->size() == 2, op, ": ", name, " must have 2 entries, got ", v->size());
+    STD_TORCH_CHECK((*v)[0] >= least && (*v)[1] >= least, op, ": ", name, " must be >= ",
+                    least, ", got (", (*v)[0], ", ", (*v)[1], ")");
+  }
+  STD_TORCH_CHECK(groups >= 1 && x.size(1) % groups == 0 && grad_out.size(1) % groups == 0,
+                  op, ": groups=", groups, " must divide x's ", x.size(1),
+                  " and grad_out's ", grad_out.size(1), " channels");
+  ConvGeometry geo{};
+  geo.c_in = x.size(1) / groups;
+  geo.h = x.size(2);
+  geo.w = x.size(3);
+  geo.c_out = grad_out.size(1) / groups;
+  geo.oh = grad_out.size(2);
+  geo.ow = grad_out.size(3);
+  geo.kh = kernel[0];
+  geo.kw = kernel[1];
+  geo.sh = stride[0];
+  geo.sw = stride[1];
+  geo.ph = padding[0];
+  geo.pw = padding[1];
+  geo.dh = dilation[0];
+  geo.dw = dilation[1];
+  const int64_t oh = (geo.h + 2 * geo.ph - geo.dh * (geo.kh - 1) - 1) / geo.sh + 1;
+  const int64_t ow = (geo.w + 2 * geo.pw - geo.dw * (geo.kw - 1) - 1) / geo.sw + 1;
+  STD_TORCH_CHECK(oh >= 1 && ow >= 1 && oh == geo.oh && ow == geo.ow, op,
+                  ": grad_out's spatial size (", geo.oh, ", ", geo.ow,
+                  ") is not the convolution's output size (", oh, ", ", ow, ") for x ",
+                  shape_name(x));
+  return geo;
 }
 
 void check_fill_normals_args(const Tensor& out, int64_t source, const std::vector<int64_t>& key) {

@@ -75,6 +75,14 @@ void check_weighted_sum_finite(const char* op, const Tensor& sum, size_t tensor_
 void check_step_args(const char* op, const Tensor& x, const Tensor& g, const Tensor& xo,
                      double alpha, double eps, double lo, double hi,
                      const std::optional<Tensor>& alpha_t, const std::optional<Tensor>& eps_t);
+// x (B, C_in, H, W) and grad_out (B, C_out, OH, OW), float32 on one device;
+// kernel, stride, padding, dilation of length 2 (>= 1, >= 1, >= 0, >= 1); groups
+// dividing both channel counts; OH, OW those of the convolution. The per-group geometry.
+ConvGeometry check_conv_grad_args(const char* op, const Tensor& x, const Tensor& grad_out,
+                                  const std::vector<int64_t>& kernel,
+                                  const std::vector<int64_t>& stride,
+                                  const std::vector<int64_t>& padding,
+                                  const std::vector<int64_t>& dilation, int64_t groups);
 // _fill_normals_ (the test hook that exposes the raw normal stream).
 void check_fill_normals_args(const Tensor& out, int64_t source, const std::vector<int64_t>& key);
 

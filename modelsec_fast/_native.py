@@ -38,7 +38,7 @@ from modelsec_fast.validation import check_non_negative, check_positive, check_r
 __all__ = [
     "SCHEMAS", "load", "build_info", "native_disabled", "source_code",
     "check_clip_and_noise", "check_accumulate_and_noise", "check_add_noise",
-    "check_step", "reference_step_args", "check_fill_normals",
+    "check_step", "reference_step_args", "check_fill_normals", "check_conv_grad",
 ]
 
 _log = logging.getLogger("modelsec_fast")
@@ -64,6 +64,11 @@ SCHEMAS = {
     "l2_step": "l2_step(Tensor x_adv, Tensor grad, Tensor x_orig, float alpha, float eps, "
                "float lo, float hi, Tensor? alpha_per_sample=None, "
                "Tensor? eps_per_sample=None) -> Tensor",
+    # Per-sample weight gradients of a 2-D convolution (the DP engine's conv rule):
+    # (squared norms (B,), the gradients when keep, else an empty tensor).
+    "_conv_weight_grad_norms": "_conv_weight_grad_norms(Tensor x, Tensor grad_out, "
+                               "int[] kernel, int[] stride, int[] padding, int[] dilation, "
+                               "int groups, bool keep) -> (Tensor, Tensor)",
     # Test hook: fills `out` (float32, 1-D) with the raw normals of a stream;
     # `key` (8 words) is the ChaCha20 key for source 1, so tests can compare.
     "_fill_normals_": "_fill_normals_(Tensor(a!) out, int seed, int offset, int tensor_index, "
@@ -225,6 +230,36 @@ def check_fill_normals(out, source: int, key) -> None:
                        lambda: "_fill_normals_: source 0, or source 1 with an 8-word key")
 
 
+def check_conv_grad(x, grad_out, kernel, stride, padding, dilation, groups) -> None:
+    """The checks of csrc/op_common.cpp's check_conv_grad_args (ValueError/TypeError)."""
+    op = "_conv_weight_grad_norms"
+    for name, t in (("x", x), ("grad_out", grad_out)):
+        torch._check_type(isinstance(t, torch.Tensor), lambda: (
+            f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}"))
+        torch._check_type(t.dtype == torch.float32, lambda: (
+            f"{op}: {name} has dtype {t.dtype}; supported: float32"))
+        torch._check_value(t.dim() == 4, lambda: (
+            f"{op}: {name} must be 4-D (B, C, H, W), got shape {tuple(t.shape)}"))
+    torch._check_value(x.device == grad_out.device, lambda: (
+        f"{op}: x on {x.device}, grad_out on {grad_out.device}"))
+    torch._check_value(x.shape[0] == grad_out.shape[0], lambda: (
+        f"{op}: x has B={x.shape[0]}, grad_out has B={grad_out.shape[0]}"))
+    for name, v, least in (("kernel", kernel, 1), ("stride", stride, 1), ("padding", padding, 0),
+                           ("dilation", dilation, 1)):
+        torch._check_value(len(v) == 2, lambda: f"{op}: {name} must have 2 entries, got {len(v)}")
+        torch._check_value(min(v) >= least, lambda: (
+            f"{op}: {name} must be >= {least}, got {tuple(v)}"))
+    torch._check_value(groups >= 1 and x.shape[1] % groups == 0
+                       and grad_out.shape[1] % groups == 0, lambda: (
+        f"{op}: groups={groups} must divide x's {x.shape[1]} and grad_out's "
+        f"{grad_out.shape[1]} channels"))
+    out = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
+           for i in range(2)]
+    torch._check_value(min(out) >= 1 and list(grad_out.shape[2:]) == out, lambda: (
+        f"{op}: grad_out's spatial size {tuple(grad_out.shape[2:])} is not the convolution's "
+        f"output size {tuple(out)} for x {tuple(x.shape)}"))
+
+
 # ---------------------------------------------------------------- kernels
 
 def _clip_and_noise(grads, max_norm, noise_std, scale, seed, offset, source):
@@ -267,10 +302,17 @@ def _fill_normals_(out, seed, offset, tensor_index, source, key):
     out.copy_(z)
 
 
+def _conv_weight_grad_norms(x, grad_out, kernel, stride, padding, dilation, groups, keep):
+    check_conv_grad(x, grad_out, kernel, stride, padding, dilation, groups)
+    return reference.conv_weight_grad_norms(x, grad_out, kernel, stride, padding, dilation,
+                                            groups, keep)
+
+
 _REFERENCE_KERNELS = {
     "clip_and_noise": _clip_and_noise, "accumulate_and_noise": _accumulate_and_noise,
     "add_noise_": _add_noise_, "sign_step": _sign_step, "sign_step_": _sign_step_,
     "l2_step": _l2_step, "_fill_normals_": _fill_normals_,
+    "_conv_weight_grad_norms": _conv_weight_grad_norms,
 }
 
 
@@ -307,11 +349,19 @@ def _fake_fill_normals_(out, seed, offset, tensor_index, source, key):
     check_fill_normals(out, source, key)
 
 
+def _fake_conv_weight_grad_norms(x, grad_out, kernel, stride, padding, dilation, groups, keep):
+    check_conv_grad(x, grad_out, kernel, stride, padding, dilation, groups)
+    shape = ((x.shape[0], grad_out.shape[1], x.shape[1] // groups) + tuple(kernel)
+             if keep else (0,))
+    return x.new_empty((x.shape[0],)), x.new_empty(shape)
+
+
 _FAKE_KERNELS = {
     "clip_and_noise": _fake_clip_and_noise, "accumulate_and_noise": _fake_accumulate_and_noise,
     "add_noise_": _fake_add_noise_, "sign_step": _fake_sign_step,
     "sign_step_": _fake_sign_step_, "l2_step": _fake_l2_step,
     "_fill_normals_": _fake_fill_normals_,
+    "_conv_weight_grad_norms": _fake_conv_weight_grad_norms,
 }
 
 

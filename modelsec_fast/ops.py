@@ -10,7 +10,8 @@ tests can switch it). Build facts: :func:`build_info`.
 
 ``_clip_and_noise`` and ``_accumulate_and_noise`` (fused clipping, sum and
 noise) are private until the DP engine's hot path uses them; the canary
-audit's reference backend calls ``_clip_and_noise``.
+audit's reference backend calls ``_clip_and_noise``. ``_conv_weight_grad_norms``
+(per-sample convolution weight-gradient norms) is the DP engine's conv rule's.
 
 Randomness
 ----------
@@ -241,3 +242,32 @@ def l2_step(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, alpha
     if native_available():
         return torch.ops.modelsec_fast.l2_step(*args)
     return reference.l2_step(*_native.reference_step_args(args))
+
+
+def _conv_weight_grad_norms(x: torch.Tensor, grad_out: torch.Tensor, kernel: Sequence[int],
+                            stride: Sequence[int], padding: Sequence[int],
+                            dilation: Sequence[int], groups: int, *, keep: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample weight gradients of a 2-D convolution and their squared norms.
+
+    Args:
+        x: the layer's input (B, C_in, H, W), float32.
+        grad_out: its output gradient (B, C_out, OH, OW), float32, same device.
+        kernel, stride, padding, dilation: the convolution's, two ints each.
+        groups: its groups.
+        keep: also return the per-sample gradients.
+    Returns:
+        (sq, grads): sq (B,) float32, each sample's squared weight-gradient norm;
+        grads (B, C_out, C_in / groups, *kernel) when ``keep``, else None. The
+        native CPU kernel never forms the per-sample gradients unless ``keep``.
+    Raises:
+        TypeError/ValueError: bad arguments (dtype, shapes, geometry).
+    """
+    args = (x, grad_out, [int(k) for k in kernel], [int(s) for s in stride],
+            [int(p) for p in padding], [int(d) for d in dilation], int(groups))
+    _native.check_conv_grad(*args)
+    if native_available():
+        sq, grads = torch.ops.modelsec_fast._conv_weight_grad_norms(*args, keep)
+    else:
+        sq, grads = reference.conv_weight_grad_norms(*args, keep)
+    return sq, (grads if keep else None)

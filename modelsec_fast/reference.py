@@ -73,7 +73,7 @@ __all__ = [
     "NOISE_DOMAIN", "philox4x32_10", "chacha20_block", "box_muller",
     "philox_normal", "chacha20_normal", "secure_key", "noise_normal",
     "clip_and_noise", "accumulate_and_noise", "add_noise_", "sign_step",
-    "l2_step", "per_sample_norms", "clip_factors",
+    "l2_step", "per_sample_norms", "clip_factors", "conv_weight_grad_norms",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -410,3 +410,30 @@ def l2_step(x_adv, grad, x_orig, alpha, eps, lo: float = 0.0, hi: float = 1.0):
     dnorm = d.reshape(b, -1).norm(dim=1).reshape(shape)
     factor = torch.where(dnorm > e, e / dnorm, torch.ones_like(dnorm))
     return torch.clamp(x_orig.to(acc) + d * factor, lo, hi).to(x_adv.dtype)
+
+
+def conv_weight_grad_norms(x: torch.Tensor, grad_out: torch.Tensor, kernel, stride, padding,
+                           dilation, groups: int, keep: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample weight gradients of a 2-D convolution and their squared norms.
+
+    x (B, C_in, H, W) and grad_out (B, C_out, OH, OW), float32: the layer's input
+    and output gradient. Returns (sq, grads): sq (B,) float32, the squared
+    Frobenius norm of each sample's weight gradient (summed in float64), and
+    grads (B, C_out, C_in / groups, *kernel) when ``keep``, else an empty tensor.
+    One grouped convolution-weight gradient with the samples folded into the groups.
+    """
+    batch, c_in = x.shape[:2]
+    c_out = grad_out.shape[1]
+    if batch == 0:
+        grads = x.new_empty((0, c_out, c_in // groups) + tuple(kernel))
+    else:
+        xs = x.reshape((1, batch * c_in) + tuple(x.shape[2:]))
+        gs = grad_out.reshape((1, batch * c_out) + tuple(grad_out.shape[2:]))
+        weight = x.new_empty((batch * c_out, c_in // groups) + tuple(kernel))
+        grads = torch.ops.aten.convolution_backward(
+            gs, xs, weight, None, list(stride), list(padding), list(dilation), False, [0, 0],
+            batch * groups, [False, True, False])[1].reshape(
+                (batch, c_out, c_in // groups) + tuple(kernel))
+    sq = grads.reshape(batch, -1).double().square().sum(1).float()
+    return sq, (grads if keep else x.new_empty((0,)))

@@ -23,4 +23,13 @@ struct NoiseParams {
   uint32_t tensor_index;  // counter word of the tensor within the call
 };
 
+// One 2-D convolution, per group, for the per-sample weight-gradient kernels:
+// input (c_in, h, w), output gradient (c_out, oh, ow), weight (c_out, c_in, kh, kw);
+// 1-D convolutions are 2-D ones of height 1.
+struct ConvGeometry {
+  int64_t c_in, h, w;
+  int64_t c_out, oh, ow;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
 }  // namespace msf

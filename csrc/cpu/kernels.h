@@ -38,7 +38,24 @@ struct Kernels {
   void (*l2_step)(DType dt, void* out, const void* x_adv, const void* grad,
                   const void* x_orig, int64_t n, double alpha, double eps, double lo,
                   double hi, void* scratch);
+  // Floats of scratch one conv_weight_grad call needs.
+  int64_t (*conv_grad_scratch)(const ConvGeometry& geo);
+  // One sample and group of a convolution: W = G A^T in fp32, with G the output
+  // gradient (c_out, oh*ow) and A the input's patches (c_in*kh*kw, oh*ow), summed
+  // in a fixed order. Writes W (c_out, c_in*kh*kw), the weight's layout, to `out`
+  // unless it is null; returns the sum of W's squares, accumulated in double.
+  double (*conv_weight_grad)(const float* x, const float* g, const ConvGeometry& geo,
+                             float* out, float* scratch);
 };
+
+// The per-ISA conv_weight_grad (conv_grad_isa.cpp), for the tables of kernels_isa.cpp.
+#ifdef MSF_ISA
+namespace MSF_ISA {
+int64_t conv_grad_scratch(const ConvGeometry& geo);
+double conv_weight_grad(const float* x, const float* g, const ConvGeometry& geo, float* out,
+                        float* scratch);
+}  // namespace MSF_ISA
+#endif
 
 // The best table this CPU supports.
 const Kernels& kernels();

@@ -325,6 +325,6 @@ void l2_step(DType dt, void* out, const void* x, const void* g, const void* xo, 
 
 extern const Kernels table;
 const Kernels table = {MSF_STR(MSF_ISA), sum_squares, axpy, sum_into_first, add_noise,
-                       normals, sign_step, l2_step};
+                       normals, sign_step, l2_step, conv_grad_scratch, conv_weight_grad};
 
 }  // namespace msf::cpu::MSF_ISA

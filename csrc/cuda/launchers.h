@@ -47,4 +47,15 @@ const char* launch_l2_step(DType dtype, void* out, const void* x, const void* g,
                            const void* alpha_ps, const void* eps_ps, double lo, double hi,
                            void* scratch_acc, void* stream);
 
+// Floats of the partial sums launch_conv_weight_grad needs per sample and group.
+int64_t conv_grad_partials(const ConvGeometry& geo);
+
+// Per-sample weight gradients of a 2-D convolution (x (B, groups * c_in, h, w), g
+// (B, groups * c_out, oh, ow), float32, contiguous): sq[i] = sum of the squares of
+// sample i's gradient; out (B, groups * c_out, c_in * kh * kw) unless null; partial
+// holds B * groups * conv_grad_partials(geo) floats of scratch.
+const char* launch_conv_weight_grad(const float* x, const float* g, const ConvGeometry& geo,
+                                    int64_t B, int64_t groups, float* out, float* partial,
+                                    float* sq, void* stream);
+
 }  // namespace msf::cuda

@@ -14,6 +14,7 @@
 #include <torch/csrc/stable/ops.h>
 
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "../op_common.h"
@@ -204,6 +205,31 @@ void fill_normals_cuda(Tensor out, int64_t seed, int64_t offset, int64_t tensor_
 
 }  // namespace
 
+std::tuple<Tensor, Tensor> conv_weight_grad_norms_cuda(const Tensor& x, const Tensor& grad_out,
+                                                       std::vector<int64_t> kernel,
+                                                       std::vector<int64_t> stride,
+                                                       std::vector<int64_t> padding,
+                                                       std::vector<int64_t> dilation,
+                                                       int64_t groups, bool keep) {
+  const char* op = "_conv_weight_grad_norms";
+  const ConvGeometry geo =
+      check_conv_grad_args(op, x, grad_out, kernel, stride, padding, dilation, groups);
+  DeviceGuard guard(x.get_device_index());
+  const Tensor xc = torch::stable::contiguous(x), gc = torch::stable::contiguous(grad_out);
+  const int64_t B = x.size(0);
+  Tensor grads = keep ? torch::stable::new_empty(x, {B, geo.c_out * groups, geo.c_in, geo.kh, geo.kw})
+                      : torch::stable::new_empty(x, {0});
+  Tensor partial = torch::stable::new_empty(x, {B * groups * conv_grad_partials(geo)});
+  Tensor sq = torch::stable::new_empty(x, {B});
+  check_launch(op, launch_conv_weight_grad(
+                       static_cast<const float*>(xc.data_ptr()),
+                       static_cast<const float*>(gc.data_ptr()), geo, B, groups,
+                       keep ? static_cast<float*>(grads.data_ptr()) : nullptr,
+                       static_cast<float*>(partial.data_ptr()), static_cast<float*>(sq.data_ptr()),
+                       current_stream(x)));
+  return {sq, grads};
+}
+
 STABLE_TORCH_LIBRARY_IMPL(modelsec_fast, CUDA, m) {
   m.impl("clip_and_noise", TORCH_BOX(&clip_and_noise_cuda));
   m.impl("accumulate_and_noise", TORCH_BOX(&accumulate_and_noise_cuda));
@@ -212,6 +238,7 @@ STABLE_TORCH_LIBRARY_IMPL(modelsec_fast, CUDA, m) {
   m.impl("sign_step_", TORCH_BOX(&sign_step_inplace_cuda));
   m.impl("l2_step", TORCH_BOX(&l2_step_cuda));
   m.impl("_fill_normals_", TORCH_BOX(&fill_normals_cuda));
+  m.impl("_conv_weight_grad_norms", TORCH_BOX(&conv_weight_grad_norms_cuda));
 }
 
 }  // namespace msf::cuda

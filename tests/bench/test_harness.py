@@ -226,6 +226,7 @@ def test_cuda_without_cuda_skips_with_a_message_and_a_json_note(tmp_path, capsys
 QUICK = [
     pytest.param("bench_ops.py", id="ops"),
     pytest.param("bench_add_noise.py", id="add_noise"),
+    pytest.param("bench_conv_norms.py", id="conv_norms"),
     pytest.param("bench_dpsgd.py", id="dpsgd", marks=pytest.mark.slow),
     pytest.param("bench_attacks.py", id="attacks", marks=pytest.mark.slow),
     pytest.param("bench_accountants.py", id="accountants", marks=pytest.mark.slow),

@@ -113,5 +113,35 @@ def test_cuda_opcheck():
         ("sign_step_", (x.clone(), torch.randn_like(x), x.clone(), 0.01, 0.03, 0.0, 1.0)),
         ("l2_step", (x, torch.randn_like(x), x.clone(), 0.1, 0.5, 0.0, 1.0)),
         ("_fill_normals_", (torch.empty(17, device="cuda"), 3, 1, 0, 0, [])),
+        ("_conv_weight_grad_norms", (torch.randn(3, 4, 7, 6, device="cuda"),
+                                     torch.randn(3, 6, 4, 3, device="cuda"), [3, 2], [2, 2],
+                                     [1, 0], [1, 1], 2, True)),
     ]:
         torch.library.opcheck(getattr(torch.ops.modelsec_fast, name).default, args)
+
+
+@pytest.mark.parametrize("b", [0, 1, 5])
+def test_cuda_conv_weight_grad_norms_match_the_cpu(b, random_seed):
+    """The CUDA kernel against the reference on the same inputs (copied to the CPU): random
+    geometries with groups, stride, padding and dilation; norms and kept gradients."""
+    import random
+
+    from tests.ops.test_conv_weight_grad import _case
+    rng = random.Random(random_seed)
+    for _ in range(10):
+        x, g, *conf = _case(rng, batch=b)
+        got_sq, got = ops._conv_weight_grad_norms(x.cuda(), g.cuda(), *conf, keep=True)
+        want_sq, want = reference.conv_weight_grad_norms(x, g, *conf, True)
+        torch.testing.assert_close(got_sq.cpu(), want_sq, rtol=2e-5, atol=1e-6)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
+        sq_only, none = ops._conv_weight_grad_norms(x.cuda(), g.cuda(), *conf)
+        assert none is None and torch.equal(sq_only, got_sq)
+
+
+def test_cuda_conv_weight_grad_norms_more_items_than_one_grid():
+    """Samples x groups above one launch's 65,535 blocks along z (a depthwise layer)."""
+    x = torch.randn(300, 256, 3, 3, device="cuda")
+    g = torch.randn(300, 256, 3, 3, device="cuda")
+    sq, _ = ops._conv_weight_grad_norms(x, g, (1, 1), (1, 1), (0, 0), (1, 1), 256)
+    want = (x * g).sum((2, 3)).square().sum(1)  # 1x1 depthwise: W[c] = sum_t g[c, t] x[c, t]
+    torch.testing.assert_close(sq, want, rtol=1e-5, atol=1e-5)

@@ -128,7 +128,33 @@ BAD_CALLS = [
      ValueError, "8-word key"),
     ("fill-source", lambda: OP._fill_normals_(torch.empty(8), 0, 0, 0, 5, []),
      ValueError, "8-word key"),
+    ("conv-dtype", lambda: _conv(torch.rand(2, 3, 5, 5).double(), torch.rand(2, 4, 3, 3)),
+     TypeError, "x has dtype"),
+    ("conv-3d", lambda: _conv(torch.rand(2, 3, 5), torch.rand(2, 4, 3, 3)),
+     ValueError, r"x must be 4-D \(B, C, H, W\)"),
+    ("conv-batch", lambda: _conv(torch.rand(2, 3, 5, 5), torch.rand(3, 4, 3, 3)),
+     ValueError, "x has B=2, grad_out has B=3"),
+    ("conv-kernel-length", lambda: _conv(torch.rand(2, 3, 5, 5), torch.rand(2, 4, 3, 3),
+                                         kernel=[3]),
+     ValueError, "kernel must have 2 entries, got 1"),
+    ("conv-stride-zero", lambda: _conv(torch.rand(2, 3, 5, 5), torch.rand(2, 4, 3, 3),
+                                       stride=[0, 1]),
+     ValueError, "stride must be >= 1"),
+    ("conv-padding-negative", lambda: _conv(torch.rand(2, 3, 5, 5), torch.rand(2, 4, 3, 3),
+                                            padding=[-1, 0]),
+     ValueError, "padding must be >= 0"),
+    ("conv-groups", lambda: _conv(torch.rand(2, 3, 5, 5), torch.rand(2, 4, 3, 3), groups=2),
+     ValueError, "groups=2 must divide x's 3 and grad_out's 4 channels"),
+    ("conv-output-size", lambda: _conv(torch.rand(2, 3, 5, 5), torch.rand(2, 4, 4, 3)),
+     ValueError, r"grad_out's spatial size \(4, 3\) is not the convolution's output size "
+                 r"\(3, 3\)"),
 ]
+
+
+def _conv(x, g, kernel=(3, 3), stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+          keep=False):
+    return OP._conv_weight_grad_norms(x, g, list(kernel), list(stride), list(padding),
+                                      list(dilation), groups, keep)
 
 
 def _cpu(name, *args):
@@ -155,6 +181,9 @@ CPU_KERNEL_CALLS = [
     ("step-grad-device", lambda: _cpu("sign_step", _x(), _meta(2, 3), _x(), 0.1, 0.1, 0.0, 1.0,
                                       None, None),
      "mixed devices: grad on meta, x_adv on cpu"),
+    ("conv-device", lambda: _cpu("_conv_weight_grad_norms", torch.rand(2, 3, 5, 5),
+                                 _meta(2, 4, 3, 3), [3, 3], [1, 1], [0, 0], [1, 1], 1, False),
+     "x on cpu, grad_out on meta"),
     ("step-per-sample-device", lambda: _cpu("l2_step", _x(), _x(), _x(), 0.0, 0.1, 0.0, 1.0,
                                             _meta(2), None),
      "alpha on meta, x_adv on cpu"),

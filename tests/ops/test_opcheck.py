@@ -27,6 +27,10 @@ def _cases():
         ("l2_step", (x, gr, xo, 0.1, 0.5, 0.0, 1.0)),
         ("l2_step", (x, gr, xo, 0.0, 0.0, 0.0, 1.0, torch.rand(4), torch.rand(4))),
         ("_fill_normals_", (torch.empty(17), 3, 1, 0, 0, [])),
+        ("_conv_weight_grad_norms", (torch.randn(3, 4, 7, 6), torch.randn(3, 6, 4, 3),
+                                     [3, 2], [2, 2], [1, 0], [1, 1], 2, True)),
+        ("_conv_weight_grad_norms", (torch.randn(2, 3, 5, 5), torch.randn(2, 4, 3, 3),
+                                     [3, 3], [1, 1], [0, 0], [1, 1], 1, False)),
     ]
 
 

@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
+from modelsec_fast import ops
 from modelsec_fast.privacy.per_sample import conv
 from tests.privacy.parity import check_parity
 
@@ -65,3 +66,40 @@ def test_methods_agree_fp32_bench_shapes(method):
                                                    (1, 1), 1) for i in range(5)])
         got = conv._per_sample_weight_grads(x, g, tuple(w.shape), ((s, s), (p, p), (1, 1), 1), method)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(not ops.native_available(), reason="the fused kernel is native only")
+@pytest.mark.parametrize("dim, groups, stride, pad, dil, keep",
+                         [(2, 1, 1, 1, 1, False), (2, 2, 2, 0, 1, True), (2, 1, 1, 2, 2, True),
+                          (1, 3, 2, 1, 1, False), (1, 1, 1, 0, 2, True)])
+def test_fused_kernel_through_the_engine_fp32(dim, groups, stride, pad, dil, keep):
+    """The engine's conv rule on the native fused kernel (fp32): the clipped update equals
+    the per-sample ground truth, and the kernel did serve the layer. The conv weight is
+    the only trainable parameter, so every sample's clip factor is the kernel's norm."""
+    torch.manual_seed(3)
+    conv_cls = nn.Conv2d if dim == 2 else nn.Conv1d
+    size = (9, 11) if dim == 2 else (23,)
+    x = torch.randn(6, 3 * groups, *size)
+    y = torch.randint(0, 3, (6,))
+
+    def built():
+        torch.manual_seed(4)
+        m = nn.Sequential(conv_cls(3 * groups, 4 * groups, 3, stride=stride, padding=pad,
+                                   dilation=dil, groups=groups, bias=False), nn.Tanh(),
+                          nn.Flatten(), nn.LazyLinear(3))
+        m(x[:1])
+        m[3].requires_grad_(False)
+        return m
+
+    served = []
+    real = conv._fused_sq_norms
+
+    def spy(*args, **kwargs):
+        served.append(True)
+        return real(*args, **kwargs)
+
+    with mock.patch.object(conv, "_fused_sq_norms", spy), \
+            mock.patch.object(conv, "_keep_per_sample", lambda *a: keep), \
+            mock.patch.object(conv, "prefer_ghost", lambda *a, **kw: False):
+        check_parity(built, x, y, max_grad_norm=1e-3, rtol=1e-4, atol=1e-8)
+    assert served

@@ -3,11 +3,15 @@
 Per group, a convolution is a Linear layer over unfolded patches: A (B, T, d)
 with d = C_in/groups * prod(kernel), G (B, T, p) with p = C_out/groups. Norms
 come from the ghost norm per group (sum_groups <A_g A_g^T, G_g G_g^T>) when
-``prefer_ghost`` says so (small T), otherwise from per-sample weight gradients
-materialised chunk by chunk of samples (cache-sized chunks, see
-``CHUNK_BYTES``), by one grouped convolution-weight gradient per chunk
-(groups = n * groups, no unfold) or, for the shapes where that kernel is slow,
-per-sample GEMMs over the chunk's patches (``_per_sample_method``). The
+``prefer_ghost`` says so (small T), otherwise, for a 1-D or 2-D fp32 layer on
+the CPU called once, from the native fused kernel (``ops._conv_weight_grad_norms``:
+per-sample GEMMs over patches gathered block by block, the norm taken from
+registers, the per-sample gradient written only when kept), and else from
+per-sample weight gradients materialised chunk by chunk of samples
+(cache-sized chunks, see ``CHUNK_BYTES``), by one grouped convolution-weight
+gradient per chunk (groups = n * groups, no unfold) or, for the shapes where
+that kernel is slow, per-sample GEMMs over the chunk's patches
+(``_per_sample_method``). The
 clipped sum is the convolution's own weight gradient of the factor-scaled
 output gradient (book-keeping: one batched kernel, the non-private cost), or
 sum_i f_i * grad_i from the kept per-sample gradients when those are small or
@@ -22,6 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from modelsec_fast import ops
 
 from .base import (MATERIALISE_BUDGET, LayerRule, flat_rows, ghost_sq_norm, opmath,
                    prefer_ghost, release, row_sq_norms, scale_rows)
@@ -114,7 +120,33 @@ KEEP_SMALL_BYTES = 2 << 20
 KEEP_MIN_STEPS = 128
 
 #: per-sample weight-gradient methods (see ``_per_sample_method``)
-GROUPED, GROUPED_NHWC, PATCHES = "grouped", "grouped_nhwc", "patches"
+GROUPED, GROUPED_NHWC, PATCHES, FUSED = "grouped", "grouped_nhwc", "patches", "fused"
+
+
+def _fused_applies(calls, acc) -> bool:
+    """Use the native fused kernel: one call, 1-D or 2-D, fp32, CPU, native library loaded.
+
+    Where it applies it was faster than every materialised method on each layer
+    shape of bench/bench_conv_norms.py (the benchmark CNNs' and ResNet-18's).
+    """
+    x = calls[0].tensors[0]
+    return (len(calls) == 1 and acc == torch.float32 and x.device.type == "cpu"
+            and x.dim() in (3, 4) and ops.native_available())
+
+
+def _fused_sq_norms(call, weight_shape, keep):
+    """(B,) squared norms (and the (B, *weight_shape) gradients when ``keep``) of one
+    1-D or 2-D call by the native kernel, which forms no per-sample gradient unless kept."""
+    x, g = call.tensors
+    stride, padding, dilation, groups = call.meta["conf"]
+    kernel = tuple(weight_shape[2:])
+    if x.dim() == 3:  # 1-D as 2-D of height 1
+        x, g = x.unsqueeze(2), g.unsqueeze(2)
+        kernel, stride, padding, dilation = ((1,) + kernel, (1,) + stride, (0,) + padding,
+                                             (1,) + dilation)
+    sq, grads = ops._conv_weight_grad_norms(x.float(), g.float(), kernel, stride, padding,
+                                            dilation, groups, keep=keep)
+    return sq, (grads.reshape((x.shape[0],) + tuple(weight_shape)) if keep else None)
 
 
 def _per_sample_method(x, g, weight_shape, conf):
@@ -234,6 +266,10 @@ def _materialised_sq_norms(calls, weight_shape, acc, sq, *, keep):
     Returns the (B, *weight_shape) per-sample gradients when ``keep``, else None.
     """
     batch = sq.shape[0]
+    if _fused_applies(calls, sq.dtype):
+        part, kept = _fused_sq_norms(calls[0], weight_shape, keep)
+        sq += part
+        return kept
     kept = sq.new_empty((batch,) + weight_shape) if keep else None
     x0, g0 = calls[0].tensors
     method = _per_sample_method(x0, g0, weight_shape, calls[0].meta["conf"])
