@@ -29,9 +29,11 @@ from torch import nn
 
 # nonprivate_fixed: the non-private step of the architecture the private runs train, after
 # ModuleValidator.fix (GroupNorm for BatchNorm, DPLSTM's unrolled steps for nn.LSTM's fused
-# kernel); only where fix() changes the model. ours_unfused (opt in with --configs): ours
-# with the conv rule's fused native kernel switched off, to show what that kernel brings.
-CONFIGS = ("nonprivate", "nonprivate_fixed", "opacus_hooks", "opacus_ghost", "opacus_ew", "ours")
+# kernel); only where fix() changes the model. ours_low_memory: the engine's low-memory mode
+# (grad_sample_mode="ghost"). ours_unfused (opt in with --configs): ours with the conv rule's
+# fused native kernel switched off, to show what that kernel brings.
+CONFIGS = ("nonprivate", "nonprivate_fixed", "opacus_hooks", "opacus_ghost", "opacus_ew", "ours",
+           "ours_low_memory")
 OPT_IN_CONFIGS = ("ours_unfused",)
 # the real models of tests/privacy/real_models.py (torchvision, timm, transformers, peft:
 # scripts/install.sh); opt in with --models
@@ -130,22 +132,23 @@ def make_step(config: str, name: str, device, batch: int):
             opt.step()
         return step
     loader = _loader(torch.zeros(4 * batch, 1), torch.zeros(4 * batch, dtype=torch.long), batch)
-    if config in ("ours", "ours_unfused"):
+    if config in ("ours", "ours_unfused", "ours_low_memory"):
         from modelsec_fast import PrivacyEngine
         from modelsec_fast.privacy import ModuleValidator
         model = ModuleValidator.fix(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # poisson_sampling=False: epsilon not claimed here
-            pm, dpo, _ = PrivacyEngine(accountant="rdp").make_private(
+            mode = "ghost" if config == "ours_low_memory" else None
+            pm, dpo = PrivacyEngine(accountant="rdp").make_private(
                 module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0,
-                max_grad_norm=1.0, poisson_sampling=False)
+                max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode=mode)[:2]
 
         def step():
             dpo.zero_grad()
             run(pm).backward()
             dpo.step()
-        return step if config == "ours" else _without_fused_conv(step)
+        return _without_fused_conv(step) if config == "ours_unfused" else step
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import opacus

@@ -43,7 +43,8 @@ struct Kernels {
   // One sample and group of a convolution: W = G A^T in fp32, with G the output
   // gradient (c_out, oh*ow) and A the input's patches (c_in*kh*kw, oh*ow), summed
   // in a fixed order. Writes W (c_out, c_in*kh*kw), the weight's layout, to `out`
-  // unless it is null; returns the sum of W's squares, accumulated in double.
+  // unless it is null; returns the sum of W's squares (per 6x16 tile in float,
+  // across tiles in double).
   double (*conv_weight_grad)(const float* x, const float* g, const ConvGeometry& geo,
                              float* out, float* scratch);
 };

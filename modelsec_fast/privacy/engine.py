@@ -157,6 +157,11 @@ class PrivacyEngine:
         Returns ``(module, optimizer, data_loader)``, or Opacus's 4-tuple
         ``(module, optimizer, criterion, data_loader)`` for ``grad_sample_mode="ghost"``
         (the criterion is returned unchanged: one ordinary backward suffices here).
+        ``grad_sample_mode="ghost"`` is also the low-memory mode: each layer's
+        per-sample norms come from whichever method needs less memory (ghost
+        norms where Bu et al.'s rule 2T^2 <= p d says so, no kept per-sample
+        gradients), where the default picks the faster one. The update is the
+        same either way.
 
         ``clipping``: ``"flat"``, ``"per_layer"`` (``max_grad_norm`` a list,
         one bound per trainable parameter) or ``"adaptive"`` (Andrew et al.
@@ -238,8 +243,11 @@ class PrivacyEngine:
             expected_batch_size = int(len(data_loader.dataset) * sample_rate)
             if expected_batch_size < 1:
                 raise ValueError("expected batch size int(N * q) is 0; pass expected_batch_size")
+        # Opacus's ghost clipping is its memory-saving mode: ours picks, layer by
+        # layer, whichever norm method needs less memory
         private_module = PrivateModule(module, batch_first=batch_first,
-                                       loss_reduction=loss_reduction)
+                                       loss_reduction=loss_reduction,
+                                       low_memory=grad_sample_mode == "ghost")
         options = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                        expected_batch_size=expected_batch_size, loss_reduction=loss_reduction,
                        generator=noise_generator, secure_mode=self.secure_mode,

@@ -36,9 +36,11 @@ def ground_truth(model, inputs, targets, loss_fn, *, max_grad_norm, reduction,
 
 
 def engine_grads(model, inputs, targets, loss_fn, *, max_grad_norm, reduction,
-                 expected_batch_size, micro_batches=1, use_skip=False, batch_first=True):
+                 expected_batch_size, micro_batches=1, use_skip=False, batch_first=True,
+                 low_memory=False):
     """p.grad after one private step (noise 0) over ``micro_batches`` backward passes."""
-    pm = PrivateModule(model, loss_reduction=reduction, batch_first=batch_first)
+    pm = PrivateModule(model, loss_reduction=reduction, batch_first=batch_first,
+                       low_memory=low_memory)
     opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
                       max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size,
                       loss_reduction=reduction)
@@ -58,7 +60,7 @@ def engine_grads(model, inputs, targets, loss_fn, *, max_grad_norm, reduction,
 
 def check_parity(make_model, inputs, targets, *, loss="ce", reduction="mean",
                  max_grad_norm=1.0, rtol=1e-10, atol=1e-12, micro_batches=1,
-                 use_skip=False, expected_batch_size=None, batch_first=True):
+                 use_skip=False, expected_batch_size=None, batch_first=True, low_memory=False):
     """Assert the engine's private gradient equals the slow ground truth."""
     base = {"ce": nn.functional.cross_entropy, "mse": nn.functional.mse_loss}[loss]
 
@@ -75,7 +77,7 @@ def check_parity(make_model, inputs, targets, *, loss="ce", reduction="mean",
     got = engine_grads(copy.deepcopy(model), inputs, targets, loss_fn,
                        max_grad_norm=max_grad_norm, reduction=reduction,
                        expected_batch_size=ebs, micro_batches=micro_batches,
-                       use_skip=use_skip, batch_first=batch_first)
+                       use_skip=use_skip, batch_first=batch_first, low_memory=low_memory)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     problems = []
     for name, t, g in zip(names, truth, got):

@@ -114,6 +114,7 @@ def gpt2(batch=4, seed=0, seq=12, layers=2, hidden=32):
 
 def gpt2_lora(batch=4, seed=0, seq=12, layers=2, hidden=32, rank=8):
     """GPT-2 with peft LoRA (r=8) on c_attn: frozen base, frozen tied lm_head/wte."""
+    import_torchvision()  # peft imports transformers' models, some of which import torchvision
     from peft import LoraConfig, get_peft_model
     model = _gpt2_model(seed, layers, hidden)
     config = LoraConfig(r=rank, lora_alpha=16, target_modules=["c_attn"], lora_dropout=0.0,

@@ -127,7 +127,7 @@ MATERIALISE_BUDGET = 1 << 26
 
 
 def prefer_ghost(time_steps: int, out_features: int, in_features: int, *,
-                 batch: int = 1, groups: int = 1) -> bool:
+                 batch: int = 1, groups: int = 1, low_memory: bool = False) -> bool:
     """Ghost norm (True) or materialised per-sample gradient (False) for one layer.
 
     Per sample and group, the ghost norm costs T^2 (p + d) multiply-adds and
@@ -137,9 +137,12 @@ def prefer_ghost(time_steps: int, out_features: int, in_features: int, *,
     for T = 1). Past that we materialise, unless the B * groups * p * d tensor
     would exceed ``MATERIALISE_BUDGET``; then the published mixed-ghost rule
     (Bu et al. 2023: ghost iff 2T^2 <= p d, i.e. whichever needs less memory)
-    decides.
+    decides. ``low_memory`` (the engine's low-memory mode) applies that rule
+    everywhere.
     """
     t, p, d = time_steps, out_features, in_features
+    if low_memory:
+        return 2 * t * t <= p * d
     if t * t * (p + d) <= 4 * p * d:
         return True
     if batch * groups * p * d <= MATERIALISE_BUDGET:

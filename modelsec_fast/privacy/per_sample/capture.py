@@ -106,7 +106,7 @@ class LayerRecorder:
             keep = keep or ok
         if not keep or not self._new_in_window(ctx):
             return
-        call = Call(tensors, batch_size, meta or {})
+        call = Call(tensors, batch_size, {**(meta or {}), "low_memory": self.state.low_memory})
         with torch.no_grad():  # backward under create_graph runs with grad mode on
             self.rule.compact(self.module, call, mask, self.state.batch_dim)
         self.state.add(self, call, mask)
@@ -115,8 +115,10 @@ class LayerRecorder:
 class CaptureState:
     """Records of the backward pass in progress, and the optimizer they go to."""
 
-    def __init__(self, batch_dim: int = 0):
+    def __init__(self, batch_dim: int = 0, low_memory: bool = False):
         self.batch_dim = batch_dim
+        #: rules pick whichever per-sample norm method needs less memory (Call.meta)
+        self.low_memory = low_memory
         self.recorders: list[LayerRecorder] = []
         self.sink = None
         self.window = 0
@@ -249,16 +251,18 @@ class _PrivateForward:
         return rec.rule.forward(module, rec, *args, **kwargs)
 
 
-def attach(module: nn.Module, *, batch_dim: int = 0) -> CaptureState:
+def attach(module: nn.Module, *, batch_dim: int = 0, low_memory: bool = False) -> CaptureState:
     """Route every layer of ``module`` that owns parameters through its rule.
 
     Layers without a rule whose own parameters are trainable take the generic
     path (:mod:`.generic`). A parameter used by several layers (tied weights)
     is recorded in ``state.shared``: its per-sample gradients from every use
     are summed before the norm. Returns the shared state. The validator
-    (``ModuleValidator``) must have accepted ``module`` first.
+    (``ModuleValidator``) must have accepted ``module`` first. ``low_memory``:
+    the rules choose the per-sample norm method that needs less memory
+    (ghost norms, no kept per-sample gradients) over the faster one.
     """
-    state = CaptureState(batch_dim)
+    state = CaptureState(batch_dim, low_memory)
     for name, sub in module.named_modules():
         rule = rule_for(sub)
         if rule is None:
@@ -314,15 +318,18 @@ class PrivateModule(nn.Module):
     Like Opacus's ``GradSampleModule`` it holds the original model as
     ``_module`` (so ``state_dict`` keys carry a ``_module.`` prefix) and
     forwards unknown attributes to it. ``cleanup()`` restores the model.
+    ``low_memory``: per-sample norms by whichever method needs less memory (the
+    engine's ``grad_sample_mode="ghost"``), else by the faster one.
     """
 
     def __init__(self, module: nn.Module, *, batch_first: bool = True,
-                 loss_reduction: str = "mean"):
+                 loss_reduction: str = "mean", low_memory: bool = False):
         super().__init__()
         self._module = module
         self.batch_first = batch_first
         self.loss_reduction = loss_reduction
-        self.capture_state = attach(module, batch_dim=0 if batch_first else 1)
+        self.capture_state = attach(module, batch_dim=0 if batch_first else 1,
+                                    low_memory=low_memory)
 
     def forward(self, *args, **kwargs):
         return self._module(*args, **kwargs)

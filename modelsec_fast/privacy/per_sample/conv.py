@@ -250,10 +250,11 @@ def _chunk_size(calls, weight_shape, acc, method):
     return max(1, CHUNK_BYTES * torch.get_num_threads() // (per_sample * item))
 
 
-def _keep_per_sample(batch, weight, steps, acc):
-    """Keep the per-sample gradients for the clipped sum (True) or book-keep (False)."""
+def _keep_per_sample(batch, weight, steps, acc, low_memory=False):
+    """Keep the per-sample gradients for the clipped sum (True) or book-keep (False,
+    always in the low-memory mode)."""
     numel = batch * weight.numel()
-    if numel > MATERIALISE_BUDGET:
+    if low_memory or numel > MATERIALISE_BUDGET:
         return False
     item = torch.empty((), dtype=acc).element_size()
     return numel * item <= KEEP_SMALL_BYTES or steps >= KEEP_MIN_STEPS
@@ -317,7 +318,9 @@ class ConvRule(LayerRule):
             steps = math.prod(g.shape[2:])
             p = weight.shape[0] // groups
             d = math.prod(weight.shape[1:])
-            if len(calls) == 1 and prefer_ghost(steps, p, d, batch=batch, groups=groups):
+            low_memory = calls[0].meta.get("low_memory", False)
+            if len(calls) == 1 and prefer_ghost(steps, p, d, batch=batch, groups=groups,
+                                                low_memory=low_memory):
                 a = _patches(x.to(acc), tuple(weight.shape[2:]), stride, padding, dilation,
                              groups)
                 gg = g.to(acc).reshape(batch * groups, p, steps)
@@ -326,7 +329,8 @@ class ConvRule(LayerRule):
                     batch, groups).sum(1)
             else:
                 kept = _materialised_sq_norms(calls, tuple(weight.shape), acc, sq,
-                                              keep=_keep_per_sample(batch, weight, steps, acc))
+                                              keep=_keep_per_sample(batch, weight, steps, acc,
+                                                                    low_memory))
                 if kept is not None:
                     cache["weight"] = kept
         if mask.get("bias"):

@@ -76,8 +76,10 @@ class LinearRule(LayerRule):
         x, grad = call.tensors
         steps = 1 if x.dim() == 2 else x.numel() // max(x.shape[-1] * call.batch_size, 1)
         d, p = x.shape[-1], grad.shape[-1]
+        low_memory = call.meta.get("low_memory", False)
         if mask.get("weight") and (steps == 1 or p * d > steps * (p + d)
-                                   or prefer_ghost(steps, p, d, batch=call.batch_size)):
+                                   or prefer_ghost(steps, p, d, batch=call.batch_size,
+                                                   low_memory=low_memory)):
             return
         a, g = self._tensors([call], batch_dim)
         call.parts = {}
@@ -96,8 +98,9 @@ class LinearRule(LayerRule):
             p = g.shape[2]
             sq = torch.zeros(batch, dtype=a.dtype, device=a.device)
             if mask.get("weight"):
-                if "weight" in cache or (steps > 1 and not prefer_ghost(steps, p, d,
-                                                                        batch=batch)):
+                low_memory = raw[0].meta.get("low_memory", False)
+                if "weight" in cache or (steps > 1 and not prefer_ghost(
+                        steps, p, d, batch=batch, low_memory=low_memory)):
                     add_part(cache, "weight", torch.bmm(g.transpose(1, 2), a))
                 elif steps == 1:
                     sq += row_sq_norms(a[:, 0]) * row_sq_norms(g[:, 0])

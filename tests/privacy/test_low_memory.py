@@ -1,0 +1,71 @@
+"""The engine's low-memory mode (``grad_sample_mode="ghost"``): per-sample norms by
+whichever method needs less memory, the same update as the default (fast) mode."""
+from unittest import mock
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from modelsec_fast import PrivacyEngine
+from modelsec_fast.privacy.per_sample import linear
+from tests.privacy.parity import check_parity
+
+F64 = dict(rtol=1e-10, atol=1e-13)
+
+
+class TokenNet(nn.Module):
+    """A Linear over 12 tokens (T = 12, p = 20, d = 24): the fast mode materialises its
+    per-sample gradient (T^2 (p + d) > 4 p d), the low-memory mode takes the ghost norm
+    (2 T^2 <= p d). Then a Conv1d and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(24, 20)
+        self.conv = nn.Conv1d(20, 6, 3, padding=1)
+        self.head = nn.Linear(6 * 12, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.proj(x))  # (B, 12, 20)
+        return self.head(torch.tanh(self.conv(h.transpose(1, 2))).flatten(1))
+
+
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(7, 12, 24, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (7,), generator=g))
+
+
+def _built():
+    torch.manual_seed(1)
+    return TokenNet().double()
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_both_modes_equal_the_ground_truth(low_memory):
+    x, y = _data()
+    check_parity(_built, x, y, max_grad_norm=0.1, low_memory=low_memory, **F64)
+
+
+@pytest.mark.parametrize("low_memory, ghost_calls", [(False, 0), (True, 1)])
+def test_the_low_memory_mode_takes_the_ghost_norm(low_memory, ghost_calls):
+    """Only the mode decides here: the fast mode materialises proj's (B, 20, 24)
+    per-sample gradient, the low-memory mode takes its ghost norm."""
+    x, y = _data(1)
+    real = linear.ghost_sq_norm
+    with mock.patch.object(linear, "ghost_sq_norm", wraps=real) as spy:
+        check_parity(_built, x, y, max_grad_norm=0.1, low_memory=low_memory, **F64)
+    assert spy.call_count == ghost_calls
+
+
+def test_grad_sample_mode_ghost_selects_the_low_memory_mode():
+    x, y = _data()
+    loader = DataLoader(TensorDataset(x.float(), y), batch_size=7)
+    for mode, expected in [(None, False), ("hooks", False), ("ghost", True)]:
+        model = TokenNet()
+        out = PrivacyEngine().make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            data_loader=loader, noise_multiplier=0.0, max_grad_norm=1.0,
+            grad_sample_mode=mode)
+        assert out[0].capture_state.low_memory is expected
+        out[0].cleanup()
