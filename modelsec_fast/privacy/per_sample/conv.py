@@ -11,12 +11,12 @@ per-sample weight gradients materialised chunk by chunk of samples
 (cache-sized chunks, see ``CHUNK_BYTES``), by one grouped convolution-weight
 gradient per chunk (groups = n * groups, no unfold) or, for the shapes where
 that kernel is slow, per-sample GEMMs over the chunk's patches
-(``_per_sample_method``). The
-clipped sum is the convolution's own weight gradient of the factor-scaled
-output gradient (book-keeping: one batched kernel, the non-private cost), or
-sum_i f_i * grad_i from the kept per-sample gradients when those are small or
-T is large (``_keep_per_sample``). A layer called more than once in a forward
-has its per-call per-sample gradients summed before the norm.
+(``_per_sample_method``). The clipped sum is the convolution's own weight
+gradient of the factor-scaled output gradient (book-keeping: one batched
+kernel, the non-private cost), or sum_i f_i * grad_i from the kept per-sample
+gradients when those are small or T is large (``_keep_per_sample``; never in
+the low-memory mode). A layer called more than once in a forward has its
+per-call per-sample gradients summed before the norm.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ KEEP_SMALL_BYTES = 2 << 20
 KEEP_MIN_STEPS = 128
 
 #: per-sample weight-gradient methods (see ``_per_sample_method``)
-GROUPED, GROUPED_NHWC, PATCHES, FUSED = "grouped", "grouped_nhwc", "patches", "fused"
+GROUPED, GROUPED_NHWC, PATCHES = "grouped", "grouped_nhwc", "patches"
 
 
 def _fused_applies(calls, acc) -> bool:
