@@ -21,12 +21,21 @@ input activations and output gradients that the backward pass already has:
    - Biases, LayerNorm, GroupNorm, RMSNorm, InstanceNorm: their per-sample gradients by the
      rules' formulas (a few values per channel), then their norms.
 
-2. The clip factors ``c_i`` and the weighted sums ``sum_i c_i g_i``. For a weight whose
-   per-sample gradient is a product (Linear, conv, embedding) the cheaper way is
-   book-keeping, the layer's own weight gradient of the c-scaled output gradient; it takes
-   the place of the weight gradient the non-private step computes, so only the scaling of
-   the output gradient is counted. The small per-sample gradients (biases, norm layers,
-   generic-path parameters) are summed as ``c @ per_sample``.
+2. The clip factors ``c_i`` and the weighted sums ``sum_i c_i g_i``, per weight by the
+   cheaper of two strategies, chosen with the norm method:
+
+   - book-keeping: the layer's own weight gradient of the c-scaled output gradient. It
+     takes the place of the weight gradient the non-private step computes, so only the
+     scaling of the output gradient is added (norms by any norms-only method above);
+   - reuse (method ``REUSE``): the per-sample weight gradients are formed once (for
+     convolutions by the fused kernel where it applies), give the norms, and
+     ``c @ per_sample`` gives the sum. The non-private step then skips that weight's
+     batched gradient (``FloorWork.drop_weight_grads``; the weight still gets its
+     gradient, from the sum, and its optimizer step), unless the layer would then lose
+     its output gradient (no trained bias, an input without gradient) or shares it.
+
+   The small per-sample gradients (biases, norm layers, generic-path parameters) are
+   summed as ``c @ per_sample``.
 
 Left out: Gaussian noise (one draw per parameter, independent of the batch) and the
 optimizer step are in the non-private step's cost class (its SGD step stands for them);
@@ -43,9 +52,11 @@ Approximations (each model's ``notes`` say which apply):
 - A parameter shared by several layers (GPT-2's tied ``wte``/``lm_head``): each use is
   counted as its own layer by its cheapest method; the cross terms between the uses that
   its exact norm needs are left out (a lower estimate).
-- Methods are chosen by one timing on the captured tensors (best of ``SELECT_REPEATS``);
-  a candidate whose multiply-add count is above ``SELECT_FACTOR`` times the layer's
-  cheapest is not tried (the ghost norm of a large convolution map, T^2 per sample).
+- Methods are chosen by one timing on the captured tensors (best of ``SELECT_REPEATS``;
+  reuse is credited with the timed batched weight gradient it spares); a candidate whose
+  multiply-add count is above ``SELECT_FACTOR`` times the layer's cheapest is not tried
+  (the ghost norm of a large convolution map, T^2 per sample). Per-sample gradients are
+  kept only up to the engine's ``MATERIALISE_BUDGET`` elements per layer.
 
 The tensors are captured with the engine's own recorders (``per_sample.attach``) with the
 rules' capture-time reductions (``compact``) switched off, so every layer leaves its raw
@@ -67,25 +78,41 @@ import torch
 from modelsec_fast.privacy.per_sample import attach, detach
 from modelsec_fast.privacy.per_sample import conv as conv_rule
 from modelsec_fast.privacy.per_sample.base import (
-    Call, batch_first, flat_rows, ghost_sq_norm, opmath, row_sq_norms, scale_rows, summed_parts)
+    MATERIALISE_BUDGET, Call, batch_first, flat_rows, ghost_sq_norm, opmath, row_sq_norms, scale_rows, summed_parts)
 from modelsec_fast.privacy.per_sample.clipping import group_calls
 from modelsec_fast.privacy.per_sample.embedding import EmbeddingRule
 from modelsec_fast.privacy.per_sample.generic import GENERIC
-from modelsec_fast.privacy.per_sample.linear import LinearRule
+from modelsec_fast.privacy.per_sample.linear import Conv1DRule, LinearRule
 from modelsec_fast.privacy.per_sample.norms import _AffineNormRule
 from modelsec_fast.reference import CLIP_EPS
 
-__all__ = ["LayerWork", "FloorWork", "capture_floor", "SELECT_FACTOR", "SELECT_REPEATS"]
+__all__ = ["LayerWork", "FloorWork", "capture_floor", "SELECT_FACTOR", "SELECT_REPEATS",
+           "REUSE"]
 
 #: a norm method is tried only if its multiply-adds are at most this times the cheapest's
 SELECT_FACTOR = 4.0
 #: timed calls per candidate when choosing (after one untimed call); the best counts
 SELECT_REPEATS = 3
+#: the weight method that keeps the per-sample gradients for the weighted sum
+REUSE = "reuse"
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _best_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Best of SELECT_REPEATS timed calls of fn, after one untimed call."""
+    fn()
+    best = math.inf
+    for _ in range(SELECT_REPEATS):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 @dataclass
@@ -102,8 +129,17 @@ class LayerWork:
         small: fn() -> {param: (B, ...) per-sample gradient} of the layer's small
             parameters (biases, norm-layer affines, generic-path parameters), or None.
         scaled: output gradients (B, ...) that book-keeping scales by the clip factors.
-        method: the chosen weight method; seconds: each timed candidate's best time.
+        keep: fn() -> ((B,) squared norms, (B, ...) per-sample weight gradients) for the
+            reuse strategy (method ``REUSE``), or None.
+        weight_grad: fn() computing the layer's batched weight gradient (timed only, to
+            credit the reuse strategy with the weight gradient it makes unnecessary).
+        can_drop_weight_grad: the non-private step can skip this weight's gradient
+            without losing the layer's output gradient (its bias trains or its input
+            needs a gradient) and the weight is not shared.
+        method: the chosen weight method; seconds: each timed candidate's cost as chosen.
         shared: the layer uses a parameter shared with another layer.
+        weight: the weight's full name; transposed: stored (in, out) (transformers' Conv1D).
+        target: the floor's training-model weight whose gradient the reuse sum replaces.
     """
 
     name: str
@@ -116,6 +152,36 @@ class LayerWork:
     method: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     shared: bool = False
+    keep: Callable[[], tuple] | None = None
+    weight_grad: Callable[[], torch.Tensor] | None = None
+    can_drop_weight_grad: bool = False
+    weight: str | None = None
+    transposed: bool = False
+    target: torch.nn.Parameter | None = None
+
+    def candidates(self) -> list[str]:
+        """Every weight method: the norms-only ones, then ``REUSE`` where it applies."""
+        return list(self.methods) + ([REUSE] if self.keep is not None else [])
+
+    def weight_sq_norms(self, method: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """((B,) squared norms of the weight by ``method``, its per-sample gradients or None)."""
+        if method == REUSE:
+            return self.keep()
+        return self.methods[method](), None
+
+    def weighted_sum(self, factors: torch.Tensor, kept: torch.Tensor | None) -> None:
+        """sum_i c_i g_i of the weight: from ``kept`` (reuse, into ``target.grad``) or by
+        book-keeping, whose weight-gradient product is the non-private step's: only the
+        scaling of the output gradients is done here."""
+        if kept is None:
+            for g in self.scaled:
+                scale_rows(g, factors)
+            return
+        total = factors.to(kept.dtype) @ flat_rows(kept)
+        if self.target is not None:
+            shape = self.target.shape
+            total = (total.reshape(shape[::-1]).t() if self.transposed else total.reshape(shape))
+            self.target.grad = total.to(self.target.dtype)
 
     def sq_norms(self, method: str | None = None) -> torch.Tensor:
         """(B,) squared per-sample norms of this layer's trained parameters.
@@ -125,30 +191,34 @@ class LayerWork:
         norms of the per-sample losses' gradients.
         """
         method = method or self.method
-        sq = self.methods[method]() if method is not None else None
+        sq = self.weight_sq_norms(method)[0] if method is not None else None
         if self.small is not None:
             for v in self.small().values():
                 sq = row_sq_norms(v) if sq is None else sq + row_sq_norms(v)
         return sq
 
     def choose(self, device: torch.device) -> None:
-        """Time the candidates within SELECT_FACTOR of the cheapest estimate; keep the fastest."""
-        if len(self.methods) < 2:
-            self.method = next(iter(self.methods), None)
+        """Time the candidates within SELECT_FACTOR of the cheapest estimate; keep the cheapest.
+
+        A norms-only method costs its norms plus the book-keeping scaling; ``REUSE`` costs
+        the per-sample gradients, their norms and ``c @ per_sample``, less the batched
+        weight gradient it spares the non-private step (where that can be skipped).
+        """
+        names = self.candidates()
+        if len(names) < 2:
+            self.method = next(iter(names), None)
             return
         cheapest = min(self.macs.values())
-        tried = [m for m in self.methods if self.macs[m] <= SELECT_FACTOR * cheapest]
-        for m in tried:
-            fn = self.methods[m]
-            fn()
-            best = math.inf
-            for _ in range(SELECT_REPEATS):
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                best = min(best, time.perf_counter() - start)
-            self.seconds[m] = best
+        ones = None
+        for m in [m for m in names if self.macs[m] <= SELECT_FACTOR * cheapest]:
+            def one(m=m):
+                nonlocal ones
+                sq, kept = self.weight_sq_norms(m)
+                ones = torch.ones_like(sq) if ones is None else ones
+                self.weighted_sum(ones, kept)
+            self.seconds[m] = _best_seconds(one, device)
+        if REUSE in self.seconds and self.can_drop_weight_grad:
+            self.seconds[REUSE] -= _best_seconds(self.weight_grad, device)
         self.method = min(self.seconds, key=self.seconds.get)
 
 
@@ -167,13 +237,28 @@ class FloorWork:
         self.max_grad_norm = max_grad_norm
         self.notes = notes
 
+    def drop_weight_grads(self, model: torch.nn.Module) -> list[str]:
+        """Stop ``model`` (the floor's training model, same names) from computing the weight
+        gradients that the reuse strategy replaces; those weights get their gradient from
+        :meth:`__call__` instead, so the optimizer step still updates them. Returns their
+        names. Call it once, before timing ``model``'s step."""
+        dropped = []
+        for layer in self.layers:
+            if layer.method == REUSE and layer.can_drop_weight_grad:
+                layer.target = model.get_parameter(layer.weight)
+                layer.target.requires_grad_(False)
+                dropped.append(layer.weight)
+        return dropped
+
     @torch.no_grad()
     def __call__(self) -> torch.Tensor:
         sq = torch.zeros(self.batch, dtype=self.dtype, device=self.device)
-        small = []
+        small, kept = [], []
         for layer in self.layers:
             if layer.method is not None:
-                sq += layer.methods[layer.method]().to(self.dtype)
+                s, ps = layer.weight_sq_norms(layer.method)
+                sq += s.to(self.dtype)
+                kept.append((layer, ps))
             if layer.small is not None:
                 parts = layer.small()
                 for v in parts.values():
@@ -182,9 +267,8 @@ class FloorWork:
         loss_factor = float(self.batch)  # mean reduction: the recorded gradients carry 1/B
         norms = sq.sqrt() * loss_factor
         factors = (self.max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0) * loss_factor
-        for layer in self.layers:
-            for g in layer.scaled:
-                scale_rows(g, factors)
+        for layer, ps in kept:
+            layer.weighted_sum(factors, ps)
         for parts in small:
             for v in parts.values():
                 factors.to(v.dtype) @ flat_rows(v)
@@ -230,6 +314,13 @@ def _linear_work(rec, calls, mask, batch_dim) -> LayerWork:
             work.methods["materialised"] = lambda: _materialised_linear_sq(a, g)
             work.macs["materialised"] = batch * steps * p * d
         work.scaled.append(g)
+        if batch * p * d <= MATERIALISE_BUDGET:
+            def keep():
+                ps = torch.bmm(g.transpose(1, 2), a)  # (B, p, d)
+                return row_sq_norms(ps), ps
+            work.keep = keep
+            work.macs[REUSE] = batch * steps * p * d
+            work.weight_grad = lambda: g.reshape(-1, p).t() @ a.reshape(-1, d)
     if mask.get("bias"):
         work.small = lambda: {"bias": g[:, 0] if steps == 1 else g.sum(1)}
     return work
@@ -272,6 +363,18 @@ def _conv_work(rec, calls, mask, batch_dim) -> LayerWork:
             work.methods["ghost"] = lambda: _conv_ghost_sq(calls[0], weight_shape, acc)
             work.macs["ghost"] = batch * groups * steps * steps * (p + d)
         work.scaled += [c.tensors[1] for c in calls]
+        if batch * math.prod(weight_shape) <= MATERIALISE_BUDGET:
+            def keep():
+                sq = torch.zeros(batch, dtype=acc, device=x.device)
+                kept = conv_rule._materialised_sq_norms(calls, weight_shape, acc, sq, keep=True)
+                return sq, kept
+            work.keep = keep
+            work.macs[REUSE] = product
+
+            def weight_grad():
+                return sum(conv_rule._conv_weight_grad(c.tensors[1], c.tensors[0], weight_shape,
+                                                       *c.meta["conf"]) for c in calls)
+            work.weight_grad = weight_grad
     if mask.get("bias"):
         def bias():
             total = None
@@ -328,6 +431,13 @@ def _layer_work(rec, calls, mask, batch_dim) -> LayerWork:
                                                      batch_dim)[0]
         work.macs["rule"] = 0.0
     work.params = [f"{rec.name}.{n}" if rec.name else n for n, _ in rec.params if mask.get(n)]
+    if work.keep is not None:
+        work.weight = f"{rec.name}.weight" if rec.name else "weight"
+        work.transposed = isinstance(rule, Conv1DRule)
+        # without its weight gradient, a layer whose bias is frozen and whose input needs
+        # no gradient would not get its output gradient: then the weight gradient stays
+        work.can_drop_weight_grad = bool(mask.get("bias")) or any(
+            c.tensors[0].requires_grad for c in calls)
     return work
 
 
@@ -383,10 +493,11 @@ def capture_floor(model: torch.nn.Module, run: Callable[[torch.nn.Module], torch
         for rec, calls, mask in groups:
             work = _layer_work(rec, calls, mask, batch_dim)
             work.shared = any(id(p) in shared and mask.get(n) for n, p in rec.params)
+            work.can_drop_weight_grad = work.can_drop_weight_grad and not work.shared
             if choose:
                 work.choose(device)
-            elif work.methods:
-                work.method = next(iter(work.methods))
+            else:
+                work.method = next(iter(work.candidates()), None)
             layers.append(work)
     notes = []
     generic = [w.name or "<root>" for w in layers if w.kind == "generic"]

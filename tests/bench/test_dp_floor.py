@@ -105,7 +105,7 @@ def test_every_method_of_every_layer_gives_the_per_sample_norms(build, random_se
     checked = 0
     for layer in work.layers:
         expected = sum(truth[p] for p in layer.params)
-        for method in list(layer.methods) or [None]:
+        for method in layer.candidates() or [None]:
             # the recorded output gradients carry the mean loss's 1/B
             got = layer.sq_norms(method).double() * batch ** 2
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7 * float(expected.max()),
@@ -115,13 +115,60 @@ def test_every_method_of_every_layer_gives_the_per_sample_norms(build, random_se
     if build is _cnn:
         assert kinds == {"conv", "norm", "linear"}
         conv_methods = {m for layer in work.layers if layer.kind == "conv" for m in layer.methods}
-        assert {"ghost", "materialised"} | ({"fused"} if native_available() else set()) \
-            <= conv_methods
+        conv_methods |= {floor.REUSE for layer in work.layers if layer.kind == "conv"
+                         and layer.keep is not None}
+        assert {"ghost", "materialised", floor.REUSE} | (
+            {"fused"} if native_available() else set()) <= conv_methods
     else:
         assert kinds == {"embedding", "generic", "norm", "linear"}
         mix = next(layer for layer in work.layers if layer.name == "mix")
-        assert set(mix.methods) == {"ghost", "materialised"}  # two calls: T = 2 x 6 positions
+        # two calls: T = 2 x 6 positions
+        assert mix.candidates() == ["ghost", "materialised", floor.REUSE]
     assert checked >= len(work.layers)
+
+
+@pytest.mark.parametrize("build", [_cnn, _sequence], ids=["cnn", "sequence"])
+def test_reuse_puts_the_clipped_sum_into_the_weight_whose_gradient_it_replaces(build,
+                                                                             random_seed):
+    batch, clip = 5, 0.5
+    model, x, y = build(batch, torch.Generator().manual_seed(random_seed))
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss(ps, xi, yi):
+        return F.cross_entropy(torch.func.functional_call(model, ps, (xi[None],)), yi[None])
+
+    per = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    norms = torch.sqrt(sum(g.double().flatten(1).square().sum(1) for g in per.values()))
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    work = floor.capture_floor(copy.deepcopy(model), lambda m: F.cross_entropy(m(x), y),
+                               max_grad_norm=clip, choose=False)
+    reused = [layer for layer in work.layers if layer.keep is not None]
+    for layer in reused:
+        layer.method = floor.REUSE
+    trained = copy.deepcopy(model)
+    dropped = work.drop_weight_grads(trained)
+    # the head's bias trains: its weight gradient can go; the sequence model's "mix" too
+    assert "head.weight" in dropped and dropped
+    torch.testing.assert_close(work().double(), norms, rtol=1e-4, atol=1e-8)
+    for name in dropped:
+        p = trained.get_parameter(name)
+        assert not p.requires_grad
+        expected = torch.einsum("i,i...->...", factors, per[name].double())
+        torch.testing.assert_close(p.grad.double(), expected, rtol=1e-4,
+                                   atol=1e-6 * float(expected.abs().max()))
+
+
+def test_a_weight_whose_layer_would_lose_its_output_gradient_keeps_its_weight_gradient():
+    # the first layer: no bias, and its input (the data) needs no gradient
+    model = nn.Sequential(nn.Linear(4, 6, bias=False), nn.Tanh(), nn.Linear(6, 2))
+    x, y = torch.randn(3, 5, 4), torch.tensor([0, 1, 1])
+    work = floor.capture_floor(model, lambda m: F.cross_entropy(m(x).mean(1), y), choose=False)
+    first = next(layer for layer in work.layers if layer.name == "0")
+    second = next(layer for layer in work.layers if layer.name == "2")
+    assert not first.can_drop_weight_grad and second.can_drop_weight_grad
+    for layer in work.layers:
+        layer.method = floor.REUSE
+    assert work.drop_weight_grads(copy.deepcopy(model)) == ["2.weight"]
 
 
 def test_the_floor_norms_are_the_engines_per_sample_norms(random_seed):
