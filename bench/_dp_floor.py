@@ -37,10 +37,10 @@ input activations and output gradients that the backward pass already has:
    The small per-sample gradients (biases, norm layers, generic-path parameters) are
    summed as ``c @ per_sample``.
 
-Left out: Gaussian noise (one draw per parameter, independent of the batch) and the
-optimizer step are in the non-private step's cost class (its SGD step stands for them);
-keeping the activations and output gradients until the clip factors are known costs
-memory, not time, and is not counted.
+Left out: Gaussian noise (one draw per parameter, independent of the batch: the cost
+class of the optimizer step, which the floor's SGD step stands for). Keeping the
+activations and output gradients until the clip factors are known costs memory, not
+time, and is not counted; the floor's memory is no floor (its tensors are held captured).
 
 Approximations (each model's ``notes`` say which apply):
 
