@@ -78,7 +78,8 @@ import torch
 from modelsec_fast.privacy.per_sample import attach, detach
 from modelsec_fast.privacy.per_sample import conv as conv_rule
 from modelsec_fast.privacy.per_sample.base import (
-    MATERIALISE_BUDGET, Call, batch_first, flat_rows, ghost_sq_norm, opmath, row_sq_norms, scale_rows, summed_parts)
+    MATERIALISE_BUDGET, Call, batch_first, flat_rows, ghost_sq_norm, opmath, row_sq_norms,
+    scale_rows, summed_parts)
 from modelsec_fast.privacy.per_sample.clipping import group_calls
 from modelsec_fast.privacy.per_sample.embedding import EmbeddingRule
 from modelsec_fast.privacy.per_sample.generic import GENERIC
@@ -227,8 +228,9 @@ class FloorWork:
 
     A call computes every layer's norms by its chosen method, the clip factors
     ``min(1, C / (n_i + 1e-6))`` (n_i with the loss's 1/B undone, as the engine does), the
-    scaling of the book-kept output gradients and the weighted sums of the small
-    per-sample gradients, and returns the (B,) per-sample norms n_i.
+    scaling of the book-kept output gradients, the reuse sums (into the ``.grad`` of the
+    weights :meth:`drop_weight_grads` took from the non-private step) and the weighted
+    sums of the small per-sample gradients, and returns the (B,) per-sample norms n_i.
     """
 
     def __init__(self, layers: list[LayerWork], batch: int, device: torch.device,
