@@ -1,4 +1,4 @@
-"""DP-SGD step time and memory: non-private vs Opacus (hooks, ghost, ew) vs ours.
+"""DP-SGD step time and memory: non-private vs Opacus (hooks, ghost, ew) vs ours, and the floor.
 
 Side by side in one process, one measurement per model: every configuration's
 training step is a contender of ``bench/_harness.py`` (interleaved, rotated,
@@ -7,6 +7,24 @@ step time, its IQR and its ratio to the non-private step, the same for the proce
 CPU time, and (with ``--memory``) the peak-RSS increase of a short training run,
 measured in one fresh subprocess per configuration (torch has no CPU memory API).
 Opacus is optional: without it its configurations are skipped, with a message.
+
+The floor (config ``floor``, ``bench/_dp_floor.py``): the non-private step of the
+architecture the private run trains (after ``ModuleValidator.fix``, what
+``nonprivate_fixed`` trains) plus the least per-sample work flat clipping needs there:
+each trainable layer's per-sample squared gradient norms by its cheapest method (Linear:
+min(ghost norm <AA^T, GG^T>, materialised per-sample gradient norm), or ||a||^2 ||g||^2
+for one position; convolutions: the cheapest of the fused norms-only kernel, materialised
+per-sample gradients and the ghost norm; embeddings, norm layers, biases: their rules'
+formulas), the clip factors, and the weighted sums sum_i c_i g_i, per weight by the cheaper
+of book-keeping (it replaces the non-private weight gradient: only the scaling of the
+output gradients is extra) and reuse of kept per-sample gradients (c @ per-sample; the
+non-private step then skips that weight gradient). The clipping work runs on activations
+and output gradients captured once, outside the timed step; plus the Gaussian noise, one
+``ops.add_noise_`` over every trainable gradient (any DP-SGD step draws it). Its row
+``floor`` is the whole step, ``floor_clip`` the clipping work alone; column ``x floor``
+is each private step's per-round ratio to the floor (the issue's "within 10% of its
+floor" target). Approximations (generic-path layers, tied parameters) are printed per
+model.
 
     python bench/bench_dpsgd.py --quick
     python bench/bench_dpsgd.py --memory --json bench/out/dpsgd.json
@@ -17,6 +35,7 @@ Opacus is optional: without it its configurations are skipped, with a message.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -27,13 +46,21 @@ import _harness as h
 import torch
 from torch import nn
 
+import modelsec_fast.ops as ops
+
 # nonprivate_fixed: the non-private step of the architecture the private runs train, after
 # ModuleValidator.fix (GroupNorm for BatchNorm, DPLSTM's unrolled steps for nn.LSTM's fused
 # kernel); only where fix() changes the model. ours_low_memory: the engine's low-memory mode
 # (grad_sample_mode="ghost"). ours_unfused (opt in with --configs): ours with the conv rule's
 # fused native kernel switched off, to show what that kernel brings.
+# floor: the non-private step of the fixed model plus the least clipping work
+# (bench/_dp_floor.py); it gives two series, floor and floor_clip (the clipping work alone).
 CONFIGS = ("nonprivate", "nonprivate_fixed", "opacus_hooks", "opacus_ghost", "opacus_ew", "ours",
-           "ours_low_memory")
+           "ours_low_memory", "floor")
+FLOOR_SERIES = ("floor", "floor_clip")
+# the rows compared with the floor in column "x floor"
+PRIVATE_CONFIGS = ("opacus_hooks", "opacus_ghost", "opacus_ew", "ours", "ours_low_memory",
+                   "ours_unfused")
 OPT_IN_CONFIGS = ("ours_unfused",)
 # the real models of tests/privacy/real_models.py (torchvision, timm, transformers, peft:
 # scripts/install.sh); opt in with --models
@@ -99,6 +126,54 @@ def _without_fused_conv(step):
     return unfused
 
 
+def _nonprivate_step(model, run):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        opt.zero_grad()
+        run(model).backward()
+        opt.step()
+    return step
+
+
+def _floor_step(model, run, device):
+    """The floor contender (bench/_dp_floor.py): the fixed model's non-private step, less
+    the weight gradients that the floor's reuse strategy replaces, plus the clipping work
+    on tensors captured once here, before the optimizer step. Returns
+    :class:`_harness.Parts` (``floor``: the whole step, ``floor_clip``: the clipping work);
+    ``.notes`` says which method each layer kind uses and what is approximate. The noise
+    (std sigma * C = 1.0) is the engine's own op, in ``floor`` but not in ``floor_clip``."""
+    import _dp_floor
+    from modelsec_fast.privacy import ModuleValidator
+    model = ModuleValidator.fix(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip_work = _dp_floor.capture_floor(copy.deepcopy(model), run, max_grad_norm=1.0)
+    dropped = clip_work.drop_weight_grads(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    noise = torch.Generator().manual_seed(0)
+
+    def step():
+        h.sync(device)
+        start = h.Sample.now()
+        opt.zero_grad()
+        run(model).backward()
+        h.sync(device)
+        mid = h.Sample.now()
+        clip_work()  # the reuse sums land in the dropped weights' .grad
+        h.sync(device)
+        clipped = h.Sample.now()
+        ops.add_noise_([p.grad for p in trained if p.grad is not None], 1.0, generator=noise)
+        opt.step()
+        h.sync(device)
+        return h.Parts({"floor": h.Sample.now() - start, "floor_clip": clipped - mid})
+    step.notes = [f"methods: {clip_work.summary()}"] + clip_work.notes
+    if dropped:
+        step.notes.append(f"reuse: {len(dropped)} batched weight gradients skipped")
+    return step
+
+
 def make_step(config: str, name: str, device, batch: int):
     """A zero-argument callable doing one full training step of ``config``."""
     torch.manual_seed(0)
@@ -124,13 +199,9 @@ def make_step(config: str, name: str, device, batch: int):
         if [type(m) for m in model.modules()] == before:
             raise ValueError("ModuleValidator.fix changes nothing here: the nonprivate row")
     if config in ("nonprivate", "nonprivate_fixed"):
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-        def step():
-            opt.zero_grad()
-            run(model).backward()
-            opt.step()
-        return step
+        return _nonprivate_step(model, run)
+    if config == "floor":
+        return _floor_step(model, run, device)
     loader = _loader(torch.zeros(4 * batch, 1), torch.zeros(4 * batch, dtype=torch.long), batch)
     if config in ("ours", "ours_unfused", "ours_low_memory"):
         from modelsec_fast import PrivacyEngine
@@ -262,7 +333,10 @@ def main(argv=None):
         configs = [c for c in configs if not c.startswith("opacus")]
     section = report.section("DP-SGD training step", baseline="nonprivate",
                              note=f"{args.steps} step(s) per sample; noise multiplier 1.0, C = 1.0, "
-                                  "SGD, fixed batch; peak RSS: one subprocess per configuration")
+                                  "SGD, fixed batch; peak RSS: one subprocess per configuration; "
+                                  "floor: non-private step of the fixed model + least clipping "
+                                  "work (floor_clip: that work alone); x floor: per-round ratio "
+                                  "to the floor")
     for name in models:
         steps = working_steps(name, configs, device, batches[name], report)
         if not steps:
@@ -270,8 +344,17 @@ def main(argv=None):
         m = h.measure({c: _quiet(fn) for c, fn in steps.items()}, device=device,
                       rounds=args.rounds, warmup=args.warmup, repeat=args.steps)
         rows = section.add(m, labels={"model": name, "batch": batches[name]})
+        for row in rows:
+            ratio = (m.ratio(row.contender, "floor")
+                     if "floor" in m.samples and row.contender in PRIVATE_CONFIGS else None)
+            if ratio is not None:
+                row.values["x floor"] = ratio.median
+        for note in getattr(steps.get("floor"), "notes", ()):
+            report.note(f"  {name} floor: {note}")
         if args.memory:
             for row in rows:
+                if row.contender in FLOOR_SERIES:
+                    continue  # the floor holds its captured tensors: its memory is no floor
                 row.values["peak RSS +MiB"] = measure_memory(
                     name, row.contender, device, 3 if args.quick else 5, batches[name])
         print(f"  {name}: done", file=sys.stderr, flush=True)
