@@ -12,6 +12,9 @@ Slow with Opacus's Hypothesis budget (privacy_engine_test.py alone ran 46 minute
     PYTHONPATH=$PWD python3 tests/privacy/opacus_compat/run_opacus_suite.py \
         --files privacy_engine_test.py --max-examples 2
 
+Hypothesis draws examples at random (and replays the failures it saved in .hypothesis/),
+so a listed failure that needs one drawn case (test_compare_to_vanilla's) may pass.
+
 It runs the tests that ship inside the installed opacus wheel
 (``opacus/tests``) with ``redirect.py`` loaded first, which points Opacus's
 user-facing names at ours (no test is copied). Every failure must be listed,
