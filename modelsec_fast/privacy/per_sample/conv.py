@@ -319,8 +319,11 @@ class ConvRule(LayerRule):
             p = weight.shape[0] // groups
             d = math.prod(weight.shape[1:])
             low_memory = calls[0].meta.get("low_memory", False)
-            if len(calls) == 1 and prefer_ghost(steps, p, d, batch=batch, groups=groups,
-                                                low_memory=low_memory):
+            # the ghost norm's patches (B, T, d) outweigh the fused kernel's per-thread
+            # blocks: in the low-memory mode the fused kernel wins where it applies
+            fused_first = low_memory and _fused_applies(calls, acc)
+            if len(calls) == 1 and not fused_first and prefer_ghost(
+                    steps, p, d, batch=batch, groups=groups, low_memory=low_memory):
                 a = _patches(x.to(acc), tuple(weight.shape[2:]), stride, padding, dilation,
                              groups)
                 gg = g.to(acc).reshape(batch * groups, p, steps)
