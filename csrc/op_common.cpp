@@ -254,6 +254,11 @@ ConvGeometry check_conv_grad_args(const char* op, const Tensor& x, const Tensor&
   return geo;
 }
 
+Tensor new_conv_weight_grads(const Tensor& x, const ConvGeometry& geo, int64_t groups, bool keep) {
+  if (!keep) return torch::stable::new_empty(x, {0});
+  return torch::stable::new_empty(x, {x.size(0), geo.c_out * groups, geo.c_in, geo.kh, geo.kw});
+}
+
 void check_fill_normals_args(const Tensor& out, int64_t source, const std::vector<int64_t>& key) {
   STD_TORCH_CHECK(out.scalar_type() == ScalarType::Float && out.dim() == 1 && out.is_contiguous(),
                   "_fill_normals_: out must be a contiguous 1-D float32 tensor, got ",

@@ -26,8 +26,7 @@ std::tuple<Tensor, Tensor> conv_weight_grad_norms_cpu(const Tensor& x, const Ten
   const Tensor xc = torch::stable::contiguous(x), gc = torch::stable::contiguous(grad_out);
   const int64_t B = x.size(0);
   const int64_t d = geo.c_in * geo.kh * geo.kw;
-  Tensor grads = keep ? torch::stable::new_empty(x, {B, geo.c_out * groups, geo.c_in, geo.kh, geo.kw})
-                      : torch::stable::new_empty(x, {0});
+  Tensor grads = new_conv_weight_grads(x, geo, groups, keep);
   std::vector<double> partial(size_t(B * groups), 0.0);
   const auto& ks = kernels();
   const int64_t x_group = geo.c_in * geo.h * geo.w, g_group = geo.c_out * geo.oh * geo.ow;

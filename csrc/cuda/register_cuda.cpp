@@ -217,8 +217,7 @@ std::tuple<Tensor, Tensor> conv_weight_grad_norms_cuda(const Tensor& x, const Te
   DeviceGuard guard(x.get_device_index());
   const Tensor xc = torch::stable::contiguous(x), gc = torch::stable::contiguous(grad_out);
   const int64_t B = x.size(0);
-  Tensor grads = keep ? torch::stable::new_empty(x, {B, geo.c_out * groups, geo.c_in, geo.kh, geo.kw})
-                      : torch::stable::new_empty(x, {0});
+  Tensor grads = new_conv_weight_grads(x, geo, groups, keep);
   Tensor partial = torch::stable::new_empty(x, {B * groups * conv_grad_partials(geo)});
   Tensor sq = torch::stable::new_empty(x, {B});
   check_launch(op, launch_conv_weight_grad(
