@@ -71,7 +71,8 @@ assert m.ops.native_available() and info['cuda'], 'native CUDA build not loaded'
 # 3. CUDA parity tests (and the stream tests they build on).
 stage tests_cuda 240 "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_cuda.py tests/ops/test_rng.py \
   tests/ops/test_opcheck.py tests/attacks/test_attacks_cuda.py tests/poisoning/test_poison_cuda_parity.py \
-  tests/stealing/test_stealing_cuda.py tests/inversion/test_inversion_cuda.py
+  tests/stealing/test_stealing_cuda.py tests/inversion/test_inversion_cuda.py \
+  tests/explain/test_explain_cuda.py tests/app/scan/test_scan_cuda.py
 stage tests_cuda_dp 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda \
   tests/privacy/test_engine_parity.py tests/privacy/test_dp_rnn.py \
   tests/privacy/test_real_models.py
