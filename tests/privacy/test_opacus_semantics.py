@@ -154,7 +154,7 @@ def test_batch_memory_manager_over_a_non_poisson_loader_matches_opacus():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_get_noise_multiplier_defaults_to_opacus_accountant_and_tolerance():
+def test_get_noise_multiplier_defaults_to_opacus_accountant_and_half_its_tolerance():
     from opacus.accountants.utils import get_noise_multiplier as opacus_sigma
     args = dict(target_epsilon=2.0, target_delta=1e-5, sample_rate=0.02, epochs=3)
     theirs = opacus_sigma(**args)
@@ -167,7 +167,7 @@ def test_get_noise_multiplier_defaults_to_opacus_accountant_and_tolerance():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             eps = acc.get_epsilon(1e-5)
-        assert 2.0 - tol <= eps <= 2.0
+        assert 2.0 - tol / 2 <= eps <= 2.0
 
 
 def test_gdp_accountant_equals_opacus_and_warns():
