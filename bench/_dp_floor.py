@@ -32,7 +32,13 @@ input activations and output gradients that the backward pass already has:
      ``c @ per_sample`` gives the sum. The non-private step then skips that weight's
      batched gradient (``FloorWork.drop_weight_grads``; the weight still gets its
      gradient, from the sum, and its optimizer step), unless the layer would then lose
-     its output gradient (no trained bias, an input without gradient) or shares it.
+     its output gradient (no trained bias, an input without gradient) or shares it;
+   - patch sum (method ``PATCH_SUM``, convolutions called once): the ghost norm's patches
+     are kept and one GEMM over them gives the sum (``conv._patch_weighted_sum``), in
+     place of the weight gradient as for reuse. Where the ghost norm pays (small maps)
+     the CPU's batched convolution weight gradient can be far slower than that GEMM
+     (ResNet-18's 1x1 maps: 40 ms against 2 ms), so the non-private step is no lower
+     bound there.
 
    The small per-sample gradients (biases, norm layers, generic-path parameters) are
    summed as ``c @ per_sample``.
@@ -88,7 +94,7 @@ from modelsec_fast.privacy.per_sample.norms import _AffineNormRule
 from modelsec_fast.reference import CLIP_EPS
 
 __all__ = ["LayerWork", "FloorWork", "capture_floor", "SELECT_FACTOR", "SELECT_REPEATS",
-           "REUSE"]
+           "REUSE", "PATCH_SUM"]
 
 #: a norm method is tried only if its multiply-adds are at most this times the cheapest's
 SELECT_FACTOR = 4.0
@@ -96,6 +102,9 @@ SELECT_FACTOR = 4.0
 SELECT_REPEATS = 3
 #: the weight method that keeps the per-sample gradients for the weighted sum
 REUSE = "reuse"
+#: the conv weight method that keeps the ghost norm's patches for the weighted sum
+#: (one GEMM over them, ``conv._patch_weighted_sum``, as the engine does)
+PATCH_SUM = "ghost_patches"
 
 
 def _sync(device: torch.device) -> None:
@@ -130,8 +139,9 @@ class LayerWork:
         small: fn() -> {param: (B, ...) per-sample gradient} of the layer's small
             parameters (biases, norm-layer affines, generic-path parameters), or None.
         scaled: output gradients (B, ...) that book-keeping scales by the clip factors.
-        keep: fn() -> ((B,) squared norms, (B, ...) per-sample weight gradients) for the
-            reuse strategy (method ``REUSE``), or None.
+        reuse: the methods whose weighted sum replaces the layer's batched weight gradient
+            (``REUSE``, ``PATCH_SUM``): method -> (fn() -> ((B,) squared norms, what the
+            sum needs), fn(factors, that) -> the weight's sum_i c_i g_i).
         weight_grad: fn() computing the layer's batched weight gradient (timed only, to
             credit the reuse strategy with the weight gradient it makes unnecessary).
         can_drop_weight_grad: the non-private step can skip this weight's gradient
@@ -153,7 +163,7 @@ class LayerWork:
     method: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     shared: bool = False
-    keep: Callable[[], tuple] | None = None
+    reuse: dict[str, tuple[Callable, Callable]] = field(default_factory=dict)
     weight_grad: Callable[[], torch.Tensor] | None = None
     can_drop_weight_grad: bool = False
     weight: str | None = None
@@ -161,24 +171,26 @@ class LayerWork:
     target: torch.nn.Parameter | None = None
 
     def candidates(self) -> list[str]:
-        """Every weight method: the norms-only ones, then ``REUSE`` where it applies."""
-        return list(self.methods) + ([REUSE] if self.keep is not None else [])
+        """Every weight method: the norms-only ones, then the reuse ones."""
+        return list(self.methods) + list(self.reuse)
 
     def weight_sq_norms(self, method: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """((B,) squared norms of the weight by ``method``, its per-sample gradients or None)."""
-        if method == REUSE:
-            return self.keep()
+        """((B,) squared norms of the weight by ``method``, what a reuse method's sum needs
+        or None)."""
+        if method in self.reuse:
+            return self.reuse[method][0]()
         return self.methods[method](), None
 
-    def weighted_sum(self, factors: torch.Tensor, kept: torch.Tensor | None) -> None:
-        """sum_i c_i g_i of the weight: from ``kept`` (reuse, into ``target.grad``) or by
-        book-keeping, whose weight-gradient product is the non-private step's: only the
-        scaling of the output gradients is done here."""
-        if kept is None:
+    def weighted_sum(self, factors: torch.Tensor, kept: torch.Tensor | None,
+                     method: str) -> None:
+        """sum_i c_i g_i of the weight: by a reuse ``method`` from ``kept`` (into
+        ``target.grad``), or by book-keeping, whose weight-gradient product is the
+        non-private step's: only the scaling of the output gradients is done here."""
+        if method not in self.reuse:
             for g in self.scaled:
                 scale_rows(g, factors)
             return
-        total = factors.to(kept.dtype) @ flat_rows(kept)
+        total = self.reuse[method][1](factors, kept)
         if self.target is not None:
             shape = self.target.shape
             total = (total.reshape(shape[::-1]).t() if self.transposed else total.reshape(shape))
@@ -201,9 +213,10 @@ class LayerWork:
     def choose(self, device: torch.device) -> None:
         """Time the candidates within SELECT_FACTOR of the cheapest estimate; keep the cheapest.
 
-        A norms-only method costs its norms plus the book-keeping scaling; ``REUSE`` costs
-        the per-sample gradients, their norms and ``c @ per_sample``, less the batched
-        weight gradient it spares the non-private step (where that can be skipped).
+        A norms-only method costs its norms plus the book-keeping scaling; a reuse method
+        costs its norms and its weighted sum (``REUSE``: the per-sample gradients and
+        ``c @ per_sample``), less the batched weight gradient it spares the non-private
+        step (where that can be skipped).
         """
         names = self.candidates()
         if len(names) < 2:
@@ -216,10 +229,13 @@ class LayerWork:
                 nonlocal ones
                 sq, kept = self.weight_sq_norms(m)
                 ones = torch.ones_like(sq) if ones is None else ones
-                self.weighted_sum(ones, kept)
+                self.weighted_sum(ones, kept, m)
             self.seconds[m] = _best_seconds(one, device)
-        if REUSE in self.seconds and self.can_drop_weight_grad:
-            self.seconds[REUSE] -= _best_seconds(self.weight_grad, device)
+        spared = [m for m in self.seconds if m in self.reuse]
+        if spared and self.can_drop_weight_grad:
+            weight_grad = _best_seconds(self.weight_grad, device)
+            for m in spared:
+                self.seconds[m] -= weight_grad
         self.method = min(self.seconds, key=self.seconds.get)
 
 
@@ -246,7 +262,7 @@ class FloorWork:
         names. Call it once, before timing ``model``'s step."""
         dropped = []
         for layer in self.layers:
-            if layer.method == REUSE and layer.can_drop_weight_grad:
+            if layer.method in layer.reuse and layer.can_drop_weight_grad:
                 layer.target = model.get_parameter(layer.weight)
                 layer.target.requires_grad_(False)
                 dropped.append(layer.weight)
@@ -270,7 +286,7 @@ class FloorWork:
         norms = sq.sqrt() * loss_factor
         factors = (self.max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0) * loss_factor
         for layer, ps in kept:
-            layer.weighted_sum(factors, ps)
+            layer.weighted_sum(factors, ps, layer.method)
         for parts in small:
             for v in parts.values():
                 factors.to(v.dtype) @ flat_rows(v)
@@ -320,7 +336,7 @@ def _linear_work(rec, calls, mask, batch_dim) -> LayerWork:
             def keep():
                 ps = torch.bmm(g.transpose(1, 2), a)  # (B, p, d)
                 return row_sq_norms(ps), ps
-            work.keep = keep
+            work.reuse[REUSE] = (keep, _sum_of_kept)
             work.macs[REUSE] = batch * steps * p * d
             work.weight_grad = lambda: g.reshape(-1, p).t() @ a.reshape(-1, d)
     if mask.get("bias"):
@@ -328,13 +344,19 @@ def _linear_work(rec, calls, mask, batch_dim) -> LayerWork:
     return work
 
 
-def _conv_ghost_sq(call, weight_shape, acc):
+def _sum_of_kept(factors: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    return factors.to(kept.dtype) @ flat_rows(kept)
+
+
+def _conv_ghost(call, weight_shape, acc):
+    """((B,) ghost squared norms, the patches they were computed from)."""
     x, g = call.tensors
     stride, padding, dilation, groups = call.meta["conf"]
     batch = x.shape[0]
     a = conv_rule._patches(x.to(acc), tuple(weight_shape[2:]), stride, padding, dilation, groups)
     gg = g.to(acc).reshape(batch * groups, weight_shape[0] // groups, a.shape[2])
-    return ghost_sq_norm(a.transpose(1, 2), gg.transpose(1, 2)).reshape(batch, groups).sum(1)
+    sq = ghost_sq_norm(a.transpose(1, 2), gg.transpose(1, 2)).reshape(batch, groups).sum(1)
+    return sq, a
 
 
 def _conv_materialised_sq(calls, weight_shape, acc):
@@ -362,21 +384,26 @@ def _conv_work(rec, calls, mask, batch_dim) -> LayerWork:
                 calls[0], weight_shape, keep=False)[0]
             work.macs["fused"] = product
         if len(calls) == 1:
-            work.methods["ghost"] = lambda: _conv_ghost_sq(calls[0], weight_shape, acc)
+            work.methods["ghost"] = lambda: _conv_ghost(calls[0], weight_shape, acc)[0]
             work.macs["ghost"] = batch * groups * steps * steps * (p + d)
+
+            def patch_sum(factors, a):
+                return conv_rule._patch_weighted_sum(a, g.to(acc), factors, weight_shape, groups)
+            work.reuse[PATCH_SUM] = (lambda: _conv_ghost(calls[0], weight_shape, acc), patch_sum)
+            work.macs[PATCH_SUM] = work.macs["ghost"]  # its GEMM replaces the weight gradient
         work.scaled += [c.tensors[1] for c in calls]
         if batch * math.prod(weight_shape) <= MATERIALISE_BUDGET:
             def keep():
                 sq = torch.zeros(batch, dtype=acc, device=x.device)
                 kept = conv_rule._materialised_sq_norms(calls, weight_shape, acc, sq, keep=True)
                 return sq, kept
-            work.keep = keep
+            work.reuse[REUSE] = (keep, _sum_of_kept)
             work.macs[REUSE] = product
 
-            def weight_grad():
-                return sum(conv_rule._conv_weight_grad(c.tensors[1], c.tensors[0], weight_shape,
-                                                       *c.meta["conf"]) for c in calls)
-            work.weight_grad = weight_grad
+        def weight_grad():
+            return sum(conv_rule._conv_weight_grad(c.tensors[1], c.tensors[0], weight_shape,
+                                                   *c.meta["conf"]) for c in calls)
+        work.weight_grad = weight_grad
     if mask.get("bias"):
         def bias():
             total = None
@@ -433,7 +460,7 @@ def _layer_work(rec, calls, mask, batch_dim) -> LayerWork:
                                                      batch_dim)[0]
         work.macs["rule"] = 0.0
     work.params = [f"{rec.name}.{n}" if rec.name else n for n, _ in rec.params if mask.get(n)]
-    if work.keep is not None:
+    if work.reuse:
         work.weight = f"{rec.name}.weight" if rec.name else "weight"
         work.transposed = isinstance(rule, Conv1DRule)
         # without its weight gradient, a layer whose bias is frozen and whose input needs

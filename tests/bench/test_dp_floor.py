@@ -115,9 +115,9 @@ def test_every_method_of_every_layer_gives_the_per_sample_norms(build, random_se
     if build is _cnn:
         assert kinds == {"conv", "norm", "linear"}
         conv_methods = {m for layer in work.layers if layer.kind == "conv" for m in layer.methods}
-        conv_methods |= {floor.REUSE for layer in work.layers if layer.kind == "conv"
-                         and layer.keep is not None}
-        assert {"ghost", "materialised", floor.REUSE} | (
+        conv_methods |= {m for layer in work.layers if layer.kind == "conv"
+                         for m in layer.reuse}
+        assert {"ghost", "materialised", floor.REUSE, floor.PATCH_SUM} | (
             {"fused"} if native_available() else set()) <= conv_methods
     else:
         assert kinds == {"embedding", "generic", "norm", "linear"}
@@ -127,9 +127,11 @@ def test_every_method_of_every_layer_gives_the_per_sample_norms(build, random_se
     assert checked >= len(work.layers)
 
 
-@pytest.mark.parametrize("build", [_cnn, _sequence], ids=["cnn", "sequence"])
-def test_reuse_puts_the_clipped_sum_into_the_weight_whose_gradient_it_replaces(build,
-                                                                             random_seed):
+@pytest.mark.parametrize("build, conv_method", [(_cnn, floor.REUSE), (_cnn, floor.PATCH_SUM),
+                                                (_sequence, None)],
+                         ids=["cnn-reuse", "cnn-patch-sum", "sequence"])
+def test_reuse_puts_the_clipped_sum_into_the_weight_whose_gradient_it_replaces(
+        build, conv_method, random_seed):
     batch, clip = 5, 0.5
     model, x, y = build(batch, torch.Generator().manual_seed(random_seed))
     params = {n: p.detach() for n, p in model.named_parameters()}
@@ -142,13 +144,16 @@ def test_reuse_puts_the_clipped_sum_into_the_weight_whose_gradient_it_replaces(b
     factors = (clip / (norms + 1e-6)).clamp(max=1.0)
     work = floor.capture_floor(copy.deepcopy(model), lambda m: F.cross_entropy(m(x), y),
                                max_grad_norm=clip, choose=False)
-    reused = [layer for layer in work.layers if layer.keep is not None]
+    reused = [layer for layer in work.layers if layer.reuse]
     for layer in reused:
-        layer.method = floor.REUSE
+        layer.method = conv_method if layer.kind == "conv" else floor.REUSE
     trained = copy.deepcopy(model)
     dropped = work.drop_weight_grads(trained)
-    # the head's bias trains: its weight gradient can go; the sequence model's "mix" too
+    # the head's bias trains: its weight gradient can go; the sequence model's "mix" too,
+    # and the convolutions (their biases train)
     assert "head.weight" in dropped and dropped
+    if conv_method:
+        assert {"conv1.weight", "conv2.weight"} <= set(dropped)
     torch.testing.assert_close(work().double(), norms, rtol=1e-4, atol=1e-8)
     for name in dropped:
         p = trained.get_parameter(name)

@@ -103,3 +103,44 @@ def test_fused_kernel_through_the_engine_fp32(dim, groups, stride, pad, dil, kee
             mock.patch.object(conv, "prefer_ghost", lambda *a, **kw: False):
         check_parity(built, x, y, max_grad_norm=1e-3, rtol=1e-4, atol=1e-8)
     assert served
+
+
+@settings(max_examples=25, deadline=None)
+@given(dim=st.sampled_from([1, 2, 3]), b=st.integers(1, 4), groups=st.sampled_from([1, 2, 3]),
+       cin_g=st.integers(1, 3), cout_g=st.integers(1, 3), k=st.integers(1, 3),
+       stride=st.integers(1, 2), pad=st.integers(0, 2), dil=st.integers(1, 2),
+       bias=st.booleans(), red=st.sampled_from(["mean", "sum"]), low_memory=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_ghost_norm_and_patch_sum(dim, b, groups, cin_g, cout_g, k, stride, pad, dil, bias, red,
+                                  low_memory, seed):
+    """After a ghost norm the clipped sum is one GEMM over the norm's patches
+    (``_patch_weighted_sum``; in the low-memory mode on small maps only): every
+    geometry equals the per-sample ground truth."""
+    torch.manual_seed(seed)
+    cin, cout = cin_g * groups, cout_g * groups
+    size = {1: (9,), 2: (8, 7), 3: (5, 6, 5)}[dim]
+    x = torch.randn(b, cin, *size, dtype=torch.float64)
+    y = torch.randint(0, 3, (b,))
+    conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+
+    def built():
+        torch.manual_seed(seed + 1)
+        m = nn.Sequential(conv_cls(cin, cout, k, stride=stride, padding=pad, dilation=dil,
+                                   groups=groups, bias=bias), nn.Tanh(), nn.Flatten(),
+                          nn.LazyLinear(3)).double()
+        m(x[:1])
+        return m
+
+    served = []
+    real = conv._patch_weighted_sum
+
+    def spy(*args, **kwargs):
+        served.append(True)
+        return real(*args, **kwargs)
+
+    with mock.patch.object(conv, "_patch_weighted_sum", spy), \
+            mock.patch.object(conv, "prefer_ghost", lambda *a, **kw: True):
+        check_parity(built, x, y, reduction=red, max_grad_norm=0.1, low_memory=low_memory,
+                     **F64)
+    steps = built()[0](x[:1]).shape[2:].numel()
+    assert bool(served) == (not low_memory or steps <= conv.SMALL_MAP_STEPS)

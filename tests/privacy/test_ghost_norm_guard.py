@@ -96,3 +96,22 @@ def test_conv_ghost_norm_is_guarded_too(dtype, random_seed):
     factors = (C / (norms + 1e-6)).clamp(max=1.0)
     assert torch.isfinite(norms).all() and (norms >= 0).all()
     assert (factors * exact <= C * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("d,p", [(24, 20), (300, 200)])  # the guard's path, then all-float64
+def test_ghost_norm_bounds_the_exact_norm_from_above_tightly(d, p, random_seed):
+    gen = torch.Generator().manual_seed(random_seed)
+    x, v = _cancelling_batch(6, d, p, torch.float32, [1.0] * 6, 1e-3, gen)
+    sq = ghost_sq_norm(x, v)
+    exact = ((v.double().transpose(1, 2) @ x.double()) ** 2).sum((1, 2))
+    assert sq.dtype == torch.float32
+    assert (sq.double() >= exact).all()
+    torch.testing.assert_close(sq.double(), exact, rtol=1e-5, atol=0)
+
+
+def test_ghost_norm_of_one_time_step_is_the_product_of_norms(random_seed):
+    gen = torch.Generator().manual_seed(random_seed)
+    a = torch.randn(5, 1, 300, generator=gen)
+    g = torch.randn(5, 1, 40, generator=gen)
+    exact = ((g.double().transpose(1, 2) @ a.double()) ** 2).sum((1, 2))
+    torch.testing.assert_close(ghost_sq_norm(a, g).double(), exact, rtol=1e-6, atol=0)

@@ -158,11 +158,27 @@ def ghost_sq_norm(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     and its rounding error (see :func:`guard_sq_norms`) can then exceed the
     result: such samples are recomputed in float64, plus the error bound, so
     that a clip factor computed from the norm never lets a sample exceed C.
+    With one time step it is ||a||^2 ||g||^2, two sums of squares, which
+    cannot cancel.
     """
-    sq = _raw_ghost(a, g)
+    if a.shape[1] == 1:
+        return row_sq_norms(a[:, 0]) * row_sq_norms(g[:, 0])
+    terms = a.shape[2] + g.shape[2] + a.shape[1] * a.shape[1]
+    if a.dtype != torch.float64 and terms * unit_roundoff(a.dtype) > 2 * GUARD_RELATIVE:
+        # scale >= the squared norm, so the guard would flag every sample: the
+        # low-precision pass would be thrown away, go to float64 at once
+        # contiguous (N, T, d): bmm is several times slower on a transposed layout
+        a64 = a.to(torch.float64, memory_format=torch.contiguous_format)
+        g64 = g.to(torch.float64, memory_format=torch.contiguous_format)
+        aat = torch.bmm(a64, a64.transpose(1, 2))
+        ggt = torch.bmm(g64, g64.transpose(1, 2))
+        # the Gram diagonals are the squared row norms that the scale needs
+        scale = torch.linalg.vecdot(aat.diagonal(dim1=1, dim2=2).sqrt(),
+                                    ggt.diagonal(dim1=1, dim2=2).sqrt()).square()
+        return _float64_repair((aat * ggt).sum(dim=(1, 2)), scale, terms, a.dtype)
     scale = torch.linalg.vecdot(torch.linalg.vector_norm(a, dim=2),
                                 torch.linalg.vector_norm(g, dim=2)).square()
-    terms = a.shape[2] + g.shape[2] + a.shape[1] * a.shape[1]
+    sq = _raw_ghost(a, g)
     return guard_sq_norms(sq, scale, terms, a.dtype,
                           lambda idx: _raw_ghost(a[idx].double(), g[idx].double()))
 
@@ -206,13 +222,18 @@ def guard_sq_norms(sq: torch.Tensor, scale: torch.Tensor, terms: int, dtype: tor
     if dtype == torch.float64:
         fixed = sq[idx] + gamma * scale[idx]
     else:
-        bound = terms * unit_roundoff(torch.float64) * scale[idx].double()
-        fixed = recompute(idx).clamp(min=0) + bound
-        # float64 -> float32 rounds to nearest: step up one ulp so it never rounds down
-        fixed = torch.nextafter(fixed.to(sq.dtype), sq.new_tensor(float("inf")))
+        fixed = _float64_repair(recompute(idx), scale[idx], terms, sq.dtype)
     sq = sq.clone()
     sq[idx] = fixed.to(sq.dtype)
     return sq
+
+
+def _float64_repair(exact: torch.Tensor, scale: torch.Tensor, terms: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """Float64 sums (clamped at 0) plus their error bound, rounded up to ``dtype``."""
+    fixed = exact.clamp(min=0) + terms * unit_roundoff(torch.float64) * scale.double()
+    # float64 -> float32 rounds to nearest: step up one ulp so it never rounds down
+    return torch.nextafter(fixed.to(dtype), fixed.new_tensor(float("inf"), dtype=dtype))
 
 
 def batch_first(t: torch.Tensor, batch_dim: int) -> torch.Tensor:

@@ -15,7 +15,8 @@ that kernel is slow, per-sample GEMMs over the chunk's patches
 gradient of the factor-scaled output gradient (book-keeping: one batched
 kernel, the non-private cost), or sum_i f_i * grad_i from the kept per-sample
 gradients when those are small or T is large (``_keep_per_sample``; never in
-the low-memory mode). A layer called more than once in a forward has its
+the low-memory mode), or, after a ghost norm (in the low-memory mode only on
+small maps, ``SMALL_MAP_STEPS``), one GEMM over its patches. A layer called more than once in a forward has its
 per-call per-sample gradients summed before the norm.
 """
 
@@ -118,6 +119,12 @@ KEEP_SMALL_BYTES = 2 << 20
 #: a few memory passes per per-sample entry, the book-keeping recomputation T
 #: multiply-adds per entry (one batched weight gradient)
 KEEP_MIN_STEPS = 128
+
+#: output maps of at most this many positions take the ghost norm and the GEMM over
+#: its patches in the low-memory mode too: the patches are then small (at most
+#: 4 B d), and the alternatives are slow there (ResNet-18's 1x1 maps on the CPU:
+#: the fused kernel 22 ms and oneDNN's weight gradient 42 ms, against 1 + 2 ms)
+SMALL_MAP_STEPS = 4
 
 #: per-sample weight-gradient methods (see ``_per_sample_method``)
 GROUPED, GROUPED_NHWC, PATCHES = "grouped", "grouped_nhwc", "patches"
@@ -222,6 +229,22 @@ def _patch_weight_grads(x, g, weight_shape, conf):
     return ps_t.transpose(1, 2).reshape((n,) + tuple(weight_shape))
 
 
+def _patch_weighted_sum(a, g, factors, weight_shape, groups):
+    """sum_i f_i G_i A_i^T from the ghost norm's patches a (B * groups, d, T): one GEMM
+    per group over all samples' positions.
+
+    Where the ghost norm is chosen T is small, and there oneDNN's convolution weight
+    gradient is slow on the CPU (ResNet-18's 1x1 maps: 40 ms, against 2 ms here).
+    """
+    batch, steps, d = g.shape[0], a.shape[2], a.shape[1]
+    p = weight_shape[0] // groups
+    gs = scale_rows(g, factors).reshape(batch, groups, p, steps)
+    ag = a.reshape(batch, groups, d, steps)
+    w = torch.bmm(gs.permute(1, 2, 0, 3).reshape(groups, p, batch * steps),
+                  ag.permute(1, 0, 3, 2).reshape(groups, batch * steps, d))
+    return w.reshape(weight_shape)
+
+
 def _per_sample_weight_grads(x, g, weight_shape, conf, method):
     """(n, *weight_shape) per-sample weight gradients of the n samples of x, g."""
     if method == PATCHES:
@@ -320,8 +343,10 @@ class ConvRule(LayerRule):
             d = math.prod(weight.shape[1:])
             low_memory = calls[0].meta.get("low_memory", False)
             # the ghost norm's patches (B, T, d) outweigh the fused kernel's per-thread
-            # blocks: in the low-memory mode the fused kernel wins where it applies
-            fused_first = low_memory and _fused_applies(calls, acc)
+            # blocks: in the low-memory mode the fused kernel wins where it applies,
+            # except on small maps
+            small_map = steps <= SMALL_MAP_STEPS
+            fused_first = low_memory and not small_map and _fused_applies(calls, acc)
             if len(calls) == 1 and not fused_first and prefer_ghost(
                     steps, p, d, batch=batch, groups=groups, low_memory=low_memory):
                 a = _patches(x.to(acc), tuple(weight.shape[2:]), stride, padding, dilation,
@@ -330,6 +355,8 @@ class ConvRule(LayerRule):
                 # per sample: sum over groups of <A_g A_g^T, G_g G_g^T> (clamped, guarded)
                 sq += ghost_sq_norm(a.transpose(1, 2), gg.transpose(1, 2)).reshape(
                     batch, groups).sum(1)
+                if not low_memory or small_map:
+                    cache["patches"] = a  # the clipped sum is then one GEMM over them
             else:
                 kept = _materialised_sq_norms(calls, tuple(weight.shape), acc, sq,
                                               keep=_keep_per_sample(batch, weight, steps, acc,
@@ -376,6 +403,10 @@ class ConvRule(LayerRule):
             if "weight" in cache:
                 ps = cache["weight"]
                 out["weight"] = (factors @ flat_rows(ps)).reshape(ps.shape[1:])
+            elif "patches" in cache:
+                out["weight"] = _patch_weighted_sum(cache["patches"], calls[0].tensors[1].to(acc),
+                                                    factors, tuple(module.weight.shape),
+                                                    calls[0].meta["conf"][3])
             else:
                 # book-keeping: the layer's own weight gradient of the factor-scaled
                 # output gradient, summed over the layer's calls
