@@ -9,30 +9,31 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from modelsec_fast import PrivacyEngine
 from modelsec_fast.privacy.per_sample import linear
+from modelsec_fast.privacy.per_sample.base import prefer_ghost
 from tests.privacy.parity import check_parity
 
 F64 = dict(rtol=1e-10, atol=1e-13)
 
 
 class TokenNet(nn.Module):
-    """A Linear over 12 tokens (T = 12, p = 20, d = 24): the fast mode materialises its
-    per-sample gradient (T^2 (p + d) > 4 p d), the low-memory mode takes the ghost norm
-    (2 T^2 <= p d). Then a Conv1d and a head."""
+    """A Linear over 12 tokens (T = 12, p = 16, d = 18): the fast mode materialises its
+    per-sample gradient (T^2 (p + d) > GHOST_FACTOR p d), the low-memory mode takes the
+    ghost norm (2 T^2 <= p d). Then a Conv1d and a head."""
 
     def __init__(self):
         super().__init__()
-        self.proj = nn.Linear(24, 20)
-        self.conv = nn.Conv1d(20, 6, 3, padding=1)
+        self.proj = nn.Linear(18, 16)
+        self.conv = nn.Conv1d(16, 6, 3, padding=1)
         self.head = nn.Linear(6 * 12, 3)
 
     def forward(self, x):
-        h = torch.tanh(self.proj(x))  # (B, 12, 20)
+        h = torch.tanh(self.proj(x))  # (B, 12, 16)
         return self.head(torch.tanh(self.conv(h.transpose(1, 2))).flatten(1))
 
 
 def _data(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(7, 12, 24, generator=g, dtype=torch.float64),
+    return (torch.randn(7, 12, 18, generator=g, dtype=torch.float64),
             torch.randint(0, 3, (7,), generator=g))
 
 
@@ -49,8 +50,9 @@ def test_both_modes_equal_the_ground_truth(low_memory):
 
 @pytest.mark.parametrize("low_memory, ghost_calls", [(False, 0), (True, 1)])
 def test_the_low_memory_mode_takes_the_ghost_norm(low_memory, ghost_calls):
-    """Only the mode decides here: the fast mode materialises proj's (B, 20, 24)
+    """Only the mode decides here: the fast mode materialises proj's (B, 16, 18)
     per-sample gradient, the low-memory mode takes its ghost norm."""
+    assert not prefer_ghost(12, 16, 18, batch=7) and prefer_ghost(12, 16, 18, low_memory=True)
     x, y = _data(1)
     real = linear.ghost_sq_norm
     with mock.patch.object(linear, "ghost_sq_norm", wraps=real) as spy:

@@ -126,24 +126,34 @@ def opmath(dtype: torch.dtype) -> torch.dtype:
 MATERIALISE_BUDGET = 1 << 26
 
 
+#: the ghost norm pays while T^2 (p + d) <= GHOST_FACTOR * p * d (see prefer_ghost)
+GHOST_FACTOR = 16
+
+
 def prefer_ghost(time_steps: int, out_features: int, in_features: int, *,
                  batch: int = 1, groups: int = 1, low_memory: bool = False) -> bool:
     """Ghost norm (True) or materialised per-sample gradient (False) for one layer.
 
-    Per sample and group, the ghost norm costs T^2 (p + d) multiply-adds and
-    then still needs the book-keeping product G^T diag(c) A (T p d); the
-    materialised gradient costs the same T p d once, plus a few memory passes
-    over its p d entries. So ghost pays only while T^2 (p + d) <= 4 p d (always
-    for T = 1). Past that we materialise, unless the B * groups * p * d tensor
-    would exceed ``MATERIALISE_BUDGET``; then the published mixed-ghost rule
-    (Bu et al. 2023: ghost iff 2T^2 <= p d, i.e. whichever needs less memory)
-    decides. ``low_memory`` (the engine's low-memory mode) applies that rule
-    everywhere.
+    Per sample and group, the ghost norm costs T^2 (p + d) multiply-adds (in
+    float64 for fp32 layers of realistic width, where its error bound needs it:
+    see :func:`ghost_sq_norm`) and then still needs the book-keeping product
+    G^T diag(c) A (T p d); the materialised gradient costs the same T p d once,
+    plus memory passes over its p d entries (written, read for the norm and
+    for the weighted sum, in fresh pages), worth some 30 fp32 multiply-adds
+    each on the CPU. So ghost pays while 2 T^2 (p + d) <= 30 p d, i.e.
+    T^2 (p + d) <= ``GHOST_FACTOR`` p d (always for T = 1; measured on the
+    benchmark models: the LSTM's recurrent layer, at 10, runs 3.6% faster per
+    step as ghost; every other layer of bench_dpsgd's models is at 27 or more
+    or at most 2.2, and keeps its method). Past that we materialise, unless the
+    B * groups * p * d tensor would exceed ``MATERIALISE_BUDGET``; then the
+    published mixed-ghost rule (Bu et al. 2023: ghost iff 2T^2 <= p d, i.e.
+    whichever needs less memory) decides. ``low_memory`` (the engine's
+    low-memory mode) applies that rule everywhere.
     """
     t, p, d = time_steps, out_features, in_features
     if low_memory:
         return 2 * t * t <= p * d
-    if t * t * (p + d) <= 4 * p * d:
+    if t * t * (p + d) <= GHOST_FACTOR * p * d:
         return True
     if batch * groups * p * d <= MATERIALISE_BUDGET:
         return False
