@@ -204,6 +204,12 @@ void check_step_args(const char* op, const Tensor& x, const Tensor& g, const Ten
   }
 }
 
+void check_row_sq_norms_args(const Tensor& x) {
+  const char* op = "_row_sq_norms";
+  check_float_tensor(op, "x", x);
+  STD_TORCH_CHECK(x.dim() >= 1, op, ": x must be shaped (B, ...), got a 0-d tensor");
+}
+
 ConvGeometry check_conv_grad_args(const char* op, const Tensor& x, const Tensor& grad_out,
                                   const std::vector<int64_t>& kernel,
                                   const std::vector<int64_t>& stride,

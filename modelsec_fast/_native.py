@@ -39,6 +39,7 @@ __all__ = [
     "SCHEMAS", "load", "build_info", "native_disabled", "source_code",
     "check_clip_and_noise", "check_accumulate_and_noise", "check_add_noise",
     "check_step", "reference_step_args", "check_fill_normals", "check_conv_grad",
+    "check_row_sq_norms",
 ]
 
 _log = logging.getLogger("modelsec_fast")
@@ -69,6 +70,8 @@ SCHEMAS = {
     "_conv_weight_grad_norms": "_conv_weight_grad_norms(Tensor x, Tensor grad_out, "
                                "int[] kernel, int[] stride, int[] padding, int[] dilation, "
                                "int groups, bool keep) -> (Tensor, Tensor)",
+    # Each sample's sum of squares (the DP engine's per-sample norms): (B, ...) -> (B,).
+    "_row_sq_norms": "_row_sq_norms(Tensor x) -> Tensor",
     # Test hook: fills `out` (float32, 1-D) with the raw normals of a stream;
     # `key` (8 words) is the ChaCha20 key for source 1, so tests can compare.
     "_fill_normals_": "_fill_normals_(Tensor(a!) out, int seed, int offset, int tensor_index, "
@@ -260,6 +263,13 @@ def check_conv_grad(x, grad_out, kernel, stride, padding, dilation, groups) -> N
         f"output size {tuple(out)} for x {tuple(x.shape)}"))
 
 
+def check_row_sq_norms(x) -> None:
+    """The checks of csrc/op_common.cpp's check_row_sq_norms_args (ValueError/TypeError)."""
+    op = "_row_sq_norms"
+    _check_float_tensor(op, "x", x)
+    torch._check_value(x.dim() >= 1, lambda: f"{op}: x must be shaped (B, ...), got a 0-d tensor")
+
+
 # ---------------------------------------------------------------- kernels
 
 def _clip_and_noise(grads, max_norm, noise_std, scale, seed, offset, source):
@@ -308,11 +318,16 @@ def _conv_weight_grad_norms(x, grad_out, kernel, stride, padding, dilation, grou
                                             groups, keep)
 
 
+def _row_sq_norms(x):
+    check_row_sq_norms(x)
+    return reference.row_sq_norms(x)
+
+
 _REFERENCE_KERNELS = {
     "clip_and_noise": _clip_and_noise, "accumulate_and_noise": _accumulate_and_noise,
     "add_noise_": _add_noise_, "sign_step": _sign_step, "sign_step_": _sign_step_,
     "l2_step": _l2_step, "_fill_normals_": _fill_normals_,
-    "_conv_weight_grad_norms": _conv_weight_grad_norms,
+    "_conv_weight_grad_norms": _conv_weight_grad_norms, "_row_sq_norms": _row_sq_norms,
 }
 
 
@@ -356,12 +371,19 @@ def _fake_conv_weight_grad_norms(x, grad_out, kernel, stride, padding, dilation,
     return x.new_empty((x.shape[0],)), x.new_empty(shape)
 
 
+def _fake_row_sq_norms(x):
+    check_row_sq_norms(x)
+    return x.new_empty((x.shape[0],), dtype=torch.float64 if x.dtype == torch.float64
+                       else torch.float32)
+
+
 _FAKE_KERNELS = {
     "clip_and_noise": _fake_clip_and_noise, "accumulate_and_noise": _fake_accumulate_and_noise,
     "add_noise_": _fake_add_noise_, "sign_step": _fake_sign_step,
     "sign_step_": _fake_sign_step_, "l2_step": _fake_l2_step,
     "_fill_normals_": _fake_fill_normals_,
     "_conv_weight_grad_norms": _fake_conv_weight_grad_norms,
+    "_row_sq_norms": _fake_row_sq_norms,
 }
 
 

@@ -271,3 +271,21 @@ def _conv_weight_grad_norms(x: torch.Tensor, grad_out: torch.Tensor, kernel: Seq
     else:
         sq, grads = reference.conv_weight_grad_norms(*args, keep)
     return sq, (grads if keep else None)
+
+
+def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Each sample's sum of squares, ``(B, ...) -> (B,)``, in float32 (float64 for
+    float64 input): the DP engine's per-sample squared norms.
+
+    The native CPU kernel reads x once (blocks of 512 in float32 lanes, the blocks
+    summed in float64, in a fixed order); ``vecdot`` first writes ``x * x`` to fresh
+    memory, which cost 10x the read on the engine's per-sample gradients. Other
+    devices run the reference (``vecdot``).
+
+    Raises:
+        TypeError/ValueError: not a float tensor, or 0-d.
+    """
+    _native.check_row_sq_norms(x)
+    if native_available():
+        return torch.ops.modelsec_fast._row_sq_norms(x)
+    return reference.row_sq_norms(x)

@@ -73,7 +73,7 @@ __all__ = [
     "NOISE_DOMAIN", "philox4x32_10", "chacha20_block", "box_muller",
     "philox_normal", "chacha20_normal", "secure_key", "noise_normal",
     "clip_and_noise", "accumulate_and_noise", "add_noise_", "sign_step",
-    "l2_step", "per_sample_norms", "clip_factors", "conv_weight_grad_norms",
+    "l2_step", "per_sample_norms", "clip_factors", "conv_weight_grad_norms", "row_sq_norms",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -437,3 +437,10 @@ def conv_weight_grad_norms(x: torch.Tensor, grad_out: torch.Tensor, kernel, stri
                 (batch, c_out, c_in // groups) + tuple(kernel))
     sq = grads.reshape(batch, -1).double().square().sum(1).float()
     return sq, (grads if keep else x.new_empty((0,)))
+
+
+def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Each sample's sum of squares: x (B, ...) -> (B,) in op-math (float32; float64
+    for float64), as ``vecdot`` of the flattened rows (pairwise sums)."""
+    flat = x.reshape(x.shape[0], -1).to(_opmath(x.dtype))
+    return torch.linalg.vecdot(flat, flat)

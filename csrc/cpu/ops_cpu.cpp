@@ -24,6 +24,8 @@ constexpr int64_t kStepGrain = 32768;   // elements per parallel step work item
 constexpr int64_t kMaxSampleChunks = 8; // fixed sample partition: result independent of threads
 constexpr int64_t kSampleGroup = 4;     // samples normed, then accumulated together (rows in L2/L3)
 constexpr int64_t kAccTile = 4096;      // accumulator elements updated per pass (fits L1)
+constexpr int64_t kSquaresBlock = 512;  // elements summed in op-math lanes before double
+constexpr int64_t kRowChunk = 65536;    // elements of one row per parallel work item
 
 // (tensor index, first element, length) work items over several tensors.
 struct Item {
@@ -290,6 +292,45 @@ Tensor l2_step_cpu(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig
   return out;
 }
 
+// Rows of x as (B, n): each row's sum of squares, blocks of kSquaresBlock summed in
+// op-math lanes (kernels' sum_squares), the blocks in double, in order; rows are split
+// into kRowChunk pieces for the threads, whose partial sums are added in order, so the
+// result does not depend on the thread count. Reads x once and allocates nothing of
+// x's size (an ATen vecdot writes x * x first: fresh pages, at 8 bytes per element).
+Tensor row_sq_norms_cpu(Tensor x) {
+  check_row_sq_norms_args(x);
+  const Tensor c = torch::stable::contiguous(x);
+  const int64_t B = c.size(0);
+  const int64_t n = B > 0 ? c.numel() / B : 0;
+  const ScalarType acc = opmath_of(c);
+  Tensor out = torch::stable::new_empty(c, {B}, acc);
+  const int64_t chunks = std::max<int64_t>(1, (n + kRowChunk - 1) / kRowChunk);
+  std::vector<double> partial(size_t(B * chunks), 0.0);
+  const auto& ks = kernels();
+  const DType dt = dtype_of(c);
+  const int64_t elem = c.element_size();
+  const char* base = static_cast<const char*>(c.data_ptr());
+  parallel_for(0, B * chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) {
+      const int64_t i = w / chunks, start = (w % chunks) * kRowChunk;
+      const int64_t stop = std::min(n, start + kRowChunk);
+      double s = 0;
+      for (int64_t j = start; j < stop; j += kSquaresBlock)
+        s += ks.sum_squares(dt, base + (i * n + j) * elem, std::min(kSquaresBlock, stop - j));
+      partial[size_t(w)] = s;
+    }
+  });
+  for (int64_t i = 0; i < B; ++i) {
+    double s = 0;
+    for (int64_t k = 0; k < chunks; ++k) s += partial[size_t(i * chunks + k)];
+    if (acc == ScalarType::Double)
+      static_cast<double*>(out.data_ptr())[i] = s;
+    else
+      static_cast<float*>(out.data_ptr())[i] = float(s);
+  }
+  return out;
+}
+
 void fill_normals_cpu(Tensor out, int64_t seed, int64_t offset, int64_t tensor_index,
                       int64_t source, std::vector<int64_t> key) {
   check_fill_normals_args(out, source, key);
@@ -318,6 +359,7 @@ STABLE_TORCH_LIBRARY_IMPL(modelsec_fast, CPU, m) {
   m.impl("sign_step_", TORCH_BOX(&sign_step_inplace_cpu));
   m.impl("l2_step", TORCH_BOX(&l2_step_cpu));
   m.impl("_fill_normals_", TORCH_BOX(&fill_normals_cpu));
+  m.impl("_row_sq_norms", TORCH_BOX(&row_sq_norms_cpu));
 }
 
 }  // namespace msf::cpu

@@ -116,6 +116,7 @@ def test_cuda_opcheck():
         ("_conv_weight_grad_norms", (torch.randn(3, 4, 7, 6, device="cuda"),
                                      torch.randn(3, 6, 4, 3, device="cuda"), [3, 2], [2, 2],
                                      [1, 0], [1, 1], 2, True)),
+        ("_row_sq_norms", (torch.randn(5, 3, 70001, device="cuda"),)),  # the reference on CUDA
     ]:
         torch.library.opcheck(getattr(torch.ops.modelsec_fast, name).default, args)
 

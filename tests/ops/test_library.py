@@ -145,6 +145,9 @@ BAD_CALLS = [
      ValueError, "padding must be >= 0"),
     ("conv-groups", lambda: _conv(torch.rand(2, 3, 5, 5), torch.rand(2, 4, 3, 3), groups=2),
      ValueError, "groups=2 must divide x's 3 and grad_out's 4 channels"),
+    ("row-norms-dtype", lambda: OP._row_sq_norms(_int(4, 3)), TypeError, "x has dtype"),
+    ("row-norms-0d", lambda: OP._row_sq_norms(torch.tensor(1.0)), ValueError,
+     r"x must be shaped \(B, \.\.\.\)"),
     ("conv-output-size", lambda: _conv(torch.rand(2, 3, 5, 5), torch.rand(2, 4, 4, 3)),
      ValueError, r"grad_out's spatial size \(4, 3\) is not the convolution's output size "
                  r"\(3, 3\)"),

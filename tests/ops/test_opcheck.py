@@ -31,6 +31,9 @@ def _cases():
                                      [3, 2], [2, 2], [1, 0], [1, 1], 2, True)),
         ("_conv_weight_grad_norms", (torch.randn(2, 3, 5, 5), torch.randn(2, 4, 3, 3),
                                      [3, 3], [1, 1], [0, 0], [1, 1], 1, False)),
+        ("_row_sq_norms", (torch.randn(5, 3, 70001),)),
+        ("_row_sq_norms", (torch.randn(4, 6, dtype=torch.float64).t(),)),
+        ("_row_sq_norms", (torch.randn(3, 9, dtype=torch.bfloat16),)),
     ]
 
 
