@@ -3,7 +3,8 @@
 For each case, interleaved round by round (``bench/_harness.py``): the native kernel,
 the pure-PyTorch reference (the fallback path, left out with ``--no-reference``),
 the eager Opacus sequence (norms -> clamp -> einsum -> randn -> add) or the eager
-torchattacks update, and a plain ``copy_`` of the same number of bytes. The ratio
+torchattacks update, or ATen's ``vecdot`` for the per-sample norms, and a plain
+``copy_`` of the same number of bytes. The ratio
 is to the eager sequence; GB/s counts the minimal bytes (inputs read once, outputs
 written once); ``x copy_`` is the per-round ratio to the ``copy_``.
 
@@ -114,6 +115,19 @@ def case_add_noise(params, device, with_reference):
     return "add_noise_", f"P={params}", nbytes, contenders
 
 
+def case_row_sq_norms(batch, numel, device, with_reference):
+    x = torch.randn(batch, numel, device=device)
+    nbytes = x.numel() * 4  # read once
+    contenders = {
+        "native": _with_path(True, lambda: ops._row_sq_norms(x)),
+        "eager": lambda: torch.linalg.vecdot(x, x),  # writes x * x, then sums it
+        "copy_": _copy_of(nbytes, device),
+    }
+    if with_reference:
+        contenders["reference"] = _with_path(False, lambda: ops._row_sq_norms(x))
+    return "_row_sq_norms", f"B={batch} n={numel}", nbytes, contenders
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="bench_ops.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--no-reference", action="store_true", help="skip the slow reference path")
@@ -126,14 +140,18 @@ def main(argv=None) -> dict:
     if args.quick:
         cases = [lambda: case_sign_step((64, 3, 32, 32), device, ref),
                  lambda: case_clip_and_noise(32, 25_450, device, ref),
-                 lambda: case_add_noise(65_536, device, ref)]
+                 lambda: case_add_noise(65_536, device, ref),
+                 lambda: case_row_sq_norms(8, 8192, device, ref)]
     else:
         cases = [lambda: case_sign_step((1024, 1, 28, 28), device, ref),
                  lambda: case_sign_step((256, 3, 32, 32), device, ref),
                  lambda: case_sign_step((256, 3, 224, 224), device, ref),
                  lambda: case_clip_and_noise(256, 25_450, device, ref),
                  lambda: case_clip_and_noise(256, 535_818, device, ref),
-                 lambda: case_add_noise(535_818, device, ref)]
+                 lambda: case_add_noise(535_818, device, ref),
+                 lambda: case_row_sq_norms(256, 784, device, ref),
+                 lambda: case_row_sq_norms(16, 32_768, device, ref),
+                 lambda: case_row_sq_norms(32, 65_536, device, ref)]
     section = report.section("fused ops against the eager sequences", baseline="eager",
                              note="GB/s: minimal bytes / median; x copy_: per-round ratio to a "
                                   "copy_ of the same bytes")
