@@ -284,7 +284,7 @@ def row_sq_norms(t: torch.Tensor) -> torch.Tensor:
     """||t[i]||^2 for each row of (B, ...), in float32 (float64 for float64 t).
 
     On the CPU the native kernel reads a large t once, where ``vecdot`` would first
-    write t * t to fresh memory (GPT-2's step: 11%); below ``NATIVE_NORM_NUMEL``
+    write t * t to fresh memory (5-11% of GPT-2's step); below ``NATIVE_NORM_NUMEL``
     elements vecdot's temporary stays in cache and its call is cheaper. The engine's
     tensors need no Python-side argument checks (the kernel checks again in C++).
     """
