@@ -86,10 +86,9 @@ ConvGeometry check_conv_grad_args(const char* op, const Tensor& x, const Tensor&
 // The per-sample gradients _conv_weight_grad_norms returns: uninitialised
 // (B, groups * c_out, c_in, kh, kw) like x when keep, else an empty (0,) tensor.
 Tensor new_conv_weight_grads(const Tensor& x, const ConvGeometry& geo, int64_t groups, bool keep);
-// _fill_normals_ (the test hook that exposes the raw normal stream).
 // x of _row_sq_norms: a float tensor of at least 1 dimension (B, ...).
 void check_row_sq_norms_args(const Tensor& x);
-
+// _fill_normals_ (the test hook that exposes the raw normal stream).
 void check_fill_normals_args(const Tensor& out, int64_t source, const std::vector<int64_t>& key);
 
 // ------------------------------------------------------------------ per-sample values

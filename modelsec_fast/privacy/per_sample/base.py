@@ -145,8 +145,9 @@ def prefer_ghost(time_steps: int, out_features: int, in_features: int, *,
     each on the CPU. So ghost pays while 2 T^2 (p + d) <= 30 p d, i.e.
     T^2 (p + d) <= ``GHOST_FACTOR`` p d (always for T = 1; measured on the
     benchmark models: the LSTM's recurrent layer, at 10, runs 3.6% faster per
-    step as ghost; every other layer of bench_dpsgd's models is at 27 or more
-    or at most 2.2, and keeps its method). Past that we materialise, unless the
+    step as ghost; ResNet-18's first downsampling conv, at 6, changed too; the
+    other layers of bench_dpsgd's models are at 18 or more, or at most 2.4,
+    and kept their methods). Past that we materialise, unless the
     B * groups * p * d tensor would exceed ``MATERIALISE_BUDGET``; then the
     published mixed-ghost rule (Bu et al. 2023: ghost iff 2T^2 <= p d, i.e.
     whichever needs less memory) decides. ``low_memory`` (the engine's
@@ -178,8 +179,8 @@ def ghost_sq_norm(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     terms = a.shape[2] + g.shape[2] + a.shape[1] * a.shape[1]
     if a.dtype != torch.float64 and terms * unit_roundoff(a.dtype) > 2 * GUARD_RELATIVE:
         # scale >= the squared norm, so the guard would flag every sample: the
-        # low-precision pass would be thrown away, go to float64 at once
-        # contiguous (N, T, d): bmm is several times slower on a transposed layout
+        # low-precision pass would be thrown away, go to float64 at once (on
+        # contiguous copies: bmm is several times slower on a transposed layout)
         a64 = a.to(torch.float64, memory_format=torch.contiguous_format)
         g64 = g.to(torch.float64, memory_format=torch.contiguous_format)
         aat = torch.bmm(a64, a64.transpose(1, 2))
