@@ -149,9 +149,10 @@ def _floor_step(model, run, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clip_work = _dp_floor.capture_floor(copy.deepcopy(model), run, max_grad_norm=1.0)
+    # every trained parameter gets noise, the weights whose gradient reuse replaces too
+    trained = [p for p in model.parameters() if p.requires_grad]
     dropped = clip_work.drop_weight_grads(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    trained = [p for p in model.parameters() if p.requires_grad]
     noise = torch.Generator().manual_seed(0)
 
     def step():

@@ -220,3 +220,28 @@ def test_bench_dpsgd_quick_has_the_floor_rows_and_the_ratio_to_the_floor(tmp_pat
         assert by["floor"]["wall_s"]["median"] > by["floor_clip"]["wall_s"]["median"] > 0
         assert by["ours"]["values"]["x floor"] > 0
     assert "mnist_cnn floor: methods: conv" in done.stdout
+
+
+def test_the_floor_step_noises_every_trained_parameter():
+    """The floor's noise covers the weights whose batched gradient reuse replaces too
+    (they leave requires_grad but are trained): one add_noise_ over every parameter."""
+    with mock.patch.object(sys, "path", [BENCH] + sys.path):
+        import _dp_floor
+        import bench_dpsgd
+
+        def reuse_where_possible(self, device):
+            self.method = floor.REUSE if floor.REUSE in self.reuse else next(
+                iter(self.candidates()), None)
+
+        model, x, y = _cnn(4, torch.Generator().manual_seed(0))
+        trained = sum(1 for p in model.parameters() if p.requires_grad)
+        noised = []
+        real = bench_dpsgd.ops.add_noise_
+        with mock.patch.object(_dp_floor.LayerWork, "choose", reuse_where_possible), \
+                mock.patch.object(bench_dpsgd.ops, "add_noise_",
+                                  lambda ts, *a, **k: noised.append(len(ts)) or real(ts, *a, **k)):
+            step = bench_dpsgd._floor_step(model, lambda m: F.cross_entropy(m(x), y),
+                                           torch.device("cpu"))
+            step()
+    assert any(n.startswith("reuse:") for n in step.notes)  # some weights were dropped
+    assert noised == [trained]
