@@ -442,5 +442,6 @@ def conv_weight_grad_norms(x: torch.Tensor, grad_out: torch.Tensor, kernel, stri
 def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
     """Each sample's sum of squares: x (B, ...) -> (B,) in op-math (float32; float64
     for float64), as ``vecdot`` of the flattened rows (pairwise sums)."""
-    flat = x.reshape(x.shape[0], -1).to(_opmath(x.dtype))
+    # math.prod, not -1: reshape cannot infer a size from 0 elements (B = 0)
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:])).to(_opmath(x.dtype))
     return torch.linalg.vecdot(flat, flat)

@@ -91,18 +91,11 @@ def test_fused_kernel_through_the_engine_fp32(dim, groups, stride, pad, dil, kee
         m[3].requires_grad_(False)
         return m
 
-    served = []
-    real = conv._fused_sq_norms
-
-    def spy(*args, **kwargs):
-        served.append(True)
-        return real(*args, **kwargs)
-
-    with mock.patch.object(conv, "_fused_sq_norms", spy), \
+    with mock.patch.object(conv, "_fused_sq_norms", wraps=conv._fused_sq_norms) as served, \
             mock.patch.object(conv, "_keep_per_sample", lambda *a: keep), \
             mock.patch.object(conv, "prefer_ghost", lambda *a, **kw: False):
         check_parity(built, x, y, max_grad_norm=1e-3, rtol=1e-4, atol=1e-8)
-    assert served
+    assert served.called
 
 
 @settings(max_examples=25, deadline=None)
@@ -131,16 +124,9 @@ def test_ghost_norm_and_patch_sum(dim, b, groups, cin_g, cout_g, k, stride, pad,
         m(x[:1])
         return m
 
-    served = []
-    real = conv._patch_weighted_sum
-
-    def spy(*args, **kwargs):
-        served.append(True)
-        return real(*args, **kwargs)
-
-    with mock.patch.object(conv, "_patch_weighted_sum", spy), \
+    with mock.patch.object(conv, "_patch_weighted_sum", wraps=conv._patch_weighted_sum) as served, \
             mock.patch.object(conv, "prefer_ghost", lambda *a, **kw: True):
         check_parity(built, x, y, reduction=red, max_grad_norm=0.1, low_memory=low_memory,
                      **F64)
     steps = built()[0](x[:1]).shape[2:].numel()
-    assert bool(served) == (not low_memory or steps <= conv.SMALL_MAP_STEPS)
+    assert served.called == (not low_memory or steps <= conv.SMALL_MAP_STEPS)

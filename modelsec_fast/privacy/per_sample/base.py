@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from modelsec_fast import ops
+from modelsec_fast import ops, reference
 
 
 @dataclass
@@ -291,8 +291,7 @@ def row_sq_norms(t: torch.Tensor) -> torch.Tensor:
     """
     if t.numel() >= NATIVE_NORM_NUMEL and t.device.type == "cpu" and ops.native_available():
         return torch.ops.modelsec_fast._row_sq_norms(t)
-    flat = flat_rows(t)
-    return torch.linalg.vecdot(flat, flat).to(opmath(t.dtype))
+    return reference.row_sq_norms(t)
 
 
 class CompactedRule(LayerRule):
