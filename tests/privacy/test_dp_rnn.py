@@ -367,6 +367,46 @@ def test_privacy_engine_step_matches_ground_truth():
         torch.testing.assert_close(p.grad, want, **F64)
 
 
+@pytest.mark.filterwarnings("ignore:poisson_sampling=False")
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_recurrence_is_one_call_and_input_gradient_passes_leave_no_trace(kind):
+    """Each direction's hh steps reach the rule as one call (stepwise_linear); an
+    attack's autograd.grad on the input through the recurrence records nothing."""
+    from unittest import mock
+
+    from modelsec_fast import PrivacyEngine
+    from modelsec_fast.privacy.per_sample.capture import LayerRecorder
+
+    def step(attack_first):
+        torch.manual_seed(3)
+        model = SeqClassifier(make_dp(kind, 2, 3, layers=2, batch_first=True,
+                                      bidirectional=True), 2)
+        x = torch.randn(5, 4, 2, dtype=torch.float64)
+        y = torch.randint(0, 2, (5,))
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
+        pm, opt, _ = PrivacyEngine().make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+            data_loader=loader, noise_multiplier=0.0, max_grad_norm=0.5,
+            poisson_sampling=False)
+        if attack_first:
+            xa = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(nn.functional.cross_entropy(pm(xa), y), xa)
+            assert g.abs().sum() > 0
+        opt.zero_grad()
+        with mock.patch.object(LayerRecorder, "capture", autospec=True,
+                               side_effect=LayerRecorder.capture) as capture:
+            nn.functional.cross_entropy(pm(x), y).backward()
+        opt.step()
+        hh = [c.args[0].name for c in capture.call_args_list if c.args[0].name.endswith(".hh")]
+        return hh, [p.grad.clone() for p in model.parameters()]
+
+    hh_calls, plain = step(attack_first=False)
+    assert len(hh_calls) == len(set(hh_calls)) == 4  # 2 layers x 2 directions, once each
+    _, attacked = step(attack_first=True)
+    for a, b in zip(plain, attacked):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_dp_modules_pass_the_validator():
     model = nn.Sequential(DPLSTM(3, 4, proj_size=2), DPGRU(3, 4, bidirectional=True),
                           DPRNN(3, 4, 2, "relu"), DPLSTMCell(3, 4), DPGRUCell(4, 4),

@@ -7,8 +7,8 @@ direction, so the engine's Linear rule covers every parameter:
 
 * ``ih`` (input -> gates) is applied once to the whole sequence;
 * ``hh`` (hidden -> gates) is applied once per time step on (B, H) inputs; the
-  Linear rule concatenates a layer's calls along time, which gives the exact
-  per-sample gradient sum_t g_t h_{t-1}^T;
+  engine records the steps as one call along time (``stepwise_linear``), which
+  gives the exact per-sample gradient sum_t g_t h_{t-1}^T;
 * ``hr`` (LSTM ``proj_size``: hidden -> projection, no bias) once per step.
 
 Same constructor, forward signature, gate order, initialisation and shapes as
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ...validation import check_in_range, check_int
 from ..per_sample.capture import OWNER_ATTR
+from ..per_sample.linear import stepwise_linear
 
 __all__ = ["DPRNNBase", "DPLSTM", "DPGRU", "DPRNN", "DPRNNCellBase", "DPLSTMCell",
            "DPGRUCell", "DPRNNCell", "convert_rnn"]
@@ -91,9 +93,11 @@ def _name_pairs(module: nn.Module, path: str = "", suffix: str = ""):
             yield f"{path}{sub}.{pname}", f"{stem}{suffix}"
 
 
-def _lstm_step(cell, projected, h, c):
+# A step takes hh(h), the hidden product W_hh h + b_hh (a cell's ``hh`` module, or
+# a recurrence's :func:`stepwise_linear` at the current step).
+def _lstm_step(cell, hh, projected, h, c):
     """projected: (B, 4H) = W_ih x_t + b_ih; h: (B, proj or H); c: (B, H)."""
-    i, f, g, o = (projected + cell.hh(h)).chunk(4, dim=1)
+    i, f, g, o = (projected + hh(h)).chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
     if getattr(cell, "hr", None) is not None:
@@ -101,22 +105,22 @@ def _lstm_step(cell, projected, h, c):
     return h, c
 
 
-def _gru_step(cell, projected, h, c):
+def _gru_step(cell, hh, projected, h, c):
     """projected: (B, 3H); torch's gate order r, z, n; b_hn stays inside r * (.)."""
     xr, xz, xn = projected.chunk(3, dim=1)
-    hr, hz, hn = cell.hh(h).chunk(3, dim=1)
+    hr, hz, hn = hh(h).chunk(3, dim=1)
     r = torch.sigmoid(xr + hr)
     z = torch.sigmoid(xz + hz)
     n = torch.tanh(xn + r * hn)
     return (1 - z) * n + z * h, None
 
 
-def _tanh_step(cell, projected, h, c):
-    return torch.tanh(projected + cell.hh(h)), None
+def _tanh_step(cell, hh, projected, h, c):
+    return torch.tanh(projected + hh(h)), None
 
 
-def _relu_step(cell, projected, h, c):
-    return torch.relu(projected + cell.hh(h)), None
+def _relu_step(cell, hh, projected, h, c):
+    return torch.relu(projected + hh(h)), None
 
 
 _STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN_TANH": _tanh_step, "RNN_RELU": _relu_step}
@@ -400,11 +404,14 @@ class DPRNNBase(_TorchCompatible, nn.Module):
 
     def _run_direction(self, cell: RecurrentDirection, x, h, c, *, reverse: bool, mask):
         """One layer, one direction over (T, B, F) -> ((T, B, out), h_T, c_T)."""
-        projected = self._project_sequence(cell.ih, x)
+        # unbind, not projected[t]: its backward stacks the T step gradients once,
+        # where T selects would each scatter into a zeroed (T, B, G) buffer
+        projected = self._project_sequence(cell.ih, x).unbind(0)
         steps = x.shape[0]
+        hh = stepwise_linear(cell.hh, steps)
         outputs = [None] * steps
         for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-            h_new, c_new = self._cell_step(cell, projected[t], h, c)
+            h_new, c_new = _STEPS[self.mode](cell, partial(hh, t), projected[t], h, c)
             if mask is None:
                 h, c = h_new, c_new
                 outputs[t] = h
@@ -422,9 +429,6 @@ class DPRNNBase(_TorchCompatible, nn.Module):
         if _engine_batch_dim(linear) == 0:
             return linear(x.transpose(0, 1)).transpose(0, 1)
         return linear(x)
-
-    def _cell_step(self, cell, projected, h, c):
-        return _STEPS[self.mode](cell, projected, h, c)
 
 
 class DPLSTM(DPRNNBase):
@@ -552,7 +556,7 @@ class DPRNNCellBase(_TorchCompatible, nn.Module):
             c = self._checked_state("c_0", hx[1], batch, batched, x)
         else:
             h, c = self._checked_state("hx", hx, batch, batched, x), None
-        h, c = _STEPS[self.mode](self, self.ih(x), h, c)
+        h, c = _STEPS[self.mode](self, self.hh, self.ih(x), h, c)
         if not batched:
             h = h.squeeze(0)
             c = None if c is None else c.squeeze(0)

@@ -251,6 +251,12 @@ class _PrivateForward:
         return rec.rule.forward(module, rec, *args, **kwargs)
 
 
+def recorder_of(module: nn.Module) -> LayerRecorder | None:
+    """The recorder routing ``module`` through its rule, or None for a plain layer."""
+    forward = module.__dict__.get("forward")
+    return forward.recorder if isinstance(forward, _PrivateForward) else None
+
+
 def attach(module: nn.Module, *, batch_dim: int = 0, low_memory: bool = False) -> CaptureState:
     """Route every layer of ``module`` that owns parameters through its rule.
 
