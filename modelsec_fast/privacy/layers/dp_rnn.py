@@ -7,7 +7,7 @@ direction, so the engine's Linear rule covers every parameter:
 
 * ``ih`` (input -> gates) is applied once to the whole sequence;
 * ``hh`` (hidden -> gates) is applied once per time step on (B, H) inputs; the
-  engine records the steps as one call along time (``stepwise_linear``), which
+  engine records the steps as one call along time (``hidden_product``; not for GRU), which
   gives the exact per-sample gradient sum_t g_t h_{t-1}^T;
 * ``hr`` (LSTM ``proj_size``: hidden -> projection, no bias) once per step.
 
@@ -40,7 +40,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ...validation import check_in_range, check_int
 from ..per_sample.capture import OWNER_ATTR
-from ..per_sample.linear import stepwise_linear
+from ..per_sample.linear import hidden_product
 
 __all__ = ["DPRNNBase", "DPLSTM", "DPGRU", "DPRNN", "DPRNNCellBase", "DPLSTMCell",
            "DPGRUCell", "DPRNNCell", "convert_rnn"]
@@ -94,7 +94,7 @@ def _name_pairs(module: nn.Module, path: str = "", suffix: str = ""):
 
 
 # A step takes hh(h), the hidden product W_hh h + b_hh (a cell's ``hh`` module, or
-# a recurrence's :func:`stepwise_linear` at the current step).
+# a recurrence's :func:`hidden_product` at the current step).
 def _lstm_step(cell, hh, projected, h, c):
     """projected: (B, 4H) = W_ih x_t + b_ih; h: (B, proj or H); c: (B, H)."""
     i, f, g, o = (projected + hh(h)).chunk(4, dim=1)
@@ -404,11 +404,15 @@ class DPRNNBase(_TorchCompatible, nn.Module):
 
     def _run_direction(self, cell: RecurrentDirection, x, h, c, *, reverse: bool, mask):
         """One layer, one direction over (T, B, F) -> ((T, B, out), h_T, c_T)."""
+        projected = self._project_sequence(cell.ih, x)
+        if self.mode == "GRU":  # b_hn and W_hn h stay inside r * (.): not additive
+            hh = lambda t, h_: cell.hh(h_)  # noqa: E731
+        else:
+            projected, hh = hidden_product(cell.hh, projected)
         # unbind, not projected[t]: its backward stacks the T step gradients once,
         # where T selects would each scatter into a zeroed (T, B, G) buffer
-        projected = self._project_sequence(cell.ih, x).unbind(0)
+        projected = projected.unbind(0)
         steps = x.shape[0]
-        hh = stepwise_linear(cell.hh, steps)
         outputs = [None] * steps
         for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
             h_new, c_new = _STEPS[self.mode](cell, partial(hh, t), projected[t], h, c)

@@ -269,6 +269,18 @@ def scale_rows(t: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return t * factors.reshape((-1,) + (1,) * (t.dim() - 1)).to(t.dtype)
 
 
+def paired_rows(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, d), (B, T, p) -> (B*T, d), (B*T, p) with matching rows.
+
+    Rows come in memory order, so time-major views of (T, B, f) tensors (a recurrence's
+    calls) flatten without a copy, as batch-major ones do; the row order of a sum over
+    all rows does not matter, only that a and g share it.
+    """
+    if a.transpose(0, 1).is_contiguous() and g.transpose(0, 1).is_contiguous():
+        a, g = a.transpose(0, 1), g.transpose(0, 1)
+    return a.reshape(-1, a.shape[2]), g.reshape(-1, g.shape[2])
+
+
 def flat_rows(t: torch.Tensor) -> torch.Tensor:
     """(B, ...) -> (B, prod(...)); safe for B = 0, unlike reshape(B, -1)."""
     n = 1

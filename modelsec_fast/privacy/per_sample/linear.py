@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
-    LayerRule, add_part, batch_first, flat_rows, ghost_sq_norm, layout_meta, opmath, prefer_ghost,
-    release, row_sq_norms, scale_rows, summed_parts)
+    LayerRule, add_part, batch_first, flat_rows, ghost_sq_norm, layout_meta, opmath, paired_rows,
+    prefer_ghost, release, row_sq_norms, scale_rows, summed_parts)
 from .capture import recorder_of
 from .registry import register_rule, register_rule_by_name
 
@@ -42,71 +42,50 @@ class _LinearFunction(torch.autograd.Function):
         return grad_in, None, None, None
 
 
-class _StepTap(torch.autograd.Function):
-    """Zeros (T, B, p) added to the T step outputs of a :class:`StepwiseLinear`.
-
-    Their gradient is every step's output gradient, stacked by unbind's backward,
-    so this one backward records the layer's whole recurrence as one call.
-    """
+class _HiddenProductTap(torch.autograd.Function):
+    """Identity on a recurrence's (T, B, p) input projections; see :func:`hidden_product`."""
 
     @staticmethod
-    def forward(ctx, weight, bias, recorder, inputs, like, steps):
+    def forward(ctx, projected, weight, bias, recorder, inputs):
         ctx.recorder, ctx.inputs = recorder, inputs
-        return like.new_zeros((steps,) + tuple(like.shape))
+        return projected.view_as(projected)
 
     @staticmethod
     def backward(ctx, grad):
-        rec = ctx.recorder
-        batch = grad.shape[1]
-        if rec.state.batch_dim == 0:  # the (B, T, f) layout the rule expects
-            a = torch.stack(ctx.inputs, dim=1)
-            grad = grad.transpose(0, 1).contiguous()
-        else:
-            a = torch.stack(ctx.inputs)
-        rec.capture(ctx, (a, grad), batch, ctx.needs_input_grad[:2])
-        return None, None, None, None, None, None
+        # grad: (T, B, p), step t's gates gradient = the hidden product's output gradient
+        ctx.recorder.capture(ctx, (torch.stack(ctx.inputs), grad), grad.shape[1],
+                             ctx.needs_input_grad[1:3], {"batch_dim": 1})
+        return grad, None, None, None, None
 
 
-class StepwiseLinear:
-    """An ``nn.Linear`` applied once per step of a recurrence (DPLSTM's ``hh``).
+def hidden_product(module: nn.Linear, projected: torch.Tensor):
+    """(projected, hh) for a recurrence whose gates at step t are projected[t] + module(h).
 
-    Routed the usual way, each step would run the rule's autograd Function in
-    Python, forward and backward (about 65 us a call on 2 threads, 11% of the
-    bench LSTM's step). Here a step is a plain ``F.linear`` on the detached
-    parameters plus its slot of a :class:`_StepTap`, whose backward hands the rule
-    the (T, B, d) inputs and (T, B, p) output gradients at once: the call the
-    steps' concatenation along time would give, with the same per-sample
-    gradient sum_t g_t h_t^T. Steps are indexed, so a reverse direction works.
-    """
-
-    def __init__(self, module: nn.Linear, recorder, steps: int):
-        self.module = module
-        self.recorder = recorder
-        self.steps = steps
-        self.inputs: list = [None] * steps
-        self.slots = None
-        recorder.prepare_forward()
-
-    def __call__(self, t: int, h: torch.Tensor) -> torch.Tensor:
-        m = self.module
-        out = F.linear(h, m.weight.detach(), None if m.bias is None else m.bias.detach())
-        if self.slots is None:  # the first step fixes the output's dtype (autocast)
-            self.slots = _StepTap.apply(m.weight, m.bias, self.recorder, self.inputs, out,
-                                        self.steps).unbind(0)
-        self.inputs[t] = h
-        return out + self.slots[t]
-
-
-def stepwise_linear(module: nn.Linear, steps: int):
-    """``fn(t, h)``: ``module(h)`` at step t of a recurrence of ``steps`` steps.
-
-    A :class:`StepwiseLinear` when a DP engine routes ``module`` through the Linear
-    rule and grad mode is on, else the module's own call.
+    ``projected``: the (T, B, p) input projections; ``hh(t, h)`` computes ``module(h)`` at
+    step t. Routed through the Linear rule, each step would run the rule's autograd
+    Function in Python, forward and backward (about 65 us a call on 2 threads, some 5% of
+    the benchmark LSTM's step). When a DP engine routes ``module`` and grad mode is on, a
+    step is instead a plain ``F.linear`` on the detached parameters, and the returned
+    projections pass through a tap: since the hidden product is added to them, their
+    gradient at step t is its output gradient, so the tap's backward hands the rule the
+    (T, B, d) inputs and (T, B, p) output gradients at once (the call the steps'
+    concatenation along time gives, the same per-sample gradient sum_t g_t h_t^T), and
+    shares the gradient tensor the input projection's own rule keeps. Steps are indexed,
+    so a reverse direction works. Otherwise ``(projected, module)`` unchanged.
     """
     rec = recorder_of(module)
     if rec is None or type(rec.rule) is not LinearRule or not torch.is_grad_enabled():
-        return lambda t, h: module(h)
-    return StepwiseLinear(module, rec, steps)
+        return projected, lambda t, h: module(h)
+    rec.prepare_forward()
+    inputs = [None] * projected.shape[0]
+    weight = module.weight.detach()
+    bias = None if module.bias is None else module.bias.detach()
+
+    def hh(t: int, h: torch.Tensor) -> torch.Tensor:
+        inputs[t] = h
+        return F.linear(h, weight, bias)
+
+    return _HiddenProductTap.apply(projected, module.weight, module.bias, rec, inputs), hh
 
 
 def _as_sequence(t: torch.Tensor, batch_dim: int, acc) -> torch.Tensor:
@@ -131,8 +110,9 @@ class LinearRule(LayerRule):
 
     def _tensors(self, calls, batch_dim):
         acc = opmath(calls[0].tensors[1].dtype)
-        a = [_as_sequence(c.tensors[0], batch_dim, acc) for c in calls]
-        g = [_as_sequence(c.tensors[1], batch_dim, acc) for c in calls]
+        # a call may carry its own layout (hidden_product's are time-major)
+        a = [_as_sequence(c.tensors[0], c.meta.get("batch_dim", batch_dim), acc) for c in calls]
+        g = [_as_sequence(c.tensors[1], c.meta.get("batch_dim", batch_dim), acc) for c in calls]
         if len(calls) == 1:
             return a[0], g[0]
         return torch.cat(a, dim=1), torch.cat(g, dim=1)
@@ -211,9 +191,8 @@ class LinearRule(LayerRule):
                 ps = cache["weight"]
                 out["weight"] = (factors.to(ps.dtype) @ flat_rows(ps)).reshape(ps.shape[1:])
             else:
-                a, g = cache["a"], cache["g"]
-                gs = scale_rows(g, factors)
-                out["weight"] = gs.reshape(-1, g.shape[2]).t() @ a.reshape(-1, a.shape[2])
+                rows_a, rows_g = paired_rows(cache["a"], scale_rows(cache["g"], factors))
+                out["weight"] = rows_g.t() @ rows_a
         if mask.get("bias"):
             out["bias"] = factors.to(cache["bias"].dtype) @ cache["bias"]
         return out
