@@ -84,8 +84,8 @@ import torch
 from modelsec_fast.privacy.per_sample import attach, detach
 from modelsec_fast.privacy.per_sample import conv as conv_rule
 from modelsec_fast.privacy.per_sample.base import (
-    MATERIALISE_BUDGET, Call, batch_first, flat_rows, ghost_sq_norm, opmath, row_sq_norms,
-    scale_rows, summed_parts)
+    MATERIALISE_BUDGET, Call, batch_first, chunked_sq_norms, flat_rows, ghost_sq_norm, opmath,
+    row_sq_norms, scale_rows, summed_parts)
 from modelsec_fast.privacy.per_sample.clipping import group_calls
 from modelsec_fast.privacy.per_sample.embedding import EmbeddingRule
 from modelsec_fast.privacy.per_sample.generic import GENERIC
@@ -304,19 +304,6 @@ def _fresh(calls: list[Call]) -> list[Call]:
     return [Call(c.tensors, c.batch_size, dict(c.meta), c.parts) for c in calls]
 
 
-def _materialised_linear_sq(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """||G_i^T A_i||^2 per sample, G_i^T A_i formed for cache-sized chunks of samples."""
-    batch, _, d = a.shape
-    p = g.shape[2]
-    chunk = max(1, conv_rule.CHUNK_BYTES * torch.get_num_threads()
-                // (p * d * a.element_size()))
-    sq = a.new_empty(batch)
-    for start in range(0, batch, chunk):
-        stop = min(start + chunk, batch)
-        sq[start:stop] = row_sq_norms(torch.bmm(g[start:stop].transpose(1, 2), a[start:stop]))
-    return sq
-
-
 def _linear_work(rec, calls, mask, batch_dim) -> LayerWork:
     a, g = rec.rule._tensors(calls, batch_dim)  # (B, T, d), (B, T, p): calls concatenated
     batch, steps, d = a.shape
@@ -329,7 +316,7 @@ def _linear_work(rec, calls, mask, batch_dim) -> LayerWork:
         else:
             work.methods["ghost"] = lambda: ghost_sq_norm(a, g)
             work.macs["ghost"] = batch * steps * steps * (p + d)
-            work.methods["materialised"] = lambda: _materialised_linear_sq(a, g)
+            work.methods["materialised"] = lambda: chunked_sq_norms(a, g)
             work.macs["materialised"] = batch * steps * p * d
         work.scaled.append(g)
         if batch * p * d <= MATERIALISE_BUDGET:

@@ -6,7 +6,8 @@ samples with tiny gradients, and low for samples with large ones, which let
 their clipped contribution exceed C. Here each sample's two time steps are
 a, a (1 + delta) with output gradients g, -g, so its per-sample gradient
 -delta g a^T is small against its terms; the exact float64 norm of every
-clipped contribution must stay within C (1 + 1e-5).
+clipped contribution must stay within C (1 + 1e-5). The low-memory mode's chunk-wise
+materialised norms (book-kept sum) must too.
 """
 
 import pytest
@@ -16,7 +17,7 @@ from unittest import mock
 
 from modelsec_fast.privacy.optimizer import DPOptimizer
 from modelsec_fast.privacy.per_sample import PrivateModule
-from modelsec_fast.privacy.per_sample import clipping
+from modelsec_fast.privacy.per_sample import clipping, linear
 from modelsec_fast.privacy.per_sample.base import ghost_sq_norm
 
 C = 1.0
@@ -32,7 +33,7 @@ def _cancelling_batch(batch, d, p, dtype, scales, delta, gen):
     return x.to(dtype), v.to(dtype)
 
 
-def _clip_norms_seen(model, x, v):
+def _clip_norms_seen(model, x, v, low_memory=False):
     """Run one private step (loss sum(out * v), noise 0); the norms clip_pass returned."""
     seen = []
     real = clipping.clip_pass
@@ -42,7 +43,7 @@ def _clip_norms_seen(model, x, v):
         seen.append(out[1].detach().double())
         return out
 
-    pm = PrivateModule(model, loss_reduction="sum")
+    pm = PrivateModule(model, loss_reduction="sum", low_memory=low_memory)
     opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
                       max_grad_norm=C, expected_batch_size=None, loss_reduction="sum")
     with mock.patch("modelsec_fast.privacy.optimizer.clip_pass", spy):
@@ -53,14 +54,20 @@ def _clip_norms_seen(model, x, v):
 
 
 @pytest.mark.parametrize("dtype,delta", [(torch.float32, 1e-3), (torch.bfloat16, 2.0 ** -6)])
-def test_clipped_contribution_never_exceeds_c(dtype, delta, random_seed):
+@pytest.mark.parametrize("d,p,low_memory,method", [
+    (24, 20, False, "ghost_sq_norm"),
+    (8, 8, True, "chunked_sq_norms")])  # the low-memory mode's chunked norm (bounded)
+def test_clipped_contribution_never_exceeds_c(dtype, delta, d, p, low_memory, method,
+                                              random_seed):
     gen = torch.Generator().manual_seed(random_seed)
-    batch, d, p = 16, 24, 20
+    batch = 16
     # sample norms from 1e-6 C (tiny: the negative ghost norm) to 1e3 C (clipped)
     scales = torch.logspace(-4, 5, batch, dtype=torch.float64) / (delta * (d * p) ** 0.5)
     x, v = _cancelling_batch(batch, d, p, dtype, scales.tolist(), delta, gen)
     model = nn.Linear(d, p, bias=False).to(dtype)
-    norms = _clip_norms_seen(model, x, v)
+    with mock.patch.object(linear, method, wraps=getattr(linear, method)) as spy:
+        norms = _clip_norms_seen(model, x, v, low_memory)
+    assert spy.called
     assert torch.isfinite(norms).all() and (norms >= 0).all()
     exact = torch.linalg.matrix_norm(v.double().transpose(1, 2) @ x.double())  # (B,)
     factors = (C / (norms + 1e-6)).clamp(max=1.0)

@@ -8,8 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from modelsec_fast import PrivacyEngine
-from modelsec_fast.privacy.per_sample import linear
-from modelsec_fast.privacy.per_sample.base import prefer_ghost
+from modelsec_fast.privacy.per_sample import base, linear
+from modelsec_fast.privacy.per_sample.base import chunked_norm_pays, prefer_ghost
 from tests.privacy.parity import check_parity
 
 F64 = dict(rtol=1e-10, atol=1e-13)
@@ -71,3 +71,35 @@ def test_grad_sample_mode_ghost_selects_the_low_memory_mode():
             grad_sample_mode=mode)
         assert out[0].capture_state.low_memory is expected
         out[0].cleanup()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fp32_low_memory_mode_takes_chunked_norms_where_they_pay(seed):
+    """proj (T = 12, p = 16, d = 18) in float32: the low-memory mode forms its per-sample
+    gradients a chunk of samples at a time for the norms (faster than a float64 ghost
+    norm at this shape) and book-keeps the sum; the update equals the ground truth."""
+    assert chunked_norm_pays(12, 16, 18)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(7, 12, 18, generator=g), torch.randint(0, 3, (7,), generator=g)
+    with mock.patch.object(linear, "chunked_sq_norms", wraps=linear.chunked_sq_norms) as chunked, \
+            mock.patch.object(linear, "ghost_sq_norm", wraps=linear.ghost_sq_norm) as ghost, \
+            mock.patch.object(base, "CHUNK_BYTES", 16 * 18 * 4 * 3):  # 3 samples a chunk
+        check_parity(TokenNet, x, y, max_grad_norm=0.1, low_memory=True, rtol=1e-4, atol=1e-6)
+    assert chunked.call_count == 1 and ghost.call_count == 0
+
+
+def test_chunked_sq_norms_equal_the_per_sample_norms():
+    g = torch.Generator().manual_seed(3)
+    a, gr = torch.randn(5, 4, 3, generator=g), torch.randn(5, 4, 6, generator=g)
+    want = torch.stack([(gr[i].T.double() @ a[i].double()).square().sum() for i in range(5)])
+    with mock.patch.object(base, "CHUNK_BYTES", 6 * 3 * 4 * 2):  # chunks of 2, 2 and 1
+        got = base.chunked_sq_norms(a, gr)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
+    assert base.chunked_sq_norms(a[:0], gr[:0]).shape == (0,)
+
+
+def test_chunked_norms_pay_on_the_measured_shapes():
+    """The crossover measured on 2 threads (see chunked_norm_pays)."""
+    assert chunked_norm_pays(64, 128, 128) and chunked_norm_pays(64, 512, 128)  # BERT, GPT-2
+    assert chunked_norm_pays(65, 576, 192) and chunked_norm_pays(65, 768, 192)  # ViT-tiny
+    assert not chunked_norm_pays(32, 1024, 256)  # the LSTM's recurrent layer

@@ -31,8 +31,8 @@ from torch import nn
 
 from modelsec_fast import ops
 
-from .base import (MATERIALISE_BUDGET, LayerRule, flat_rows, ghost_sq_norm, opmath,
-                   prefer_ghost, release, row_sq_norms, scale_rows)
+from .base import (CHUNK_BYTES, MATERIALISE_BUDGET, LayerRule, flat_rows, ghost_sq_norm,
+                   opmath, prefer_ghost, release, row_sq_norms, scale_rows)
 from .registry import register_rule
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -106,12 +106,6 @@ def _patches(x, kernel, stride, padding, dilation, groups):
     return a.reshape(batch * groups, a.shape[1] // groups, a.shape[2])
 
 
-#: bytes of one chunk's working set per thread (its samples' inputs, output
-#: gradients, patches and per-sample gradients) in the materialised path: a few
-#: MiB keeps a chunk in cache and its temporaries out of fresh, page-faulting
-#: allocations, where whole-batch tensors would miss the cache; a tuning constant,
-#: timed by bench/bench_dpsgd.py
-CHUNK_BYTES = 4 << 20
 
 #: keep the materialised per-sample gradients for the clipped sum (a (B,) x
 #: (B, p d) product) when they take at most this many bytes...

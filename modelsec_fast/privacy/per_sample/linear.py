@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
-    LayerRule, add_part, batch_first, flat_rows, ghost_sq_norm, layout_meta, opmath, paired_rows,
-    prefer_ghost, release, row_sq_norms, scale_rows, summed_parts)
+    LayerRule, add_part, batch_first, chunked_norm_pays, chunked_sq_norms, flat_rows,
+    ghost_sq_norm, layout_meta, opmath, paired_rows, prefer_ghost, release, row_sq_norms,
+    scale_rows, summed_parts)
 from .capture import recorder_of
 from .registry import register_rule, register_rule_by_name
 
@@ -153,6 +154,9 @@ class LinearRule(LayerRule):
                 elif steps == 1:
                     sq += row_sq_norms(a[:, 0]) * row_sq_norms(g[:, 0])
                     cache["a"], cache["g"] = a, g  # for book-keeping
+                elif low_memory and a.dtype != torch.float64 and chunked_norm_pays(steps, p, d):
+                    sq += chunked_sq_norms(a, g, bounded=True)
+                    cache["a"], cache["g"] = a, g
                 else:
                     sq += ghost_sq_norm(a, g)
                     cache["a"], cache["g"] = a, g
