@@ -106,7 +106,6 @@ def _patches(x, kernel, stride, padding, dilation, groups):
     return a.reshape(batch * groups, a.shape[1] // groups, a.shape[2])
 
 
-
 #: keep the materialised per-sample gradients for the clipped sum (a (B,) x
 #: (B, p d) product) when they take at most this many bytes...
 KEEP_SMALL_BYTES = 2 << 20
