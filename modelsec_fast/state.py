@@ -443,6 +443,13 @@ def restore_training_state(state: dict, *, source, model: torch.nn.Module, optim
     model.load_state_dict(state["model"])
     if optimizer is not None:
         _restore_part(optimizer.load_state_dict, state["optimizer"], "optimizer", source)
+        changed = [f"{key} {getattr(optimizer, key)} -> {value}"
+                   for key, value in state["dp_optimizer"].items()
+                   if getattr(optimizer, key, value) != value]
+        if changed:  # the run goes on as saved; a value set at construction is replaced
+            warnings.warn(f"checkpoint {source}: restores the DP optimizer's "
+                          f"{', '.join(changed)} (set them after loading to change them)",
+                          stacklevel=3)
         for key, value in state["dp_optimizer"].items():
             setattr(optimizer, key, value)
         generator = _noise_generator(optimizer)

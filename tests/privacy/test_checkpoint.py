@@ -60,7 +60,10 @@ def test_round_trip_restores_every_part_of_the_state(tmp_path):
 
     model2, opt2, acc2, loader2 = _setup(1)
     opt2.noise_multiplier, opt2.max_grad_norm = 9.0, 9.0
-    user = load_checkpoint(path=path, module=model2, optimizer=opt2, accountant=acc2, data_loader=loader2)
+    # never silent: a noise multiplier set at construction is replaced by the saved one
+    with pytest.warns(UserWarning, match=r"noise_multiplier 9.0 -> 1.1, max_grad_norm 9.0 -> 0.7"):
+        user = load_checkpoint(path=path, module=model2, optimizer=opt2, accountant=acc2,
+                               data_loader=loader2)
 
     assert user == {"epoch": 3}
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
