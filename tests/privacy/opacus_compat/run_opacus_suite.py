@@ -4,10 +4,11 @@ Usage (from the repository root)::
 
     PYTHONPATH=$PWD python3 tests/privacy/opacus_compat/run_opacus_suite.py
 
-Slow with Opacus's Hypothesis budget (privacy_engine_test.py alone ran 46 minutes on
-2 shared cores without finishing). With two examples per test it takes 5 to 8 minutes
-(2026-12-06, 2 shared cores: 280 s at load 1.5, 480 s at load 3.5; 150 passed,
-32 skipped, 74 expected failures)::
+The whole suite with ``--max-examples 2`` took 659 s on 2 cores (2026-12-07: 384 passed,
+59 skipped, 70 listed failures). Slow with Opacus's Hypothesis budget
+(privacy_engine_test.py alone ran 46 minutes on 2 shared cores without finishing). With
+two examples per test that file takes 3 to 8 minutes (2026-12-06, 2 shared cores: 280 s
+at load 1.5, 480 s at load 3.5)::
 
     PYTHONPATH=$PWD python3 tests/privacy/opacus_compat/run_opacus_suite.py \
         --files privacy_engine_test.py --max-examples 2
