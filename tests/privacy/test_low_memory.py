@@ -103,3 +103,13 @@ def test_chunked_norms_pay_on_the_measured_shapes():
     assert chunked_norm_pays(64, 128, 128) and chunked_norm_pays(64, 512, 128)  # BERT, GPT-2
     assert chunked_norm_pays(65, 576, 192) and chunked_norm_pays(65, 768, 192)  # ViT-tiny
     assert not chunked_norm_pays(32, 1024, 256)  # the LSTM's recurrent layer
+
+
+@pytest.mark.parametrize("steps", [8, 400])  # 400: the bound exceeds 1e-4, float64 recompute
+def test_bounded_chunked_norms_are_never_low_and_at_most_1e_4_high(steps, random_seed):
+    g = torch.Generator().manual_seed(random_seed)
+    a, gr = torch.randn(6, steps, 5, generator=g), torch.randn(6, steps, 7, generator=g)
+    exact = torch.stack([(gr[i].T.double() @ a[i].double()).square().sum() for i in range(6)])
+    got = base.chunked_sq_norms(a, gr, bounded=True).double()
+    assert (got >= exact).all()
+    assert (got.sqrt() <= exact.sqrt() * (1 + 1e-4)).all()
