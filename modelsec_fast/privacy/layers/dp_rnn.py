@@ -7,7 +7,7 @@ direction, so the engine's Linear rule covers every parameter:
 
 * ``ih`` (input -> gates) is applied once to the whole sequence;
 * ``hh`` (hidden -> gates) is applied once per time step on (B, H) inputs; the
-  engine records the steps as one call along time (``hidden_product``; not for GRU), which
+  engine records the steps as one call along time (``hidden_product``), which
   gives the exact per-sample gradient sum_t g_t h_{t-1}^T;
 * ``hr`` (LSTM ``proj_size``: hidden -> projection, no bias) once per step.
 
@@ -404,11 +404,9 @@ class DPRNNBase(_TorchCompatible, nn.Module):
 
     def _run_direction(self, cell: RecurrentDirection, x, h, c, *, reverse: bool, mask):
         """One layer, one direction over (T, B, F) -> ((T, B, out), h_T, c_T)."""
-        projected = self._project_sequence(cell.ih, x)
-        if self.mode == "GRU":  # b_hn and W_hn h stay inside r * (.): not additive
-            hh = lambda t, h_: cell.hh(h_)  # noqa: E731
-        else:
-            projected, hh = hidden_product(cell.hh, projected)
+        # GRU: b_hn and W_hn h stay inside r * (.), the hidden product is not additive
+        projected, hh = hidden_product(cell.hh, self._project_sequence(cell.ih, x),
+                                       additive=self.mode != "GRU")
         # unbind, not projected[t]: its backward stacks the T step gradients once,
         # where T selects would each scatter into a zeroed (T, B, G) buffer
         projected = projected.unbind(0)

@@ -44,35 +44,37 @@ class _LinearFunction(torch.autograd.Function):
 
 
 class _HiddenProductTap(torch.autograd.Function):
-    """Identity on a recurrence's (T, B, p) input projections; see :func:`hidden_product`."""
+    """Identity on a (T, B, p) tensor whose gradient at step t is the output gradient of
+    a recurrence's hidden product; see :func:`hidden_product`."""
 
     @staticmethod
-    def forward(ctx, projected, weight, bias, recorder, inputs):
+    def forward(ctx, tapped, weight, bias, recorder, inputs):
         ctx.recorder, ctx.inputs = recorder, inputs
-        return projected.view_as(projected)
+        return tapped.view_as(tapped)
 
     @staticmethod
     def backward(ctx, grad):
-        # grad: (T, B, p), step t's gates gradient = the hidden product's output gradient
         ctx.recorder.capture(ctx, (torch.stack(ctx.inputs), grad), grad.shape[1],
                              ctx.needs_input_grad[1:3], {"batch_dim": 1})
         return grad, None, None, None, None
 
 
-def hidden_product(module: nn.Linear, projected: torch.Tensor):
-    """(projected, hh) for a recurrence whose gates at step t are projected[t] + module(h).
+def hidden_product(module: nn.Linear, projected: torch.Tensor, *, additive: bool = True):
+    """(projected, hh) for a recurrence that calls ``module`` on its state once per step.
 
     ``projected``: the (T, B, p) input projections; ``hh(t, h)`` computes ``module(h)`` at
     step t. Routed through the Linear rule, each step would run the rule's autograd
     Function in Python, forward and backward (about 65 us a call on 2 threads; the bench
     LSTM's step is 11-17% faster without them). When a DP engine routes ``module`` and
     grad mode is on, a step is instead a plain ``F.linear`` on the detached parameters,
-    and the returned projections pass through a tap: since the hidden product is added
-    to them, their gradient at step t is its output gradient, so the tap's backward hands
-    the rule the (T, B, d) inputs and (T, B, p) output gradients at once (the call the
-    steps' concatenation along time gives, the same per-sample gradient sum_t g_t h_t^T),
-    and shares the gradient tensor the input projection's own rule keeps. Steps are
-    indexed, so a reverse direction works. Otherwise ``(projected, module)`` unchanged.
+    and a tap collects every step's output gradient, so its backward hands the rule the
+    (T, B, d) inputs and (T, B, p) output gradients at once (the call the steps'
+    concatenation along time gives, the same per-sample gradient sum_t g_t h_t^T). Steps
+    are indexed, so a reverse direction works. ``additive``: the gates at step t are
+    projected[t] + module(h) (LSTM, RNN), so the projections' gradient is that output
+    gradient: the tap sits on them and shares the tensor the input projection's rule
+    keeps. Otherwise (GRU's r * (W_hn h + b_hn)) each step adds its slot of a tapped zero
+    tensor. Without an engine: ``(projected, module)`` unchanged.
     """
     rec = recorder_of(module)
     if rec is None or type(rec.rule) is not LinearRule or not torch.is_grad_enabled():
@@ -81,12 +83,18 @@ def hidden_product(module: nn.Linear, projected: torch.Tensor):
     inputs = [None] * projected.shape[0]
     weight = module.weight.detach()
     bias = None if module.bias is None else module.bias.detach()
+    tap = _HiddenProductTap.apply(projected if additive else torch.zeros_like(projected),
+                                  module.weight, module.bias, rec, inputs)
+    slots = None if additive else tap.unbind(0)
 
     def hh(t: int, h: torch.Tensor) -> torch.Tensor:
-        inputs[t] = h
-        return F.linear(h, weight, bias)
+        # detached: h's graph leads back to the tap, whose context holds this list; a
+        # reference cycle would keep each step's activations until the garbage collector ran
+        inputs[t] = h.detach()
+        out = F.linear(h, weight, bias)
+        return out if slots is None else out + slots[t]
 
-    return _HiddenProductTap.apply(projected, module.weight, module.bias, rec, inputs), hh
+    return (tap if additive else projected), hh
 
 
 def _as_sequence(t: torch.Tensor, batch_dim: int, acc) -> torch.Tensor:
