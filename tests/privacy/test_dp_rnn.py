@@ -560,3 +560,44 @@ def test_cuda_outputs_and_private_gradient_match():
     xb = torch.randn(6, 4, 3, dtype=torch.float64, device=dev)
     yb = torch.randint(0, 3, (6,), device=dev)
     check_parity(lambda: copy.deepcopy(model), xb, yb, max_grad_norm=0.1, **F64)
+
+
+@pytest.mark.filterwarnings("ignore:poisson_sampling=False")
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_the_hidden_product_tap_frees_the_steps_without_the_garbage_collector(kind):
+    """The tap's context keeps the steps' inputs; were they not detached, their graph
+    would lead back to the tap and the cycle would hold every step's activations until
+    the garbage collector ran."""
+    import gc
+    import weakref
+    from unittest import mock
+
+    from modelsec_fast import PrivacyEngine
+    from modelsec_fast.privacy.per_sample import linear
+
+    torch.manual_seed(5)
+    model = SeqClassifier(make_dp(kind, 2, 3, batch_first=True), 2)
+    x, y = torch.randn(5, 6, 2, dtype=torch.float64), torch.randint(0, 2, (5,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
+    pm, opt, _ = PrivacyEngine().make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        data_loader=loader, noise_multiplier=0.0, max_grad_norm=0.5, poisson_sampling=False)
+    states = []
+    real = linear.F.linear
+
+    def spy(h, weight, bias=None):
+        if not weight.requires_grad:  # the hidden product's detached weight
+            states.append(weakref.ref(h))
+        return real(h, weight, bias)
+
+    gc.collect()
+    gc.disable()
+    try:
+        with mock.patch.object(linear.F, "linear", spy):
+            nn.functional.cross_entropy(pm(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        assert len(states) == 6
+        assert all(ref() is None for ref in states[1:])  # states[0] is h_0, the zeros
+    finally:
+        gc.enable()
