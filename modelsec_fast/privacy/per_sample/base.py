@@ -181,7 +181,9 @@ def chunked_norm_pays(time_steps: int, out_features: int, in_features: int) -> b
     float32 layer T^2 (p + d) in float64 (see :func:`ghost_sq_norm`). Measured on 2
     threads (B = 16, T = 64-65): the chunks are 6.5x faster at p = d = 128 (BERT, GPT-2),
     1.8x at 512 x 128, 1.05-1.2x at ViT-tiny's 768 x 192 and 576 x 192, and 0.6x at
-    the LSTM's 1024 x 256 with T = 32: they pay while 2 T (p + d) >= 0.8 p d.
+    the LSTM's 1024 x 256 with T = 32: they pay while 2 T (p + d) >= 0.8 p d. CPU only
+    (the Linear rule asks on CPU tensors): the crossover and the cache-sized chunks are the
+    CPU's; on an accelerator the ghost norm stays.
     """
     t, p, d = time_steps, out_features, in_features
     return 5 * t * (p + d) >= 2 * p * d

@@ -162,7 +162,8 @@ class LinearRule(LayerRule):
                 elif steps == 1:
                     sq += row_sq_norms(a[:, 0]) * row_sq_norms(g[:, 0])
                     cache["a"], cache["g"] = a, g  # for book-keeping
-                elif low_memory and a.dtype != torch.float64 and chunked_norm_pays(steps, p, d):
+                elif (low_memory and a.device.type == "cpu" and a.dtype != torch.float64
+                      and chunked_norm_pays(steps, p, d)):
                     sq += chunked_sq_norms(a, g, bounded=True)
                     cache["a"], cache["g"] = a, g
                 else:
