@@ -343,20 +343,25 @@ def test_parity_with_packed_sequences():
         torch.testing.assert_close(p.grad, want, **F64)
 
 
-@pytest.mark.filterwarnings("ignore:poisson_sampling=False")
-def test_privacy_engine_step_matches_ground_truth():
+def _made_private(model, x, y):
+    """make_private over one full batch of (x, y): noise 0, C = 0.5, no Poisson sampling."""
     from modelsec_fast import PrivacyEngine
 
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
+                                         batch_size=len(x))
+    return PrivacyEngine().make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        data_loader=loader, noise_multiplier=0.0, max_grad_norm=0.5, poisson_sampling=False)
+
+
+@pytest.mark.filterwarnings("ignore:poisson_sampling=False")
+def test_privacy_engine_step_matches_ground_truth():
     torch.manual_seed(7)
     model = SeqClassifier(make_dp("LSTM", 2, 3, layers=2, batch_first=True, proj=2), 2)
     reference = copy.deepcopy(model)
     x = torch.randn(6, 4, 2, dtype=torch.float64)
     y = torch.randint(0, 2, (6,))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    pmodel, popt, ploader = PrivacyEngine().make_private(
-        module=model, optimizer=opt, data_loader=loader, noise_multiplier=0.0,
-        max_grad_norm=0.5, poisson_sampling=False)
+    pmodel, popt, ploader = _made_private(model, x, y)
     xb, yb = next(iter(ploader))
     popt.zero_grad()
     nn.functional.cross_entropy(pmodel(xb), yb).backward()
@@ -375,7 +380,6 @@ def test_recurrence_is_one_call_and_input_gradient_passes_leave_no_trace(kind):
     autograd.grad on the input through the recurrence records nothing."""
     from unittest import mock
 
-    from modelsec_fast import PrivacyEngine
     from modelsec_fast.privacy.per_sample.capture import LayerRecorder
 
     def step(attack_first):
@@ -384,11 +388,7 @@ def test_recurrence_is_one_call_and_input_gradient_passes_leave_no_trace(kind):
                                       bidirectional=True), 2)
         x = torch.randn(5, 4, 2, dtype=torch.float64)
         y = torch.randint(0, 2, (5,))
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
-        pm, opt, _ = PrivacyEngine().make_private(
-            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-            data_loader=loader, noise_multiplier=0.0, max_grad_norm=0.5,
-            poisson_sampling=False)
+        pm, opt, _ = _made_private(model, x, y)
         if attack_first:
             xa = x.clone().requires_grad_(True)
             (g,) = torch.autograd.grad(nn.functional.cross_entropy(pm(xa), y), xa)
@@ -572,16 +572,12 @@ def test_the_hidden_product_tap_frees_the_steps_without_the_garbage_collector(ki
     import weakref
     from unittest import mock
 
-    from modelsec_fast import PrivacyEngine
     from modelsec_fast.privacy.per_sample import linear
 
     torch.manual_seed(5)
     model = SeqClassifier(make_dp(kind, 2, 3, batch_first=True), 2)
     x, y = torch.randn(5, 6, 2, dtype=torch.float64), torch.randint(0, 2, (5,))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
-    pm, opt, _ = PrivacyEngine().make_private(
-        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-        data_loader=loader, noise_multiplier=0.0, max_grad_norm=0.5, poisson_sampling=False)
+    pm, opt, _ = _made_private(model, x, y)
     states = []
     real = linear.F.linear
 

@@ -189,6 +189,10 @@ def chunked_norm_pays(time_steps: int, out_features: int, in_features: int) -> b
     return 5 * t * (p + d) >= 2 * p * d
 
 
+#: the most a bounded chunked norm may exceed the exact one before float64 recomputes it
+CHUNKED_BOUND_RELATIVE = 1e-4
+
+
 def chunked_sq_norms(a: torch.Tensor, g: torch.Tensor, *, bounded: bool = False) -> torch.Tensor:
     """||G_i^T A_i||_F^2 per sample of a: (B, T, d), g: (B, T, p), forming G_i^T A_i for
     ``CHUNK_BYTES``-sized chunks of samples only.
@@ -214,7 +218,7 @@ def chunked_sq_norms(a: torch.Tensor, g: torch.Tensor, *, bounded: bool = False)
                                      torch.linalg.vector_norm(g, dim=2))  # sum_t |g_t| |a_t|
     err = steps * unit_roundoff(a.dtype) * root_scale
     norm = sq.sqrt()
-    risky = (err > 1e-4 * norm).nonzero().reshape(-1)
+    risky = (err > CHUNKED_BOUND_RELATIVE * norm).nonzero().reshape(-1)
     sq = (norm + err).square()
     if risky.numel():
         exact = chunked_sq_norms(a[risky].double(), g[risky].double()).sqrt()
